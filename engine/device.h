@@ -1,0 +1,25 @@
+// Which backend a run uses. `device: auto` picks CUDA when it is built in and a GPU answers,
+// otherwise the CPU; `device: cuda` without a usable GPU is a clear error.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "engine/backend.h"
+
+namespace ftune {
+
+struct DeviceChoice {
+  std::string kind;   // "cpu" or "cuda"
+  std::string detail; // human-readable: CPU threads, GPU name
+};
+
+bool cuda_built();
+// Number of usable GPUs (0 when CUDA is not built or no device answers); *why says why not.
+int cuda_device_count(std::string* why);
+// Resolves "auto" | "cpu" | "cuda". Throws ftune::Error for an impossible request.
+DeviceChoice resolve_device(const std::string& requested);
+// The backend for a resolved choice. The CUDA training backend arrives with issue #5; until
+// then asking for it is refused with a message saying so.
+std::unique_ptr<Backend> make_backend(const DeviceChoice& choice);
+
+}  // namespace ftune

@@ -1,0 +1,81 @@
+// A fine-tune recipe: YAML file + `a.b=c` command-line overrides -> one resolved RecipeConfig.
+// The schema (key, type, default, allowed values, doc) is declared once in recipe_schema.cpp;
+// validation, --print-config, did-you-mean suggestions and docs/recipes.md all derive from it.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ftune {
+
+struct RecipeConfig {
+  // model
+  std::string model_path;          // model.path: HF directory (config.json, safetensors, tokenizer.json)
+  std::string model_init = "pretrained";  // model.init: pretrained | random (pre-training from scratch)
+  // data
+  std::string data_train;          // data.train: JSONL file
+  std::string data_validation;     // data.validation: JSONL file (optional)
+  double data_val_fraction = 0.05; // data.val_fraction: used when data.validation is empty
+  std::string data_text_field = "text";  // data.text_field
+  bool data_shuffle = true;        // data.shuffle
+  // train
+  int64_t seq_len = 256;           // train.seq_len
+  int64_t micro_batch_size = 4;    // train.micro_batch_size
+  int64_t grad_accum = 1;          // train.grad_accum
+  int64_t max_steps = 0;           // train.max_steps (0: run train.epochs)
+  double epochs = 1.0;             // train.epochs
+  // optim
+  double lr = 3e-4;                // optim.lr
+  double beta1 = 0.9;              // optim.beta1
+  double beta2 = 0.95;             // optim.beta2
+  double eps = 1e-8;               // optim.eps
+  double weight_decay = 0.0;       // optim.weight_decay
+  double clip = 1.0;               // optim.clip (0: off)
+  bool decay_norms_and_biases = false;  // optim.decay_norms_and_biases
+  bool decay_embeddings = false;   // optim.decay_embeddings
+  // schedule
+  std::string schedule_kind = "cosine";  // schedule.kind: constant | linear | cosine
+  int64_t warmup_steps = 0;        // schedule.warmup_steps
+  double min_lr_ratio = 0.0;       // schedule.min_lr_ratio
+  // eval
+  int64_t eval_every = 0;          // eval.every (0: only before and after training)
+  int64_t eval_max_batches = 0;    // eval.max_batches (0: whole validation set)
+  // checkpoint
+  int64_t checkpoint_every = 0;    // checkpoint.every (0: only at the end)
+  int64_t checkpoint_keep_last = 2;  // checkpoint.keep_last
+  // export
+  std::string export_dtype = "auto";  // export.dtype: auto | f32 | bf16 | f16 (auto: base model's)
+  int64_t export_max_shard_mb = 5000;  // export.max_shard_mb
+  // generation shown after training
+  std::string generate_prompt;     // generate.prompt (empty: none)
+  int64_t generate_max_new_tokens = 48;  // generate.max_new_tokens
+  double generate_temperature = 0.0;     // generate.temperature (0: greedy)
+  double generate_top_p = 1.0;           // generate.top_p
+  // job
+  std::string output_dir;          // output_dir
+  int64_t seed = 42;               // seed
+  std::string device = "auto";     // device: auto | cpu | cuda
+  int64_t threads = 0;             // threads (0: all cores)
+  int64_t log_every = 10;          // log.every: plain progress line period when not a TTY
+};
+
+struct Recipe {
+  RecipeConfig cfg;
+  std::string source;          // recipe file path ("" when built from a string)
+  std::string resolved_yaml;   // canonical YAML of every key after overrides (print-config, manifests)
+};
+
+// Loads a recipe file and applies overrides ("train.max_steps=20"). Relative paths inside the
+// file resolve against the file's directory; paths given as overrides resolve against the CWD.
+// Errors are ftune::Error with "file:line:column: key: what is wrong; what to do".
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
+// Same, from YAML text; `label` stands in for the file name in messages, base_dir for paths.
+Recipe load_recipe_text(const std::string& yaml, const std::string& label,
+                        const std::string& base_dir,
+                        const std::vector<std::string>& overrides = {});
+// Canonical YAML of a config (every schema key, grouped by section, in schema order).
+std::string recipe_to_yaml(const RecipeConfig& cfg);
+// The schema as a Markdown reference (docs/recipes.md is generated from this).
+std::string recipe_schema_markdown();
+
+}  // namespace ftune
