@@ -1,2 +1,47 @@
+// ftune: fine-tune Llama-family models from YAML recipes.
 #include <cstdio>
-int main() { std::puts("ftune"); return 0; }
+#include <exception>
+
+#include "engine/cli/commands.h"
+#include "engine/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"ftune " FTUNE_VERSION " — fine-tune Llama-family language models from YAML recipes",
+               "ftune"};
+  app.set_version_flag("--version", std::string("ftune " FTUNE_VERSION " (" FTUNE_GIT_COMMIT ")"));
+  app.require_subcommand(1);
+  app.footer(
+      "Examples:\n"
+      "  ftune train recipes/quickstart.yaml\n"
+      "  ftune train recipes/quickstart.yaml train.max_steps=20 --print-config\n"
+      "  ftune eval runs/quickstart/model data/quickstart/val.jsonl\n"
+      "  ftune generate runs/quickstart/model --prompt 'Plant: Tomato'\n"
+      "  ftune inspect runs/quickstart/model\n"
+      "  ftune bench --threads 2\n"
+      "Run 'ftune COMMAND --help' for each command's options.");
+  ftune::cli::Action action;
+  ftune::cli::add_train(app, &action);
+  ftune::cli::add_eval(app, &action);
+  ftune::cli::add_generate(app, &action);
+  ftune::cli::add_inspect(app, &action);
+  ftune::cli::add_bench(app, &action);
+  ftune::cli::add_recipe_docs(app, &action);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    return action ? action() : 0;
+  } catch (const ftune::Error& e) {
+    std::fprintf(stderr, "ftune: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr,
+                 "ftune: error: out of memory; lower train.micro_batch_size or train.seq_len\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ftune: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,83 @@
+#include "engine/bench.h"
+
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+
+#include "engine/device.h"
+#include "engine/trainer.h"
+
+namespace ftune {
+
+ModelConfig bench_model_config(const BenchOptions& o) {
+  nlohmann::json j = {{"model_type", "llama"},
+                      {"vocab_size", o.vocab},
+                      {"hidden_size", o.hidden},
+                      {"intermediate_size", o.intermediate},
+                      {"num_hidden_layers", o.layers},
+                      {"num_attention_heads", o.heads},
+                      {"num_key_value_heads", o.kv_heads},
+                      {"max_position_embeddings", std::max<int64_t>(o.seq, 2048)},
+                      {"rms_norm_eps", 1e-5},
+                      {"rope_theta", 10000.0},
+                      {"tie_word_embeddings", o.tied},
+                      {"initializer_range", 0.02}};
+  return parse_model_config(j, "bench shape");
+}
+
+double flops_per_token(const ModelConfig& c, int64_t seq) {
+  const double d = double(c.hidden_size), f = double(c.intermediate_size);
+  const double per_layer = d * double(c.q_dim()) * 2 + d * double(c.kv_dim()) * 2 + 3 * d * f;
+  const double n = per_layer * double(c.num_layers);
+  return 6.0 * n + 12.0 * double(c.num_layers) * double(c.num_heads) * double(c.head_dim) *
+                       double(seq);
+}
+
+BenchResult run_bench(const BenchOptions& o) {
+  ModelConfig mc = bench_model_config(o);
+  auto be = make_backend(resolve_device(o.device));
+  const int threads = resolve_threads(o.threads);
+  omp_set_num_threads(threads);
+  Model model(be.get(), mc, o.batch * o.seq, true);
+  model.init_random(1);
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> tok(0, int32_t(o.vocab - 1));
+  std::vector<int32_t> ids(size_t(o.batch * o.seq)), targets(ids.size());
+  for (auto& x : ids) x = tok(rng);
+  for (auto& x : targets) x = tok(rng);
+  Batch b = Batch::from_rows(o.batch, o.seq, ids, targets);
+  ExecContext ctx;
+  ctx.threads = threads;
+
+  DeviceBuffer<float> m(be.get(), model.num_params()), v(be.get(), model.num_params());
+  ParamSpan span{0, model.num_params(), 0.f};
+  std::vector<double> times;
+  for (int64_t s = 0; s < o.warmup + o.steps; ++s) {
+    auto t0 = std::chrono::steady_clock::now();
+    be->zero(model.grads(), model.num_params() * sizeof(float));
+    model.forward_backward(ctx, b, 1.f / float(b.tokens()));
+    AdamWHyper h;
+    h.lr = 1e-4f;
+    h.step = s + 1;
+    be->adamw_step(ctx, model.params(), model.grads(), m.get(), v.get(), &span, 1, h);
+    be->synchronize(ctx);
+    double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (s >= o.warmup) times.push_back(dt);
+  }
+  std::sort(times.begin(), times.end());
+  BenchResult r;
+  for (const auto& e : model.layout().entries()) r.params += int64_t(e.count);
+  r.non_embedding_params = r.params - mc.vocab_size * mc.hidden_size * (o.tied ? 1 : 2);
+  r.step_s = times.empty() ? 0 : times[times.size() / 2];
+  r.tokens_per_s = r.step_s > 0 ? double(b.tokens()) / r.step_s : 0;
+  r.gflops_per_s = r.tokens_per_s * flops_per_token(mc, o.seq) / 1e9;
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  r.peak_rss_mb = double(ru.ru_maxrss) / 1024.0;
+  return r;
+}
+
+}  // namespace ftune

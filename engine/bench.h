@@ -1,0 +1,34 @@
+// Training-step throughput for a Llama shape on a backend, with random weights and tokens:
+// tokens/s, achieved GFLOP/s (6N + attention, see flops_per_token) and peak RSS.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "engine/model_config.h"
+
+namespace ftune {
+
+struct BenchOptions {
+  int64_t hidden = 512, layers = 6, heads = 8, kv_heads = 4, intermediate = 1408, vocab = 8192;
+  int64_t seq = 256, batch = 4, steps = 5, warmup = 2;
+  bool tied = true;
+  int threads = 0;
+  std::string device = "cpu";
+};
+
+struct BenchResult {
+  int64_t params = 0, non_embedding_params = 0;
+  double step_s = 0;  // median over timed steps
+  double tokens_per_s = 0;
+  double gflops_per_s = 0;
+  double peak_rss_mb = 0;
+};
+
+ModelConfig bench_model_config(const BenchOptions& o);
+// Training FLOPs per token: 6·N (N = non-embedding parameters: the LM head is not counted, as
+// in the peers' MFU figures) plus 12·L·H·Q·T for attention (PaLM appendix B); causal sparsity
+// not discounted. bench/pytorch_step.py uses the same formula.
+double flops_per_token(const ModelConfig& c, int64_t seq);
+BenchResult run_bench(const BenchOptions& o);
+
+}  // namespace ftune

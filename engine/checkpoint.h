@@ -1,0 +1,40 @@
+// Checkpoints: everything a run needs to continue bit for bit. Layout under the run directory:
+//   checkpoints/step-00000010/{config.json, model.safetensors, optimizer.safetensors, state.json}
+//   checkpoints/latest        -> the name of the newest complete checkpoint, written last
+// A checkpoint is written into a temp directory, every file fsynced, then renamed into place;
+// `latest` moves only after that, so a crash at any instant leaves the previous one usable.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/dataset.h"
+#include "engine/model.h"
+
+namespace ftune {
+
+struct TrainState {
+  int64_t step = 0;          // optimizer steps completed
+  int64_t total_steps = 0;
+  DataPosition data;         // where the sampler resumes
+  int64_t tokens_seen = 0;   // target tokens trained on
+  uint64_t seed = 0;
+  std::string recipe_sha256; // resolved recipe text hash, to recognise the same run
+  double last_loss = 0.0;
+};
+
+nlohmann::json train_state_to_json(const TrainState& s);
+TrainState train_state_from_json(const nlohmann::json& j, const std::string& label);
+
+// Writes checkpoint `state.step`; m and v are the AdamW moment buffers (same layout as params).
+// Keeps the newest keep_last checkpoints (0 keeps all). Returns the checkpoint directory.
+std::string save_checkpoint(const std::string& run_dir, const Model& model, const float* m,
+                            const float* v, const TrainState& state, int64_t keep_last);
+// The directory `latest` names, if any.
+std::optional<std::string> latest_checkpoint(const std::string& run_dir);
+// Restores parameters, moments and state. Mismatched shapes are errors naming the tensor.
+TrainState load_checkpoint(const std::string& ckpt_dir, Model& model, float* m, float* v);
+
+}  // namespace ftune

@@ -1,0 +1,47 @@
+#include <cstdio>
+
+#include "engine/cli/commands.h"
+#include "engine/dataset.h"
+#include "engine/error.h"
+#include "engine/device.h"
+#include "engine/safetensors.h"
+#include "engine/tokenizer.h"
+#include "engine/trainer.h"
+
+namespace ftune::cli {
+
+void add_eval(CLI::App& app, Action* action) {
+  auto* cmd = app.add_subcommand("eval", "Loss and perplexity of a model on a JSONL dataset");
+  struct Opts {
+    std::string model, data, field = "text", device = "auto";
+    int64_t seq = 256, batch = 4, max_batches = 0, threads = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("model", o->model, "Hugging Face model directory")->required();
+  cmd->add_option("data", o->data, "JSONL file, one {\"text\": ...} per line")->required();
+  cmd->add_option("--text-field", o->field, "JSON field holding the text");
+  cmd->add_option("--seq-len", o->seq, "Block length in tokens");
+  cmd->add_option("--batch", o->batch, "Blocks per forward pass");
+  cmd->add_option("--max-batches", o->max_batches, "Stop after this many batches (0: all)");
+  cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)");
+  cmd->add_option("--device", o->device, "auto, cpu or cuda");
+  cmd->footer("Example:\n  ftune eval runs/quickstart/model data/quickstart/val.jsonl --seq-len 128");
+  cmd->callback([o, action] {
+    *action = [o] {
+      auto be = make_backend(resolve_device(o->device));
+      ModelConfig mc = load_model_config(o->model);
+      Tokenizer tok = Tokenizer::load(o->model);
+      Model model(be.get(), mc, o->batch * o->seq, false);
+      model.load_weights(WeightStore::open_dir(o->model));
+      BlockDataset data(read_jsonl_texts(o->data, o->field), tok, o->seq);
+      if (data.num_blocks() == 0)
+        throw ftune::Error("'" + o->data + "' holds fewer than --seq-len tokens; lower --seq-len");
+      EvalResult r = evaluate(model, data, o->batch, o->max_batches, resolve_threads(o->threads));
+      std::printf("loss %.4f  perplexity %.3f  tokens %lld\n", r.loss, r.perplexity,
+                  static_cast<long long>(r.tokens));
+      return 0;
+    };
+  });
+}
+
+}  // namespace ftune::cli

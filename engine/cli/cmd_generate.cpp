@@ -1,0 +1,54 @@
+#include <cstdio>
+
+#include "engine/cli/commands.h"
+#include "engine/device.h"
+#include "engine/generate.h"
+#include "engine/safetensors.h"
+#include "engine/trainer.h"
+
+namespace ftune::cli {
+
+void add_generate(CLI::App& app, Action* action) {
+  auto* cmd = app.add_subcommand("generate", "Continue a prompt with a model");
+  struct Opts {
+    std::string model, prompt, device = "auto";
+    int64_t max_new = 64, threads = 0, context = 512;
+    double temperature = 0.0, top_p = 1.0;
+    uint64_t seed = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("model", o->model, "Hugging Face model directory")->required();
+  cmd->add_option("-p,--prompt", o->prompt, "Prompt text")->required();
+  cmd->add_option("-n,--max-new-tokens", o->max_new, "Tokens to generate");
+  cmd->add_option("-t,--temperature", o->temperature, "0 for greedy decoding");
+  cmd->add_option("--top-p", o->top_p, "Nucleus sampling mass");
+  cmd->add_option("--seed", o->seed, "Sampling seed");
+  cmd->add_option("--context", o->context, "Context window in tokens");
+  cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)");
+  cmd->add_option("--device", o->device, "auto, cpu or cuda");
+  cmd->footer(
+      "Examples:\n"
+      "  ftune generate runs/quickstart/model -p 'Plant: Tomato'\n"
+      "  ftune generate runs/quickstart/model -p 'Once upon a time' -t 0.8 --top-p 0.95");
+  cmd->callback([o, action] {
+    *action = [o] {
+      auto be = make_backend(resolve_device(o->device));
+      ModelConfig mc = load_model_config(o->model);
+      Tokenizer tok = Tokenizer::load(o->model);
+      const int64_t window = std::min<int64_t>(o->context, mc.max_position_embeddings);
+      Model model(be.get(), mc, window, false);
+      model.load_weights(WeightStore::open_dir(o->model));
+      GenerateOptions g;
+      g.max_new_tokens = o->max_new;
+      g.temperature = o->temperature;
+      g.top_p = o->top_p;
+      g.seed = o->seed;
+      g.context_window = window;
+      std::string text = generate_text(model, tok, o->prompt, g, resolve_threads(o->threads));
+      std::printf("%s%s\n", o->prompt.c_str(), text.c_str());
+      return 0;
+    };
+  });
+}
+
+}  // namespace ftune::cli

@@ -1,0 +1,50 @@
+#include <cstdio>
+
+#include "engine/cli/commands.h"
+#include "engine/recipe.h"
+#include "engine/trainer.h"
+
+namespace ftune::cli {
+
+void add_train(CLI::App& app, Action* action) {
+  auto* cmd = app.add_subcommand("train", "Fine-tune a model as a YAML recipe describes");
+  struct Opts {
+    std::string recipe;
+    std::vector<std::string> overrides;
+    bool resume = false, force = false, print_config = false;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("recipe", o->recipe, "Recipe YAML file")->required();
+  cmd->add_option("overrides", o->overrides, "Overrides as key=value (e.g. train.max_steps=20)");
+  cmd->add_flag("--resume", o->resume, "Continue from output_dir's latest checkpoint");
+  cmd->add_flag("--force", o->force, "Replace an earlier run in output_dir");
+  cmd->add_flag("--print-config", o->print_config,
+                "Print the resolved recipe (every key, overrides applied) and exit");
+  cmd->footer(
+      "Examples:\n"
+      "  ftune train recipes/quickstart.yaml\n"
+      "  ftune train recipes/quickstart.yaml optim.lr=1e-4 train.max_steps=50\n"
+      "  ftune train recipes/quickstart.yaml --resume\n"
+      "See docs/recipes.md for every recipe key.");
+  *action = nullptr;
+  cmd->callback([o, action] {
+    *action = [o] {
+      Recipe r = load_recipe(o->recipe, o->overrides);
+      if (o->print_config) {
+        std::fputs(r.resolved_yaml.c_str(), stdout);
+        return 0;
+      }
+      TrainOptions t;
+      t.resume = o->resume;
+      t.force = o->force;
+      TrainResult res = run_training(r, t);
+      if (!r.cfg.generate_prompt.empty())
+        std::printf("\n--- sample (greedy=%s) ---\n%s%s\n---\n",
+                    r.cfg.generate_temperature > 0 ? "no" : "yes", r.cfg.generate_prompt.c_str(),
+                    res.generation.c_str());
+      return 0;
+    };
+  });
+}
+
+}  // namespace ftune::cli

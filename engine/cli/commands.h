@@ -1,0 +1,18 @@
+// Each ftune subcommand registers itself on the CLI11 app; main() runs whichever was chosen.
+#pragma once
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+namespace ftune::cli {
+
+// Registers a subcommand; the returned action runs it and gives the process exit code.
+using Action = std::function<int()>;
+void add_train(CLI::App& app, Action* action);
+void add_eval(CLI::App& app, Action* action);
+void add_generate(CLI::App& app, Action* action);
+void add_inspect(CLI::App& app, Action* action);
+void add_bench(CLI::App& app, Action* action);
+void add_recipe_docs(CLI::App& app, Action* action);
+
+}  // namespace ftune::cli

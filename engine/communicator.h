@@ -1,0 +1,24 @@
+// Collective operations between ranks. World size 1 exists from the start and the trainer
+// already calls every reduce point, so sharding (issue #6) adds implementations, not a new loop.
+#pragma once
+#include <cstddef>
+#include <memory>
+
+namespace ftune {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  // Sums in place across ranks (device pointers of the run's backend).
+  virtual void all_reduce_sum(float* data, size_t n) = 0;
+  // Host scalars (loss sums, token counts, squared norms).
+  virtual void all_reduce_sum_host(double* data, size_t n) = 0;
+  virtual void barrier() = 0;
+};
+
+// The single-process communicator: every collective is the identity.
+std::unique_ptr<Communicator> make_local_communicator();
+
+}  // namespace ftune

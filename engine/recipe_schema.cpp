@@ -1,0 +1,385 @@
+// The recipe schema: the single declaration of every recipe key, and the Markdown reference
+// generated from it.
+#include "engine/recipe_schema.h"
+
+#include <charconv>
+#include <sstream>
+
+namespace ftune::recipe {
+namespace {
+
+std::optional<Limit> ge(double v) {
+  return Limit{v, true};
+}
+std::optional<Limit> gt(double v) {
+  return Limit{v, false};
+}
+std::optional<Limit> le(double v) {
+  return Limit{v, true};
+}
+std::optional<Limit> lt(double v) {
+  return Limit{v, false};
+}
+
+using C = RecipeConfig;
+
+std::vector<KeySpec> build_schema() {
+  return {
+      // top level: the job
+      {.key = "output_dir",
+       .field = &C::output_dir,
+       .doc = "the directory for checkpoints, logs, the exported model and the run manifest",
+       .required = true,
+       .is_path = true},
+      {.key = "seed",
+       .field = &C::seed,
+       .doc = "seed for shuffling, the validation split and random initialisation",
+       .min = ge(0)},
+      {.key = "device",
+       .field = &C::device,
+       .doc = "where to train; auto picks CUDA when a usable GPU is present, else the CPU",
+       .allowed = {"auto", "cpu", "cuda"}},
+      {.key = "threads",
+       .field = &C::threads,
+       .doc = "CPU worker threads; 0 uses every core",
+       .min = ge(0)},
+      // model
+      {.key = "model.path",
+       .field = &C::model_path,
+       .doc = "the Hugging Face model directory to fine-tune",
+       .required = true,
+       .is_path = true},
+      {.key = "model.init",
+       .field = &C::model_init,
+       .doc =
+           "pretrained loads the weights; random draws them from the seed (training from scratch)",
+       .allowed = {"pretrained", "random"}},
+      // data
+      {.key = "data.train",
+       .field = &C::data_train,
+       .doc = "the training set: a JSONL file with one document per line",
+       .required = true,
+       .is_path = true},
+      {.key = "data.validation",
+       .field = &C::data_validation,
+       .doc =
+           "validation JSONL file; when empty, data.val_fraction of the training set is held out",
+       .is_path = true},
+      {.key = "data.val_fraction",
+       .field = &C::data_val_fraction,
+       .doc = "share of training documents held out for validation when data.validation is empty",
+       .min = ge(0),
+       .max = lt(1)},
+      {.key = "data.text_field",
+       .field = &C::data_text_field,
+       .doc = "the JSON field of each line that holds the document text"},
+      {.key = "data.shuffle",
+       .field = &C::data_shuffle,
+       .doc = "shuffle the training documents every epoch"},
+      // train
+      {.key = "train.seq_len",
+       .field = &C::seq_len,
+       .doc = "tokens per row; documents are packed into rows of this length",
+       .min = ge(1)},
+      {.key = "train.micro_batch_size",
+       .field = &C::micro_batch_size,
+       .doc = "rows per forward/backward pass",
+       .min = ge(1)},
+      {.key = "train.grad_accum",
+       .field = &C::grad_accum,
+       .doc = "micro-batches whose gradients are summed per optimizer step",
+       .min = ge(1)},
+      {.key = "train.max_steps",
+       .field = &C::max_steps,
+       .doc = "optimizer steps to run; 0 runs train.epochs instead",
+       .min = ge(0)},
+      {.key = "train.epochs",
+       .field = &C::epochs,
+       .doc = "passes over the training set (fractions allowed) when train.max_steps is 0",
+       .min = gt(0)},
+      // optim
+      {.key = "optim.lr", .field = &C::lr, .doc = "peak AdamW learning rate", .min = gt(0)},
+      {.key = "optim.beta1",
+       .field = &C::beta1,
+       .doc = "AdamW decay rate of the gradient average",
+       .min = ge(0),
+       .max = lt(1)},
+      {.key = "optim.beta2",
+       .field = &C::beta2,
+       .doc = "AdamW decay rate of the squared-gradient average",
+       .min = ge(0),
+       .max = lt(1)},
+      {.key = "optim.eps",
+       .field = &C::eps,
+       .doc = "AdamW term added to the denominator for stability",
+       .min = gt(0)},
+      {.key = "optim.weight_decay",
+       .field = &C::weight_decay,
+       .doc = "decoupled weight decay",
+       .min = ge(0)},
+      {.key = "optim.clip",
+       .field = &C::clip,
+       .doc = "global gradient-norm clipping threshold; 0 turns clipping off",
+       .min = ge(0)},
+      {.key = "optim.decay_norms_and_biases",
+       .field = &C::decay_norms_and_biases,
+       .doc = "also apply weight decay to norm weights and biases"},
+      {.key = "optim.decay_embeddings",
+       .field = &C::decay_embeddings,
+       .doc = "also apply weight decay to the token embedding table"},
+      // schedule
+      {.key = "schedule.kind",
+       .field = &C::schedule_kind,
+       .doc = "learning-rate decay from optim.lr after warmup",
+       .allowed = {"constant", "linear", "cosine"}},
+      {.key = "schedule.warmup_steps",
+       .field = &C::warmup_steps,
+       .doc = "steps of linear warmup from 0 to optim.lr; must be below train.max_steps",
+       .min = ge(0)},
+      {.key = "schedule.min_lr_ratio",
+       .field = &C::min_lr_ratio,
+       .doc = "learning rate at the end of a linear or cosine decay, as a fraction of optim.lr",
+       .min = ge(0),
+       .max = le(1)},
+      // eval
+      {.key = "eval.every",
+       .field = &C::eval_every,
+       .doc = "measure the validation loss every N steps; 0 only before and after training",
+       .min = ge(0)},
+      {.key = "eval.max_batches",
+       .field = &C::eval_max_batches,
+       .doc = "micro-batches per evaluation; 0 uses the whole validation set",
+       .min = ge(0)},
+      // checkpoint
+      {.key = "checkpoint.every",
+       .field = &C::checkpoint_every,
+       .doc = "save a resumable checkpoint every N steps; 0 only at the end",
+       .min = ge(0)},
+      {.key = "checkpoint.keep_last",
+       .field = &C::checkpoint_keep_last,
+       .doc = "how many of the most recent checkpoints to keep on disk",
+       .min = ge(1)},
+      // export
+      {.key = "export.dtype",
+       .field = &C::export_dtype,
+       .doc = "dtype of the exported safetensors; auto keeps the base model's",
+       .allowed = {"auto", "f32", "bf16", "f16"}},
+      {.key = "export.max_shard_mb",
+       .field = &C::export_max_shard_mb,
+       .doc = "largest exported safetensors shard, in MB",
+       .min = ge(1)},
+      // generate
+      {.key = "generate.prompt",
+       .field = &C::generate_prompt,
+       .doc = "text the trained model continues after training; empty skips the sample"},
+      {.key = "generate.max_new_tokens",
+       .field = &C::generate_max_new_tokens,
+       .doc = "tokens generated after generate.prompt",
+       .min = ge(1)},
+      {.key = "generate.temperature",
+       .field = &C::generate_temperature,
+       .doc = "sampling temperature; 0 is greedy decoding",
+       .min = ge(0)},
+      {.key = "generate.top_p",
+       .field = &C::generate_top_p,
+       .doc = "nucleus sampling: sample from the smallest token set with this total probability",
+       .min = gt(0),
+       .max = le(1)},
+      // log
+      {.key = "log.every",
+       .field = &C::log_every,
+       .doc = "steps between plain progress lines when the output is not a terminal",
+       .min = ge(1)},
+  };
+}
+
+std::vector<SectionSpec> build_sections() {
+  return {
+      {"", "Top-level keys", "Settings of the run as a whole."},
+      {"model", "model", "The model to start from."},
+      {"data", "data", "Training and validation documents."},
+      {"train", "train", "Batch shape and run length."},
+      {"optim", "optim", "AdamW hyper-parameters."},
+      {"schedule", "schedule", "Learning-rate schedule."},
+      {"eval", "eval", "Validation during training."},
+      {"checkpoint", "checkpoint", "Resumable checkpoints."},
+      {"export", "export", "The fine-tuned model written to `output_dir` at the end."},
+      {"generate", "generate", "A sample continuation shown after training."},
+      {"log", "log", "Progress output."},
+  };
+}
+
+// Markdown table cells cannot hold a raw '|'.
+std::string md_cell(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '|') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+std::string md_code(std::string_view s) {
+  return "`" + md_cell(s) + "`";
+}
+
+}  // namespace
+
+std::string_view KeySpec::section() const {
+  size_t dot = key.find('.');
+  return dot == std::string_view::npos ? std::string_view() : key.substr(0, dot);
+}
+
+const std::vector<KeySpec>& schema() {
+  static const std::vector<KeySpec> table = build_schema();
+  return table;
+}
+
+const std::vector<SectionSpec>& sections() {
+  static const std::vector<SectionSpec> table = build_sections();
+  return table;
+}
+
+const KeySpec* find_key(std::string_view key) {
+  for (const KeySpec& k : schema())
+    if (k.key == key) return &k;
+  return nullptr;
+}
+
+bool is_section(std::string_view name) {
+  if (name.empty()) return false;
+  for (const SectionSpec& s : sections())
+    if (s.name == name) return true;
+  return false;
+}
+
+std::string_view type_name(const KeySpec& k) {
+  switch (k.type()) {
+    case ValueType::kString:
+      return k.is_path ? "path" : "string";
+    case ValueType::kInt:
+      return "int";
+    case ValueType::kFloat:
+      return "float";
+    case ValueType::kBool:
+      return "bool";
+  }
+  return "?";
+}
+
+std::string format_double(double v) {
+  // Both spellings are the shortest that read back exactly; people read 0.0003 more easily
+  // than 3e-4, but not 0.00000001 more easily than 1e-8.
+  char buf[400];
+  auto fixed = std::to_chars(buf, buf + sizeof(buf), v, std::chars_format::fixed);
+  std::string f(buf, fixed.ptr);
+  auto sci = std::to_chars(buf, buf + sizeof(buf), v, std::chars_format::scientific);
+  std::string s(buf, sci.ptr);
+  // "1e-08" -> "1e-8", "5e+03" -> "5e3".
+  size_t e = s.find('e');
+  if (e != std::string::npos) {
+    std::string mant = s.substr(0, e), exp = s.substr(e + 1);
+    bool neg = !exp.empty() && exp[0] == '-';
+    if (!exp.empty() && (exp[0] == '-' || exp[0] == '+')) exp.erase(0, 1);
+    exp.erase(0, std::min(exp.find_first_not_of('0'), exp.size() - 1));
+    s = mant + "e" + (neg ? "-" : "") + exp;
+  }
+  if (f.size() > s.size() + 2 || fixed.ec != std::errc()) return s;
+  // A float key shows as a float ("1.0", not "1"), which also keeps YAML readers from
+  // taking it for an integer.
+  if (f.find_first_of(".ni") == std::string::npos) f += ".0";
+  return f;
+}
+
+std::string value_text(const KeySpec& k, const RecipeConfig& cfg) {
+  return std::visit(
+      [&](auto member) -> std::string {
+        const auto& v = cfg.*member;
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          return v;
+        } else if constexpr (std::is_same_v<T, bool>) {
+          return v ? "true" : "false";
+        } else if constexpr (std::is_same_v<T, double>) {
+          return format_double(v);
+        } else {
+          return std::to_string(v);
+        }
+      },
+      k.field);
+}
+
+std::string constraint_text(const KeySpec& k) {
+  if (!k.allowed.empty()) {
+    std::string s;
+    for (size_t i = 0; i < k.allowed.size(); ++i) {
+      if (i) s += ", ";
+      s += k.allowed[i];
+    }
+    return s;
+  }
+  // Limits are round numbers: the plainest spelling reads best for int and float keys alike.
+  auto num = [](double v) {
+    char buf[64];
+    return std::string(buf, std::to_chars(buf, buf + sizeof(buf), v).ptr);
+  };
+  if (k.min && k.max) {
+    return std::string(k.min->inclusive ? "[" : "(") + num(k.min->value) + ", " +
+           num(k.max->value) + (k.max->inclusive ? "]" : ")");
+  }
+  if (k.min) return (k.min->inclusive ? ">= " : "> ") + num(k.min->value);
+  if (k.max) return (k.max->inclusive ? "<= " : "< ") + num(k.max->value);
+  return "";
+}
+
+}  // namespace ftune::recipe
+
+namespace ftune {
+
+std::string recipe_schema_markdown() {
+  using recipe::KeySpec;
+  const RecipeConfig defaults;
+  std::ostringstream md;
+  md << "# Recipe reference\n\n"
+        "<!-- Generated from engine/recipe_schema.cpp by `ftune recipe-docs > docs/recipes.md`; "
+        "do not edit by hand. -->\n\n"
+        "A recipe is a YAML file describing one fine-tuning run. Keys are grouped in sections: "
+        "the nested map `train: {seq_len: 256}` sets the key `train.seq_len`, and so does the "
+        "dotted form `train.seq_len: 256`. Keys left out take the defaults below; unknown keys, "
+        "wrong types and out-of-range values are errors that name the file, line and column.\n\n"
+        "Any key can be overridden on the command line with `key=value` arguments after the "
+        "recipe file, for example `ftune train recipe.yaml train.max_steps=20 optim.lr=1e-4 "
+        "data.shuffle=false`. Overrides are checked against the same schema.\n\n"
+        "Relative paths (keys of type `path`) written in the recipe file resolve against the "
+        "directory that contains the file; relative paths given as overrides resolve against "
+        "the current working directory. `ftune train --print-config` prints the fully resolved "
+        "recipe (every key, absolute paths, overrides applied) as YAML that can be saved and "
+        "used as a recipe.\n";
+  for (const recipe::SectionSpec& sec : recipe::sections()) {
+    md << "\n## " << sec.title << "\n\n" << sec.doc << "\n\n";
+    md << "| key | type | default | allowed / range | description |\n";
+    md << "|---|---|---|---|---|\n";
+    for (const KeySpec& k : recipe::schema()) {
+      if (k.section() != sec.name) continue;
+      std::string def = recipe::value_text(k, defaults);
+      std::string def_cell = k.required    ? "*required*"
+                             : def.empty() ? "*empty*"
+                                           : recipe::md_code(def);
+      std::string range = recipe::constraint_text(k);
+      if (!k.allowed.empty()) {
+        range.clear();
+        for (size_t i = 0; i < k.allowed.size(); ++i) {
+          if (i) range += ", ";
+          range += recipe::md_code(k.allowed[i]);
+        }
+      } else {
+        range = recipe::md_cell(range);
+      }
+      md << "| " << recipe::md_code(k.key) << " | " << recipe::type_name(k) << " | " << def_cell
+         << " | " << range << " | " << recipe::md_cell(k.doc) << " |\n";
+    }
+  }
+  return md.str();
+}
+
+}  // namespace ftune

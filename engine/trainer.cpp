@@ -1,0 +1,386 @@
+#include "engine/trainer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/checkpoint.h"
+#include "engine/communicator.h"
+#include "engine/device.h"
+#include "engine/error.h"
+#include "engine/export.h"
+#include "engine/fs_util.h"
+#include "engine/generate.h"
+#include "engine/progress.h"
+#include "engine/safetensors.h"
+#include "engine/schedule.h"
+#include "engine/tokenizer.h"
+
+namespace fs = std::filesystem;
+
+namespace ftune {
+
+int resolve_threads(int64_t requested) {
+  if (requested > 0) return int(requested);
+  unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? int(n) : 1;
+}
+
+EvalResult evaluate(Model& model, const BlockDataset& data, int64_t micro_batch,
+                    int64_t max_batches, int threads) {
+  ExecContext ctx;
+  ctx.threads = threads;
+  double loss = 0;
+  int64_t tokens = 0, batches = 0;
+  for (int64_t b0 = 0; b0 < data.num_blocks(); b0 += micro_batch) {
+    if (max_batches > 0 && batches >= max_batches) break;
+    std::vector<int64_t> ids;
+    for (int64_t b = b0; b < std::min(b0 + micro_batch, data.num_blocks()); ++b) ids.push_back(b);
+    LossSum ls = model.forward_loss(ctx, data.make_batch(ids));
+    loss += ls.loss;
+    tokens += ls.tokens;
+    ++batches;
+  }
+  EvalResult r;
+  r.tokens = tokens;
+  r.loss = tokens > 0 ? loss / double(tokens) : NAN;
+  r.perplexity = std::exp(r.loss);
+  return r;
+}
+
+namespace {
+
+// Files and folders a run writes into output_dir; --force removes only these.
+const char* const kRunEntries[] = {"checkpoints", "model", "metrics.jsonl", "recipe.yaml",
+                                   "summary.json"};
+
+bool is_run_entry(const std::string& name) {
+  for (const char* e : kRunEntries)
+    if (name == e) return true;
+  return false;
+}
+
+// Decides what to do with output_dir before anything is written. Returns the checkpoint to
+// resume from ("" for a fresh start).
+std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
+  const std::string& out = r.cfg.output_dir;
+  std::vector<std::string> entries, foreign;
+  if (fs::exists(out)) {
+    if (!fs::is_directory(out)) throw Error("output_dir '" + out + "' exists and is not a directory");
+    for (const auto& e : fs::directory_iterator(out)) {
+      std::string n = e.path().filename().string();
+      entries.push_back(n);
+      if (!is_run_entry(n) && n.rfind("model.", 0) != 0) foreign.push_back(n);
+    }
+  }
+  const bool empty = entries.empty();
+  std::string same_run;  // latest checkpoint of a run started by this very recipe
+  std::string stored_recipe = out + "/recipe.yaml";
+  bool same_recipe = path_exists(stored_recipe) && read_file(stored_recipe) == r.resolved_yaml;
+  auto latest = empty ? std::nullopt : latest_checkpoint(out);
+
+  if (opt.resume) {
+    if (!latest)
+      throw Error("--resume: output_dir '" + out + "' holds no checkpoint to resume from");
+    if (!same_recipe)
+      throw Error("--resume: the recipe differs from the one that started the run in '" + out +
+                  "' (compare it with " + stored_recipe + "); resume with the same recipe and " +
+                  "overrides, or pass --force to start over");
+    return *latest;
+  }
+  if (empty) return "";
+  if (!opt.force) {
+    if (same_recipe && latest)
+      throw Error("output_dir '" + out + "' already holds a run of this recipe (latest " +
+                  fs::path(*latest).filename().string() +
+                  "): pass --resume to continue it or --force to start over");
+    throw Error("output_dir '" + out + "' is not empty: choose another output_dir, or pass " +
+                "--force to replace the run in it");
+  }
+  if (!foreign.empty())
+    throw Error("--force: output_dir '" + out + "' holds files ftune did not write (" +
+                foreign.front() + (foreign.size() > 1 ? ", ..." : "") +
+                "); refusing to delete them: choose another output_dir");
+  for (const auto& n : entries) fs::remove_all(fs::path(out) / n);
+  return "";
+}
+
+std::vector<ParamSpan> decay_spans(const ParamLayout& lay, const RecipeConfig& c) {
+  std::vector<ParamSpan> spans;
+  for (const auto& e : lay.entries()) {
+    float wd = 0.f;
+    switch (e.kind) {
+      case ParamKind::Weight:
+      case ParamKind::Head: wd = float(c.weight_decay); break;
+      case ParamKind::Norm:
+      case ParamKind::Bias: wd = c.decay_norms_and_biases ? float(c.weight_decay) : 0.f; break;
+      case ParamKind::Embedding: wd = c.decay_embeddings ? float(c.weight_decay) : 0.f; break;
+    }
+    // Merge neighbours with the same decay (alignment padding between them is inert zeros).
+    if (!spans.empty() && spans.back().weight_decay == wd) {
+      spans.back().count = e.offset + e.count - spans.back().offset;
+    } else {
+      spans.push_back({e.offset, e.count, wd});
+    }
+  }
+  return spans;
+}
+
+// metrics.jsonl keeps one line per step; on resume the lines past the checkpoint are dropped so
+// the file reads like one uninterrupted run.
+void trim_metrics(const std::string& path, int64_t keep_through_step) {
+  if (!path_exists(path)) return;
+  std::istringstream in(read_file(path));
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      auto j = nlohmann::json::parse(line);
+      if (j.value("step", int64_t(0)) <= keep_through_step) kept += line + "\n";
+    } catch (const nlohmann::json::exception&) {
+      // a torn last line from a crash: drop it
+    }
+  }
+  write_file_atomic(path, kept);
+}
+
+std::string fmt(const char* f, double a, double b) {
+  char buf[128];
+  std::snprintf(buf, sizeof buf, f, a, b);
+  return buf;
+}
+
+}  // namespace
+
+TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
+  const RecipeConfig& c = recipe.cfg;
+  TrainResult result;
+
+  // ---- job: inputs exist, device, threads, output directory ----
+  if (!fs::is_directory(c.model_path))
+    throw Error("model.path: '" + c.model_path + "' is not a directory; point it at a Hugging " +
+                "Face model directory (config.json, *.safetensors, tokenizer.json)");
+  for (const auto& [key, path] : {std::pair{"data.train", c.data_train},
+                                  {"data.validation", c.data_validation}})
+    if (!path.empty() && !fs::is_regular_file(path))
+      throw Error(std::string(key) + ": file '" + path + "' does not exist");
+  DeviceChoice dev = resolve_device(c.device);
+  std::unique_ptr<Backend> be = make_backend(dev);
+  const int threads = resolve_threads(c.threads);
+  omp_set_num_threads(threads);
+  std::unique_ptr<Communicator> comm = make_local_communicator();
+  const std::string resume_from = prepare_output_dir(recipe, opt);
+  fs::create_directories(c.output_dir);
+  const std::string recipe_sha = sha256_hex(recipe.resolved_yaml);
+
+  // ---- model + data ----
+  ModelConfig mc = load_model_config(c.model_path);
+  if (mc.sliding_window > 0 && c.seq_len > mc.sliding_window)
+    throw Error("train.seq_len (" + std::to_string(c.seq_len) + ") exceeds the model's " +
+                "sliding_window (" + std::to_string(mc.sliding_window) + "), which ftune's " +
+                "attention does not apply: lower train.seq_len");
+  Tokenizer tok = Tokenizer::load(c.model_path);
+  if (tok.vocab_size() > mc.vocab_size)
+    throw Error("the tokenizer in '" + c.model_path + "' has " + std::to_string(tok.vocab_size()) +
+                " tokens but config.json vocab_size is " + std::to_string(mc.vocab_size));
+  Model model(be.get(), mc, c.micro_batch_size * c.seq_len, true);
+  DType base_dtype = DType::F32;
+  if (c.model_init == "pretrained") {
+    base_dtype = model.load_weights(WeightStore::open_dir(c.model_path));
+  } else {
+    model.init_random(uint64_t(c.seed));
+    base_dtype = mc.dtype;
+  }
+
+  std::vector<std::string> train_docs, val_docs;
+  std::vector<std::string> all = read_jsonl_texts(c.data_train, c.data_text_field);
+  if (!c.data_validation.empty()) {
+    train_docs = std::move(all);
+    val_docs = read_jsonl_texts(c.data_validation, c.data_text_field);
+  } else {
+    split_documents(all, c.data_val_fraction, uint64_t(c.seed), &train_docs, &val_docs);
+  }
+  BlockDataset train(train_docs, tok, c.seq_len);
+  BlockDataset val(val_docs, tok, c.seq_len);
+  BlockSampler sampler(train.num_blocks(), c.micro_batch_size, c.data_shuffle, uint64_t(c.seed));
+
+  const int64_t batches_per_epoch = sampler.batches_per_epoch();
+  int64_t total_steps = c.max_steps;
+  if (total_steps <= 0)
+    total_steps = std::max<int64_t>(
+        1, int64_t(std::ceil(c.epochs * double(batches_per_epoch) / double(c.grad_accum))));
+  Schedule sched{c.schedule_kind, c.lr, c.warmup_steps, total_steps, c.min_lr_ratio};
+
+  // ---- optimizer state and resume ----
+  DeviceBuffer<float> m(be.get(), model.num_params()), v(be.get(), model.num_params());
+  const std::vector<ParamSpan> spans = decay_spans(model.layout(), c);
+  TrainState state;
+  state.total_steps = total_steps;
+  state.seed = uint64_t(c.seed);
+  state.recipe_sha256 = recipe_sha;
+  const std::string metrics_path = c.output_dir + "/metrics.jsonl";
+  std::optional<Progress> live;  // exists while the step loop draws its line
+  auto say = [&](const std::string& s) {
+    if (opt.quiet) return;
+    if (live) live->message(s);
+    else std::fprintf(stderr, "%s\n", s.c_str());
+  };
+  if (!resume_from.empty()) {
+    state = load_checkpoint(resume_from, model, m.get(), v.get());
+    if (state.recipe_sha256 != recipe_sha || state.total_steps != total_steps)
+      throw Error("--resume: checkpoint " + resume_from + " was written by a different recipe");
+    sampler.set_position(state.data);
+    trim_metrics(metrics_path, state.step);
+    say("resumed from " + resume_from + " at step " + std::to_string(state.step));
+  } else {
+    write_file_atomic(c.output_dir + "/recipe.yaml", recipe.resolved_yaml);
+    write_file_atomic(metrics_path, "");
+  }
+  std::ofstream metrics(metrics_path, std::ios::app);
+
+  say("ftune: " + mc.model_type + " " + std::to_string(model.num_params()) + " parameters on " +
+      dev.detail + " (" + std::to_string(threads) + " threads); " +
+      std::to_string(train.num_tokens()) + " train tokens in " +
+      std::to_string(train.num_blocks()) + " blocks, " + std::to_string(val.num_tokens()) +
+      " validation tokens; " + std::to_string(total_steps) + " steps");
+
+  auto eval_now = [&](const char* when) {
+    EvalResult e = evaluate(model, val, c.micro_batch_size, c.eval_max_batches, threads);
+    say(std::string("validation ") + when + ": " + fmt("loss %.4f  perplexity %.2f", e.loss, e.perplexity));
+    return e;
+  };
+  if (state.step == 0 && val.num_blocks() > 0) result.val_before = eval_now("before");
+  else if (val.num_blocks() == 0) say("validation: no full block of train.seq_len tokens; skipping evaluation");
+
+  // ---- step loop ----
+  ExecContext ctx;
+  ctx.threads = threads;
+  result.first_step = state.step + 1;
+  const auto t_start = std::chrono::steady_clock::now();
+  int64_t tokens_this_run = 0;
+  if (!opt.quiet) live.emplace(total_steps, state.step, c.log_every, stderr);
+  for (int64_t step = state.step + 1; step <= total_steps; ++step) {
+    std::vector<Batch> micro;
+    int64_t targets = 0;
+    for (int64_t a = 0; a < c.grad_accum; ++a) {
+      micro.push_back(train.make_batch(sampler.next()));
+      targets += micro.back().target_count();
+    }
+    double total_targets = double(targets);
+    comm->all_reduce_sum_host(&total_targets, 1);
+    // Normalise by the step's target tokens, not per micro-batch: accumulation of k
+    // micro-batches then equals one batch k times larger.
+    const float grad_scale = float(1.0 / std::max(1.0, total_targets));
+    be->zero(model.grads(), model.num_params() * sizeof(float));
+    double loss_sum = 0;
+    for (const Batch& b : micro) {
+      loss_sum += model.forward_backward(ctx, b, grad_scale).loss;
+      tokens_this_run += b.tokens();
+    }
+    comm->all_reduce_sum_host(&loss_sum, 1);
+    comm->all_reduce_sum(model.grads(), model.num_params());
+    const double loss = loss_sum / std::max(1.0, total_targets);
+    const double gnorm = std::sqrt(be->sum_squares(ctx, model.grads(), model.num_params()));
+    if (!std::isfinite(loss) || !std::isfinite(gnorm))
+      throw Error("non-finite loss or gradient at step " + std::to_string(step) +
+                  " (loss " + std::to_string(loss) + "): lower optim.lr or raise schedule." +
+                  "warmup_steps; the last checkpoint is intact for --resume");
+    AdamWHyper h;
+    h.lr = float(sched.lr_at(step));
+    h.beta1 = float(c.beta1);
+    h.beta2 = float(c.beta2);
+    h.eps = float(c.eps);
+    h.step = step;
+    h.grad_scale = (c.clip > 0 && gnorm > c.clip) ? float(c.clip / (gnorm + 1e-6)) : 1.f;
+    be->adamw_step(ctx, model.params(), model.grads(), m.get(), v.get(), spans.data(),
+                   int(spans.size()), h);
+
+    state.step = step;
+    state.data = sampler.position();
+    state.tokens_seen += int64_t(total_targets);
+    state.last_loss = loss;
+    result.losses.push_back(loss);
+    result.grad_norms.push_back(gnorm);
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    const double tps = elapsed > 0 ? double(tokens_this_run) / elapsed : 0;
+    if (live) live->update(step, loss, h.lr, tps);
+
+    nlohmann::json line = {{"step", step},       {"loss", loss},
+                           {"lr", h.lr},         {"grad_norm", gnorm},
+                           {"tokens", state.tokens_seen}, {"tokens_per_s", tps},
+                           {"elapsed_s", elapsed}};
+    if (c.eval_every > 0 && step % c.eval_every == 0 && step != total_steps && val.num_blocks() > 0) {
+      EvalResult e = evaluate(model, val, c.micro_batch_size, c.eval_max_batches, threads);
+      line["val_loss"] = e.loss;
+      line["val_perplexity"] = e.perplexity;
+      say("step " + std::to_string(step) + " validation: " + fmt("loss %.4f  perplexity %.2f", e.loss, e.perplexity));
+    }
+    if (step == total_steps && val.num_blocks() > 0) {
+      result.val_after = evaluate(model, val, c.micro_batch_size, c.eval_max_batches, threads);
+      line["val_loss"] = result.val_after.loss;
+      line["val_perplexity"] = result.val_after.perplexity;
+    }
+    metrics << line.dump() << "\n";
+    metrics.flush();
+    if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == total_steps) {
+      std::string dir = save_checkpoint(c.output_dir, model, m.get(), v.get(), state,
+                                        c.checkpoint_keep_last);
+      if (c.checkpoint_every > 0 && step != total_steps) say("checkpoint: " + dir);
+    }
+    result.tokens_per_s = tps;
+    if (opt.stop_after_step > 0 && step == opt.stop_after_step && step != total_steps) {
+      result.interrupted = true;
+      if (live) live->finish();
+      return result;
+    }
+  }
+  if (live) live->finish();
+  live.reset();
+  if (result.first_step > total_steps && val.num_blocks() > 0)
+    result.val_after = evaluate(model, val, c.micro_batch_size, c.eval_max_batches, threads);
+
+  // ---- export ----
+  result.model_dir = c.output_dir + "/model";
+  export_model_dir(model, c.model_path, result.model_dir,
+                   resolve_export_dtype(c.export_dtype, base_dtype),
+                   size_t(c.export_max_shard_mb) * 1000 * 1000);
+  if (val.num_blocks() > 0) {
+    if (state.step > 0 && result.val_before.tokens > 0)
+      say("validation before: " + fmt("loss %.4f  perplexity %.2f", result.val_before.loss,
+                                       result.val_before.perplexity));
+    say("validation after:  " + fmt("loss %.4f  perplexity %.2f", result.val_after.loss,
+                                    result.val_after.perplexity));
+  }
+  say("model written to " + result.model_dir);
+
+  if (!c.generate_prompt.empty()) {
+    GenerateOptions g;
+    g.max_new_tokens = c.generate_max_new_tokens;
+    g.temperature = c.generate_temperature;
+    g.top_p = c.generate_top_p;
+    g.seed = uint64_t(c.seed);
+    g.context_window = c.seq_len;
+    result.generation = generate_text(model, tok, c.generate_prompt, g, threads);
+  }
+  nlohmann::json summary = {{"steps", state.step},
+                            {"tokens_seen", state.tokens_seen},
+                            {"final_train_loss", state.last_loss},
+                            {"tokens_per_s", result.tokens_per_s},
+                            {"model_dir", result.model_dir}};
+  if (result.val_before.tokens > 0)
+    summary["val_before"] = {{"loss", result.val_before.loss}, {"perplexity", result.val_before.perplexity}};
+  if (result.val_after.tokens > 0)
+    summary["val_after"] = {{"loss", result.val_after.loss}, {"perplexity", result.val_after.perplexity}};
+  write_file_atomic(c.output_dir + "/summary.json", summary.dump(2) + "\n");
+  return result;
+}
+
+}  // namespace ftune

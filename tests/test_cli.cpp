@@ -1,0 +1,106 @@
+// The ftune binary as a user meets it: help, recipe errors with locations, exit codes.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "tests/test_util.h"
+
+namespace ftune {
+namespace {
+
+const std::string kSrc = FTUNE_SOURCE_DIR;
+
+struct CliRun {
+  int code;
+  std::string out;
+};
+
+CliRun ftune(const std::string& args) {
+  CliRun r;
+  r.code = testing::run_command(testing::ftune_binary() + " " + args, &r.out);
+  return r;
+}
+
+std::string recipe_file(const std::string& body) {
+  std::string dir = testing::make_temp_dir("cli");
+  std::string path = dir + "/recipe.yaml";
+  std::ofstream(path) << body;
+  return path;
+}
+
+const std::string kGood =
+    "model:\n  path: " + kSrc + "/configs/models/quickstart-base\n  init: random\n"
+    "data:\n  train: " + kSrc + "/data/quickstart/train.jsonl\n"
+    "output_dir: out\n";
+
+TEST(Cli, HelpListsCommandsWithExamples) {
+  CliRun r = ftune("--help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* cmd : {"train", "eval", "generate", "inspect", "bench", "Examples"})
+    EXPECT_NE(r.out.find(cmd), std::string::npos) << cmd;
+  for (const char* cmd : {"train", "eval", "generate", "inspect", "bench"}) {
+    CliRun h = ftune(std::string(cmd) + " --help");
+    EXPECT_EQ(h.code, 0) << cmd;
+    EXPECT_NE(h.out.find("Example"), std::string::npos) << cmd << " help lacks examples";
+  }
+}
+
+TEST(Cli, MalformedYamlNamesLine) {
+  CliRun r = ftune("train " + recipe_file("model:\n  path: [unclosed\n"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("recipe.yaml:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("YAML"), std::string::npos) << r.out;
+}
+
+TEST(Cli, UnknownKeySuggests) {
+  CliRun r = ftune("train " + recipe_file(kGood + "train:\n  seq_lenght: 64\n"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("recipe.yaml:5:3"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("train.seq_len"), std::string::npos) << r.out;
+}
+
+TEST(Cli, WrongTypeNamesKey) {
+  CliRun r = ftune("train " + recipe_file(kGood + "train:\n  seq_len: lots\n"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("train.seq_len"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("recipe.yaml:5"), std::string::npos) << r.out;
+  CliRun o = ftune("train " + recipe_file(kGood) + " optim.lr=fast");
+  EXPECT_NE(o.code, 0);
+  EXPECT_NE(o.out.find("optim.lr"), std::string::npos) << o.out;
+}
+
+TEST(Cli, MissingModelDirIsNamed) {
+  std::string body = kGood;
+  body.replace(body.find(kSrc + "/configs"), kSrc.size() + 8, "/nonexistent/model");
+  CliRun r = ftune("train " + recipe_file(body));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("/nonexistent/model"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("model.path"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("terminate"), std::string::npos) << "crashed: " << r.out;
+}
+
+TEST(Cli, PrintConfigShowsResolvedValues) {
+  CliRun r = ftune("train " + recipe_file(kGood) + " train.max_steps=7 --print-config");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("max_steps: 7"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("seq_len: 256"), std::string::npos) << "defaults shown: " << r.out;
+}
+
+TEST(Cli, InspectSummarisesAModel) {
+  CliRun r = ftune("inspect " + testing::fixtures_dir() + "/parity/qwen2");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("model.layers.1.self_attn.q_proj.bias"), std::string::npos) << r.out;
+  CliRun bad = ftune("inspect /nonexistent/file.safetensors");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("/nonexistent/file.safetensors"), std::string::npos) << bad.out;
+}
+
+TEST(Cli, CudaWithoutGpuIsRefusedCleanly) {
+  CliRun r = ftune("train " + recipe_file(kGood) + " device=cuda");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("device"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("terminate"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace ftune

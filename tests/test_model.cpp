@@ -1,0 +1,167 @@
+// The whole decoder's backward against finite differences of its forward, on a tiny model with
+// every optional piece switched on (GQA, q/k/v/o and MLP biases, untied head, llama3 RoPE,
+// several documents per row).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "engine/error.h"
+#include "engine/model.h"
+#include "tests/test_util.h"
+
+namespace ftune {
+namespace {
+
+ModelConfig tiny_config(bool tied) {
+  nlohmann::json j = {{"model_type", "llama"},
+                      {"vocab_size", 23},
+                      {"hidden_size", 12},
+                      {"intermediate_size", 20},
+                      {"num_hidden_layers", 2},
+                      {"num_attention_heads", 4},
+                      {"num_key_value_heads", 2},
+                      {"head_dim", 4},
+                      {"max_position_embeddings", 64},
+                      {"rms_norm_eps", 1e-5},
+                      {"rope_theta", 10000.0},
+                      {"rope_scaling",
+                       {{"rope_type", "llama3"},
+                        {"factor", 4.0},
+                        {"low_freq_factor", 1.0},
+                        {"high_freq_factor", 4.0},
+                        {"original_max_position_embeddings", 8}}},
+                      {"attention_bias", true},
+                      {"mlp_bias", true},
+                      {"tie_word_embeddings", tied},
+                      {"initializer_range", 0.4}};
+  return parse_model_config(j, "tiny");
+}
+
+Batch tiny_batch() {
+  // Two rows of 7 tokens; row 0 holds two documents (positions restart), row 1 one.
+  Batch b;
+  b.rows = 2;
+  b.seq = 7;
+  std::mt19937 rng(3);
+  for (int i = 0; i < 14; ++i) b.ids.push_back(int32_t(rng() % 23));
+  for (int i = 0; i < 14; ++i) b.targets.push_back(int32_t(rng() % 23));
+  b.targets[5] = kIgnoreIndex;
+  b.positions = {0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6};
+  b.doc_offsets = {0, 3, 7, 14};
+  return b;
+}
+
+class ModelGrad : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ModelGrad, BackwardMatchesFiniteDifferences) {
+  auto be = make_cpu_backend();
+  Model model(be.get(), tiny_config(GetParam()), 14, true);
+  model.init_random(11);
+  // Norm weights and biases away from their 1/0 init so their gradients are exercised.
+  std::vector<float> p = model.params_to_host();
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.f, 0.2f);
+  for (const auto& e : model.layout().entries())
+    if (e.kind == ParamKind::Norm || e.kind == ParamKind::Bias)
+      for (size_t i = 0; i < e.count; ++i) p[e.offset + i] += nd(rng);
+  model.params_from_host(p);
+
+  Batch b = tiny_batch();
+  ExecContext ctx;
+  ctx.threads = 1;
+  const float scale = 1.f / float(b.target_count());
+  be->zero(model.grads(), model.num_params() * sizeof(float));
+  LossSum ls = model.forward_backward(ctx, b, scale);
+  ASSERT_TRUE(std::isfinite(ls.loss));
+  std::vector<float> g(model.num_params());
+  be->download(g.data(), model.grads(), g.size() * sizeof(float));
+
+  auto loss_at = [&](const std::vector<float>& params) {
+    model.params_from_host(params);
+    return model.forward_loss(ctx, b).loss * double(scale);
+  };
+  // Fourth-order central difference keeps truncation error far below fp32 forward noise.
+  auto fd = [&](const std::vector<float>& dir, double h) {
+    auto shifted = [&](double t) {
+      std::vector<float> q = p;
+      for (size_t i = 0; i < q.size(); ++i) q[i] = float(double(p[i]) + t * double(dir[i]));
+      return loss_at(q);
+    };
+    return (-shifted(2 * h) + 8 * shifted(h) - 8 * shifted(-h) + shifted(-2 * h)) / (12 * h);
+  };
+
+  // One coordinate from every tensor.
+  int checked = 0;
+  for (const auto& e : model.layout().entries()) {
+    size_t i = e.offset + (e.count * 7 / 13);
+    std::vector<float> dir(p.size(), 0.f);
+    dir[i] = 1.f;
+    double num = fd(dir, 1e-2);
+    double ana = g[i];
+    EXPECT_NEAR(ana, num, 1e-3 * std::fabs(num) + 1e-4)
+        << e.name << " index " << i - e.offset;
+    ++checked;
+  }
+  EXPECT_GE(checked, 20);
+
+  // A random direction over all parameters: the directional derivative g·u.
+  std::vector<float> dir = testing::random_vec(p.size(), 17);
+  double ana = 0;
+  for (size_t i = 0; i < p.size(); ++i) ana += double(g[i]) * dir[i];
+  double num = fd(dir, 1e-2);
+  EXPECT_NEAR(ana, num, 1e-3 * std::fabs(num)) << "directional derivative";
+}
+
+INSTANTIATE_TEST_SUITE_P(TiedAndUntied, ModelGrad, ::testing::Values(false, true));
+
+TEST(Model, DocumentsAreIndependent) {
+  auto be = make_cpu_backend();
+  Model model(be.get(), tiny_config(false), 14, false);
+  model.init_random(2);
+  ExecContext ctx;
+  Batch b = tiny_batch();
+  std::vector<float> a = model.logits(ctx, b);
+  b.ids[4] = (b.ids[4] + 1) % 23;  // inside row 0's second document
+  std::vector<float> c = model.logits(ctx, b);
+  const size_t V = 23;
+  for (size_t i = 0; i < 3 * V; ++i) ASSERT_EQ(a[i], c[i]) << "first document changed";
+  for (size_t i = 7 * V; i < 14 * V; ++i) ASSERT_EQ(a[i], c[i]) << "other row changed";
+  double diff = 0;
+  for (size_t i = 4 * V; i < 7 * V; ++i) diff += std::fabs(a[i] - c[i]);
+  EXPECT_GT(diff, 0.0);
+}
+
+TEST(Model, GradientsAccumulateAcrossCalls) {
+  auto be = make_cpu_backend();
+  Model model(be.get(), tiny_config(true), 14, true);
+  model.init_random(4);
+  ExecContext ctx;
+  Batch b = tiny_batch();
+  be->zero(model.grads(), model.num_params() * sizeof(float));
+  model.forward_backward(ctx, b, 0.5f);
+  std::vector<float> once(model.num_params());
+  be->download(once.data(), model.grads(), once.size() * 4);
+  model.forward_backward(ctx, b, 0.5f);
+  std::vector<float> twice(model.num_params());
+  be->download(twice.data(), model.grads(), twice.size() * 4);
+  for (auto& x : once) x *= 2;
+  EXPECT_LT(testing::rel_error(twice, once), 1e-6);
+}
+
+TEST(Model, RejectsOutOfVocabularyTokens) {
+  auto be = make_cpu_backend();
+  Model model(be.get(), tiny_config(true), 14, false);
+  Batch b = tiny_batch();
+  b.ids[3] = 23;
+  ExecContext ctx;
+  try {
+    model.forward_loss(ctx, b);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token id 23"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace ftune

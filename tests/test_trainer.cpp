@@ -1,0 +1,132 @@
+// End-to-end properties of the training loop on a small random-init model and the quickstart
+// data: accumulation equivalence, bit-exact resume, output_dir safety.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "engine/error.h"
+#include "engine/fs_util.h"
+#include "engine/recipe.h"
+#include "engine/safetensors.h"
+#include "engine/trainer.h"
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace ftune {
+namespace {
+
+const std::string kSrc = FTUNE_SOURCE_DIR;
+
+Recipe small_recipe(const std::string& out, std::vector<std::string> extra = {}) {
+  std::string yaml =
+      "model:\n  path: " + kSrc + "/configs/models/quickstart-base\n  init: random\n"
+      "data:\n  train: " + kSrc + "/data/quickstart/train.jsonl\n  val_fraction: 0.02\n"
+      "train:\n  seq_len: 32\n  micro_batch_size: 4\n  grad_accum: 1\n  max_steps: 20\n"
+      "optim:\n  lr: 0.002\n  weight_decay: 0.1\n"
+      "schedule:\n  kind: cosine\n  warmup_steps: 3\n"
+      "eval:\n  max_batches: 2\n"
+      "checkpoint:\n  every: 10\n  keep_last: 0\n"
+      "output_dir: " + out + "\nthreads: 2\nseed: 3\n";
+  return load_recipe_text(yaml, "test.yaml", kSrc, extra);
+}
+
+TrainOptions quiet() {
+  TrainOptions o;
+  o.quiet = true;
+  return o;
+}
+
+TEST(Trainer, GradAccumulationEqualsBigBatch) {
+  std::string d1 = testing::make_temp_dir("acc1"), d2 = testing::make_temp_dir("acc2");
+  TrainResult big = run_training(
+      small_recipe(d1, {"train.micro_batch_size=4", "train.grad_accum=1", "train.max_steps=3"}),
+      quiet());
+  TrainResult acc = run_training(
+      small_recipe(d2, {"train.micro_batch_size=1", "train.grad_accum=4", "train.max_steps=3"}),
+      quiet());
+  ASSERT_EQ(big.losses.size(), 3u);
+  ASSERT_EQ(acc.losses.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_NEAR(acc.losses[i], big.losses[i], 1e-6 * big.losses[i]) << "step " << i + 1;
+    EXPECT_NEAR(acc.grad_norms[i], big.grad_norms[i], 1e-5 * big.grad_norms[i]) << "step " << i + 1;
+  }
+}
+
+TEST(Trainer, ResumeReproducesLossesBitForBit) {
+  std::string full = testing::make_temp_dir("full"), part = testing::make_temp_dir("part");
+  TrainResult a = run_training(small_recipe(full), quiet());
+  ASSERT_EQ(a.losses.size(), 20u);
+  EXPECT_LT(a.losses.back(), a.losses.front());
+
+  TrainOptions stop = quiet();
+  stop.stop_after_step = 10;
+  TrainResult first = run_training(small_recipe(part), stop);
+  ASSERT_TRUE(first.interrupted);
+  ASSERT_EQ(first.losses.size(), 10u);
+  TrainOptions resume = quiet();
+  resume.resume = true;
+  TrainResult rest = run_training(small_recipe(part), resume);
+  ASSERT_EQ(rest.first_step, 11);
+  ASSERT_EQ(rest.losses.size(), 10u);
+  for (size_t i = 0; i < 10; ++i) {
+    EXPECT_EQ(first.losses[i], a.losses[i]) << "step " << i + 1;
+    EXPECT_EQ(rest.losses[i], a.losses[10 + i]) << "step " << 11 + i;  // bitwise
+  }
+  // Same final weights too.
+  auto wa = WeightStore::open_dir(full + "/model"), wb = WeightStore::open_dir(part + "/model");
+  for (const auto& name : wa.names()) {
+    const TensorInfo* t = wa.find(name);
+    std::vector<float> x(size_t(t->numel())), y(size_t(t->numel()));
+    wa.read_as(name, DType::F32, x.data());
+    wb.read_as(name, DType::F32, y.data());
+    ASSERT_EQ(x, y) << name;
+  }
+  // metrics.jsonl reads like one run: one line per step.
+  std::string metrics = read_file(part + "/metrics.jsonl");
+  EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 20);
+}
+
+TEST(Trainer, OutputDirIsProtected) {
+  std::string out = testing::make_temp_dir("prot");
+  run_training(small_recipe(out, {"train.max_steps=2"}), quiet());
+  auto message = [&](const TrainOptions& o, std::vector<std::string> extra) {
+    try {
+      run_training(small_recipe(out, extra), o);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(message(quiet(), {"train.max_steps=2"}).find("already holds a run of this recipe"),
+            std::string::npos);
+  EXPECT_NE(message(quiet(), {"train.max_steps=3"}).find("is not empty"), std::string::npos);
+  TrainOptions resume = quiet();
+  resume.resume = true;
+  EXPECT_NE(message(resume, {"train.max_steps=3"}).find("recipe differs"), std::string::npos);
+  // A file ftune did not write is never deleted, even with --force.
+  std::ofstream(out + "/notes.txt") << "mine";
+  TrainOptions force = quiet();
+  force.force = true;
+  EXPECT_NE(message(force, {"train.max_steps=2"}).find("did not write (notes.txt)"),
+            std::string::npos);
+  EXPECT_TRUE(path_exists(out + "/notes.txt"));
+  fs::remove(out + "/notes.txt");
+  EXPECT_EQ(message(force, {"train.max_steps=2"}), "");
+}
+
+TEST(Trainer, ExportsLoadableModelInRequestedDtype) {
+  std::string out = testing::make_temp_dir("export");
+  run_training(small_recipe(out, {"train.max_steps=2", "export.dtype=bf16"}), quiet());
+  auto store = WeightStore::open_dir(out + "/model");
+  const TensorInfo* t = store.find("model.layers.0.mlp.up_proj.weight");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->dtype, DType::BF16);
+  EXPECT_TRUE(path_exists(out + "/model/tokenizer.json"));
+  EXPECT_TRUE(path_exists(out + "/model/config.json"));
+  EXPECT_NE(read_file(out + "/model/config.json").find("bfloat16"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ftune
