@@ -157,8 +157,8 @@ std::vector<KeySpec> build_schema() {
        .min = ge(0)},
       {.key = "checkpoint.keep_last",
        .field = &C::checkpoint_keep_last,
-       .doc = "how many of the most recent checkpoints to keep on disk",
-       .min = ge(1)},
+       .doc = "how many of the most recent checkpoints to keep on disk; 0 keeps all",
+       .min = ge(0)},
       // export
       {.key = "export.dtype",
        .field = &C::export_dtype,

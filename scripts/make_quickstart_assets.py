@@ -1385,8 +1385,8 @@ GARDEN_README = """\
 # Garden care notes (quickstart fine-tuning data)
 
 A small domain dataset for `recipes/quickstart.yaml`. Every document is one care note in the
-same fixed house style: six lines, always in this order, each value lowercase and ending with a
-full stop.
+same fixed house style: six `Field: value` lines, always in this order, each value starting in
+lower case and ending with a full stop. For example:
 
 ```
 Plant: Tomato
@@ -1397,11 +1397,12 @@ Temperature: 65 to 85 F; plant out after the last frost.
 Tip: bury the stem deep; it grows roots all along the buried part.
 ```
 
-- `train.jsonl`: {train_docs} notes on {train_plants} plants (herbs, vegetables, fruit, flowers,
-  house plants), about {per_plant} per plant.
-- `val.jsonl`: {val_docs} notes: {val_held} on {held_count} plants that never appear in
-  training ({held}), and {val_seen} on training plants, each a combination of phrasings that
-  does not occur in `train.jsonl`.
+- `train.jsonl`: {train_docs} notes on {train_plants} plants (herbs, vegetables, fruit,
+  flowers, house plants), about {per_plant} per plant.
+- `val.jsonl`: {val_docs} notes: {val_held} on the {held_count} plants that never appear in
+  training, and {val_seen} on training plants, each note a combination of phrasings that does
+  not occur in `train.jsonl`. The held-out plants:
+  {held}.
 
 Each `{{"text": ...}}` line holds one note. Each plant has fixed attributes (light level, water
 need, soil type, temperature range and hardiness, and a few plant-specific tips); a note picks

@@ -55,7 +55,7 @@ TEST(Cli, MalformedYamlNamesLine) {
 TEST(Cli, UnknownKeySuggests) {
   CliRun r = ftune("train " + recipe_file(kGood + "train:\n  seq_lenght: 64\n"));
   EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.out.find("recipe.yaml:5:3"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("recipe.yaml:8:3"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("train.seq_len"), std::string::npos) << r.out;
 }
 
@@ -63,7 +63,7 @@ TEST(Cli, WrongTypeNamesKey) {
   CliRun r = ftune("train " + recipe_file(kGood + "train:\n  seq_len: lots\n"));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("train.seq_len"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("recipe.yaml:5"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("recipe.yaml:8:12"), std::string::npos) << r.out;
   CliRun o = ftune("train " + recipe_file(kGood) + " optim.lr=fast");
   EXPECT_NE(o.code, 0);
   EXPECT_NE(o.out.find("optim.lr"), std::string::npos) << o.out;

@@ -72,7 +72,7 @@ TEST(Blocks, TargetsAreInputsShiftedByOne) {
   for (int r = 0; r < 2; ++r)
     for (int t = 0; t + 1 < 8; ++t) EXPECT_EQ(b.targets[size_t(r * 8 + t)], b.ids[size_t(r * 8 + t + 1)]);
   Batch b0 = ds.make_batch({0});
-  EXPECT_EQ(b0.targets[7], b.ids[8]);  // the block's last target is the next block's first input
+  EXPECT_EQ(b0.targets[7], b.ids[0]);  // block 0's last target is block 1's first input; the block's last target is the next block's first input
   // EOS closes each document.
   auto first = tok.encode(docs[0]);
   Batch all = ds.make_batch({0, 1});
