@@ -93,6 +93,56 @@ uint16_t f32_to_f16(float f) {
 }
 
 namespace {
+
+// Finite or infinite double (bits u) to a 16-bit binary float with mant_bits stored mantissa
+// bits, exponent bias `bias` and all-ones exponent field max_exp, rounded once to nearest even.
+// Going through float first would round twice: a double just above a 16-bit tie can become the
+// tie itself in float and then round to even, down instead of up.
+uint16_t f64_round_to_16(uint64_t u, int mant_bits, int bias, int max_exp) {
+  const auto sign = uint16_t((u >> 48) & 0x8000);
+  const int exp_field = int((u >> 52) & 0x7ff);
+  // |x| = sig * 2^(e - 52)
+  uint64_t sig = u & ((uint64_t(1) << 52) - 1);
+  int e = -1022;
+  if (exp_field != 0) {
+    sig |= uint64_t(1) << 52;
+    e = exp_field - 1023;
+  }
+  const int te = e + bias;  // the target's exponent field, were the result normal
+  if (te >= max_exp) return uint16_t(sign | max_exp << mant_bits);  // includes inf
+  // sig bits that fall below the target's last mantissa bit; a target subnormal loses 1 - te more.
+  const int shift = 52 - mant_bits + (te < 1 ? 1 - te : 0);
+  if (shift > 53) return sign;  // |x| < half the smallest subnormal (sig < 2^53 <= the half)
+  uint64_t q = sig >> shift;
+  const uint64_t rem = sig & ((uint64_t(1) << shift) - 1);
+  const uint64_t half = uint64_t(1) << (shift - 1);
+  if (rem > half || (rem == half && (q & 1))) ++q;
+  // q holds the implicit bit for normals, so adding (te - 1) << mant_bits forms the exponent; a
+  // carry out of the mantissa moves to the next binade, or to inf from the largest one.
+  const uint32_t exp_part = te < 1 ? 0 : uint32_t(te - 1) << mant_bits;
+  return uint16_t(sign | (exp_part + uint32_t(q)));
+}
+
+bool is_nan_bits(uint64_t u) {
+  return (u & 0x7fffffffffffffffULL) > 0x7ff0000000000000ULL;
+}
+
+// NaNs as the float route produced them: bf16 keeps the top payload bits with the quiet bit set,
+// f16 becomes the quiet NaN of the same sign.
+uint16_t f64_to_bf16(double x) {
+  uint64_t u;
+  std::memcpy(&u, &x, 8);
+  if (is_nan_bits(u)) return uint16_t(((u >> 48) & 0x8000) | 0x7fc0 | ((u >> 45) & 0x7f));
+  return f64_round_to_16(u, 7, 127, 0xff);
+}
+
+uint16_t f64_to_f16(double x) {
+  uint64_t u;
+  std::memcpy(&u, &x, 8);
+  if (is_nan_bits(u)) return uint16_t(((u >> 48) & 0x8000) | 0x7e00);
+  return f64_round_to_16(u, 10, 15, 0x1f);
+}
+
 template <class Load>
 void store_all(Load load, void* dst, DType dst_t, size_t n) {
   switch (dst_t) {
@@ -133,6 +183,17 @@ void convert(const void* src, DType src_t, void* dst, DType dst_t, size_t n) {
     }
     case DType::F64: {
       auto* s = static_cast<const double*>(src);
+      // Other sources are exact in float, so store_all's float route rounds them only once.
+      if (dst_t == DType::BF16) {
+        auto* d = static_cast<uint16_t*>(dst);
+        for (size_t i = 0; i < n; ++i) d[i] = f64_to_bf16(s[i]);
+        return;
+      }
+      if (dst_t == DType::F16) {
+        auto* d = static_cast<uint16_t*>(dst);
+        for (size_t i = 0; i < n; ++i) d[i] = f64_to_f16(s[i]);
+        return;
+      }
       return store_all([s](size_t i) { return s[i]; }, dst, dst_t, n);
     }
     case DType::BF16: {

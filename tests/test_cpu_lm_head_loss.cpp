@@ -13,14 +13,6 @@
 #include "engine/error.h"
 #include "tests/test_util.h"
 
-namespace ftune::cpu {
-// The chunk-size overload defined in cpu_lm_head_loss.cpp (chunk_tokens <= 0 picks the default);
-// tests use it to show that the chunking does not change the result.
-LossSum lm_head_loss(int threads, const float* hidden, const float* W, const int32_t* targets,
-                     int64_t n, int64_t d, int64_t vocab, float grad_scale, float* dhidden,
-                     float* dW, int64_t chunk_tokens);
-}  // namespace ftune::cpu
-
 namespace ftune {
 namespace {
 

@@ -240,6 +240,97 @@ TEST(DTypeConvert, F64ToF32RoundsOnce) {
   }
 }
 
+uint16_t f64_to(DType t, double x) {
+  uint16_t h = 0;
+  convert(&x, DType::F64, &h, t, 1);
+  return h;
+}
+
+// Each input lies just above (or below) a 16-bit tie by less than float precision, so a detour
+// through float would land on the tie and round to even, the wrong way.
+TEST(DTypeConvert, F64ToF16RoundsOnce) {
+  EXPECT_EQ(f64_to(DType::F16, 1.0 + std::ldexp(1.0, -11) + std::ldexp(1.0, -40)), 0x3c01);
+  EXPECT_EQ(f64_to(DType::F16, -(1.0 + std::ldexp(1.0, -11) + std::ldexp(1.0, -40))), 0xbc01);
+  EXPECT_EQ(f64_to(DType::F16, 1.0 + std::ldexp(3.0, -11) - std::ldexp(1.0, -40)), 0x3c01);
+  // Subnormal: just above half the smallest subnormal.
+  EXPECT_EQ(f64_to(DType::F16, std::ldexp(1.0, -25) + std::ldexp(1.0, -60)), 0x0001);
+  // Just below the overflow tie 65520 stays finite.
+  EXPECT_EQ(f64_to(DType::F16, 65520.0 - std::ldexp(1.0, -30)), 0x7bff);
+  EXPECT_EQ(f64_to(DType::F16, 65520.0), 0x7c00);
+  EXPECT_EQ(f64_to(DType::F16, 1e300), 0x7c00);
+  EXPECT_EQ(f64_to(DType::F16, -INFINITY), 0xfc00);
+  EXPECT_EQ(f64_to(DType::F16, -1e-300), 0x8000);
+  EXPECT_EQ(f64_to(DType::F16, std::ldexp(1.0, -1074)), 0x0000);  // smallest double subnormal
+  const uint16_t nan = f64_to(DType::F16, std::nan(""));
+  EXPECT_EQ(nan & 0x7c00, 0x7c00);
+  EXPECT_NE(nan & 0x3ff, 0);
+}
+
+TEST(DTypeConvert, F64ToBF16RoundsOnce) {
+  EXPECT_EQ(f64_to(DType::BF16, 1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40)), 0x3f81);
+  EXPECT_EQ(f64_to(DType::BF16, -(1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40))), 0xbf81);
+  EXPECT_EQ(f64_to(DType::BF16, 1.0 + std::ldexp(3.0, -8) - std::ldexp(1.0, -40)), 0x3f81);
+  // Subnormal (float itself is subnormal here too).
+  EXPECT_EQ(f64_to(DType::BF16, std::ldexp(1.0, -134) + std::ldexp(1.0, -170)), 0x0001);
+  // Just below the overflow tie (2 - 2^-8) * 2^127 stays finite.
+  const double overflow_tie = std::ldexp(2.0 - std::ldexp(1.0, -8), 127);
+  EXPECT_EQ(f64_to(DType::BF16, overflow_tie - std::ldexp(1.0, 80)), 0x7f7f);
+  EXPECT_EQ(f64_to(DType::BF16, overflow_tie), 0x7f80);
+  EXPECT_EQ(f64_to(DType::BF16, -1e300), 0xff80);
+  EXPECT_EQ(f64_to(DType::BF16, INFINITY), 0x7f80);
+  EXPECT_EQ(f64_to(DType::BF16, -0.0), 0x8000);
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f64_to(DType::BF16, std::nan("")))));
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f64_to(DType::BF16, -std::nan("")))));
+}
+
+// Doubles around every 16-bit tie (offsets far below float precision) plus random bit patterns,
+// against the reference rounding.
+TEST(DTypeConvert, F64ToSixteenBitMatchesReferenceRounding) {
+  for (bool bf16 : {false, true}) {
+    const Format& fmt = bf16 ? kBF16 : kF16;
+    const DType t = bf16 ? DType::BF16 : DType::F16;
+    std::vector<double> xs;
+    const uint32_t finite_end = bf16 ? 0x7f80u : 0x7c00u;
+    for (uint32_t h = 0; h + 1 < finite_end; ++h) {
+      const double lo = bf16 ? bf16_to_f32(uint16_t(h)) : ref_f16_value(uint16_t(h));
+      const double hi = bf16 ? bf16_to_f32(uint16_t(h + 1)) : ref_f16_value(uint16_t(h + 1));
+      const double mid = (lo + hi) / 2;
+      const double tiny = (hi - lo) * std::ldexp(1.0, -30);
+      for (double x :
+           {mid, mid - tiny, mid + tiny, std::nextafter(mid, 0.0), std::nextafter(mid, INFINITY)}) {
+        xs.push_back(x);
+        xs.push_back(-x);
+      }
+    }
+    std::mt19937_64 rng(bf16 ? 3 : 5);
+    for (int i = 0; i < 200000; ++i) {
+      const uint64_t u = rng();
+      double x;
+      std::memcpy(&x, &u, 8);
+      xs.push_back(x);
+    }
+    // Random doubles with exponents in and around the 16-bit range.
+    std::uniform_int_distribution<int> exp_dist(bf16 ? -140 : -30, bf16 ? 130 : 18);
+    std::uniform_real_distribution<double> frac(1.0, 2.0);
+    for (int i = 0; i < 200000; ++i)
+      xs.push_back((rng() & 1 ? -1.0 : 1.0) * std::ldexp(frac(rng), exp_dist(rng)));
+
+    std::vector<uint16_t> got(xs.size());
+    convert(xs.data(), DType::F64, got.data(), t, xs.size());
+    int bad = 0;
+    for (size_t i = 0; i < xs.size(); ++i) {
+      const double want = ref_round(xs[i], fmt);
+      const double value = bf16 ? bf16_to_f32(got[i]) : ref_f16_value(got[i]);
+      const bool ok = std::isnan(want) ? std::isnan(value)
+                                       : bits_of(float(value)) == bits_of(float(want));  // -0 != +0
+      if (!ok && bad++ < 5)
+        ADD_FAILURE() << (bf16 ? "bf16" : "f16") << ": input " << std::hexfloat << xs[i] << " gave "
+                      << value << ", want " << want;
+    }
+    EXPECT_EQ(bad, 0) << (bf16 ? "bf16" : "f16");
+  }
+}
+
 TEST(DTypeConvert, SameTypeCopiesBytesExactly) {
   // NaN payloads and integer types survive untouched because no arithmetic happens.
   const std::vector<uint32_t> f = {0x7f800001u, 0xffc01234u, 0x00000001u, 0x3f800000u};

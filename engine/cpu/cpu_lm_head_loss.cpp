@@ -3,16 +3,12 @@
 // into its loss and, in place, its dlogits; then the dhidden and dW GEMMs consume that buffer.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
-#if defined(__AVX__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
-
 #include "engine/cpu/cpu_ops.h"
+#include "engine/cpu/simd.h"
 #include "engine/error.h"
 
 namespace ftune::cpu {
@@ -22,81 +18,13 @@ namespace {
 // compute-bound, small enough to stay far below N x V for long batches and big vocabularies.
 constexpr int64_t kChunkFloats = int64_t(1) << 22;
 
-#if defined(__AVX__)
-constexpr int kLanes = 8;
-#else
-constexpr int kLanes = 4;
-#endif
-using VF = float __attribute__((vector_size(kLanes * sizeof(float))));
-using VI = int32_t __attribute__((vector_size(kLanes * sizeof(int32_t))));
-
-inline VF load(const float* p) {
-  VF v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store(float* p, VF v) {
-  std::memcpy(p, &v, sizeof v);
-}
-
-inline VF splat(float x) {
-#if defined(__AVX__)
-  return _mm256_set1_ps(x);
-#else
-  return VF{x, x, x, x};
-#endif
-}
-
-// ISO C++ mode turns off contraction of a*b+c, so ask for the fused instruction explicitly.
-inline VF fmadd(VF a, VF b, VF c) {
-#if defined(__AVX__) && defined(__FMA__)
-  return _mm256_fmadd_ps(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
-
-// e^x in every lane, to about 1 ulp, for x <= 0 as used here; lanes below -87 give exactly 0.
-// 2^n e^r with n = round(x/ln2), |r| <= ln2/2, e^r from its degree-7 Taylor polynomial.
-inline VF exp_lanes(VF x) {
-  const VF lo = splat(-87.f), hi = splat(88.f);
-  const VI underflow = x < lo;
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  // Adding 1.5 * 2^23 leaves round(x / ln2) in the low mantissa bits.
-  const VF shifter = splat(0x1.8p23f);
-  const VF n = fmadd(x, splat(1.44269504088896341f), shifter) - shifter;
-  VF r = fmadd(n, splat(-0.693145751953125f), x);  // ln2 in two parts: n * hi is exact
-  r = fmadd(n, splat(-1.42860682030941723e-6f), r);
-  VF p = splat(1.f / 5040.f);
-  p = fmadd(p, r, splat(1.f / 720.f));
-  p = fmadd(p, r, splat(1.f / 120.f));
-  p = fmadd(p, r, splat(1.f / 24.f));
-  p = fmadd(p, r, splat(1.f / 6.f));
-  p = fmadd(p, r, splat(0.5f));
-  p = fmadd(p, r, splat(1.f));
-  p = fmadd(p, r, splat(1.f));
-  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
-  VF pow2;
-  std::memcpy(&pow2, &bits, sizeof pow2);
-  const VF result = p * pow2;
-  return underflow ? VF{} : result;
-}
-
-float row_max(const float* x, int64_t n) {
-  float m = -INFINITY;
-  int64_t j = 0;
-  if (n >= kLanes) {
-    VF mv = load(x);
-    for (j = kLanes; j + kLanes <= n; j += kLanes) {
-      const VF v = load(x + j);
-      mv = v > mv ? v : mv;
-    }
-    for (int l = 0; l < kLanes; ++l) m = std::max(m, mv[l]);
-  }
-  for (; j < n; ++j) m = std::max(m, x[j]);
-  return m;
-}
+using simd::exp_lanes;
+using simd::kLanes;
+using simd::load;
+using simd::row_max;
+using simd::splat;
+using simd::store;
+using simd::VF;
 
 // Sum of e^(x[j] - shift) over j < n, in double so long vocabularies lose nothing. With store,
 // x[j] is replaced by e^(x[j] - shift). Vector lanes are flushed to double every kFlush vectors

@@ -54,6 +54,11 @@ void attention_backward(int threads, const AttentionShape& s, const float* dout,
 LossSum lm_head_loss(int threads, const float* hidden, const float* W, const int32_t* targets,
                      int64_t n, int64_t d, int64_t vocab, float grad_scale, float* dhidden,
                      float* dW);
+// Same, with chunk_tokens tokens per logits chunk (<= 0 picks the default); tests use it to show
+// that the chunking does not change the result.
+LossSum lm_head_loss(int threads, const float* hidden, const float* W, const int32_t* targets,
+                     int64_t n, int64_t d, int64_t vocab, float grad_scale, float* dhidden,
+                     float* dW, int64_t chunk_tokens);
 
 // cpu_adamw.cpp
 void adamw_step(int threads, float* params, const float* grads, float* m, float* v,
