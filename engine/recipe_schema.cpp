@@ -28,7 +28,7 @@ std::vector<KeySpec> build_schema() {
       // top level: the job
       {.key = "output_dir",
        .field = &C::output_dir,
-       .doc = "the directory for checkpoints, logs, the exported model and the run manifest",
+       .doc = "the directory for checkpoints, metrics, the resolved recipe and the exported model",
        .required = true,
        .is_path = true},
       {.key = "seed",
