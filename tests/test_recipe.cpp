@@ -181,8 +181,8 @@ TEST(Recipe, EmptySectionAndNullStringMeanDefaults) {
 
 TEST(Recipe, EmptyDocumentOnlyMissesRequiredKeys) {
   EXPECT_EQ(text_error(""),
-            "r.yaml: missing required key 'output_dir' (the directory for checkpoints, logs, "
-            "the exported model and the run manifest)");
+            "r.yaml: missing required key 'output_dir' (the directory for checkpoints, metrics, "
+            "the resolved recipe and the exported model)");
   // Required keys may come from overrides alone.
   RecipeConfig c =
       load_text("# nothing here\n", {"model.path=/m", "data.train=/t", "output_dir=/o"});
@@ -347,7 +347,7 @@ TEST(Recipe, MissingRequiredKeyNamesItAndSaysWhatItIs) {
             "fine-tune");
   EXPECT_EQ(text_error(kRequired, {"output_dir="}),
             "command line override 'output_dir=': output_dir is empty; it must name the "
-            "directory for checkpoints, logs, the exported model and the run manifest");
+            "directory for checkpoints, metrics, the resolved recipe and the exported model");
 }
 
 TEST(Recipe, WarmupMustBeShorterThanMaxSteps) {
