@@ -15,10 +15,7 @@ namespace {
 
 using testing::random_vec;
 using testing::rel_error;
-
-std::vector<double> to_double(const std::vector<float>& v) {
-  return {v.begin(), v.end()};
-}
+using testing::to_double;
 
 // Runs `steps` steps of both implementations from the same fp32 start and the same fp32 grads.
 void expect_matches_reference(const std::vector<ParamSpan>& spans, size_t total, AdamWHyper h,

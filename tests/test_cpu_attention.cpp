@@ -17,6 +17,7 @@ namespace {
 
 using testing::random_vec;
 using testing::rel_error;
+using testing::to_double;
 
 struct Case {
   std::vector<int32_t> offsets;
@@ -33,10 +34,6 @@ AttentionShape shape_of(const Case& c) {
   s.n_docs = int(c.offsets.size()) - 1;
   s.scale = 1.f / std::sqrt(float(c.dim));
   return s;
-}
-
-std::vector<double> to_double(const std::vector<float>& x) {
-  return {x.begin(), x.end()};
 }
 
 // Inputs of one attention call; q is spread wider than k so some softmax rows are peaked.

@@ -20,43 +20,11 @@ namespace {
 
 using testing::random_vec;
 using testing::rel_error;
-
-std::vector<double> to_double(const std::vector<float>& v) {
-  return {v.begin(), v.end()};
-}
-
-std::vector<double> numeric_grad(std::vector<double>& p, const std::function<double()>& loss) {
-  const double h = 1e-6;
-  std::vector<double> g(p.size());
-  for (size_t i = 0; i < p.size(); ++i) {
-    const double orig = p[i];
-    p[i] = orig + h;
-    const double up = loss();
-    p[i] = orig - h;
-    const double down = loss();
-    p[i] = orig;
-    g[i] = (up - down) / (2 * h);
-  }
-  return g;
-}
-
-double dot(const std::vector<double>& a, const std::vector<double>& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-
-bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-std::vector<int32_t> random_ids(size_t n, int32_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(0, vocab - 1);
-  std::vector<int32_t> ids(n);
-  for (auto& id : ids) id = dist(rng);
-  return ids;
-}
+using testing::to_double;
+using testing::numeric_grad;
+using testing::dot;
+using testing::bitwise_equal;
+using testing::random_ids;
 
 // 1001 exercises the vector tails; 100003 the multi-threaded path.
 const size_t kSizes[] = {1, 1001, 100003};

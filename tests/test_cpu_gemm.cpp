@@ -17,37 +17,15 @@ namespace {
 
 using testing::random_vec;
 using testing::rel_error;
-
-std::vector<double> to_double(const std::vector<float>& v) {
-  return {v.begin(), v.end()};
-}
+using testing::to_double;
+using testing::numeric_grad;
+using testing::dot;
 
 std::vector<double> random_dvec(size_t n, uint64_t seed) {
   return to_double(random_vec(n, seed));
 }
 
 // Central differences of loss() with respect to every element of p.
-std::vector<double> numeric_grad(std::vector<double>& p, const std::function<double()>& loss) {
-  const double h = 1e-6;
-  std::vector<double> g(p.size());
-  for (size_t i = 0; i < p.size(); ++i) {
-    const double orig = p[i];
-    p[i] = orig + h;
-    const double up = loss();
-    p[i] = orig - h;
-    const double down = loss();
-    p[i] = orig;
-    g[i] = (up - down) / (2 * h);
-  }
-  return g;
-}
-
-double dot(const std::vector<double>& a, const std::vector<double>& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-
 TEST(RefLinear, BackwardMatchesFiniteDifferences) {
   const int64_t n = 3, in = 5, out = 4;
   auto x = random_dvec(n * in, 1), W = random_dvec(out * in, 2), b = random_dvec(out, 3);

@@ -18,12 +18,9 @@ namespace {
 
 using testing::random_vec;
 using testing::rel_error;
+using testing::to_double;
 
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-std::vector<double> to_double(const std::vector<float>& x) {
-  return {x.begin(), x.end()};
-}
 
 struct Problem {
   int64_t n, d, vocab;

@@ -17,35 +17,10 @@ namespace {
 
 using testing::random_vec;
 using testing::rel_error;
-
-std::vector<double> to_double(const std::vector<float>& v) {
-  return {v.begin(), v.end()};
-}
-
-std::vector<double> numeric_grad(std::vector<double>& p, const std::function<double()>& loss) {
-  const double h = 1e-6;
-  std::vector<double> g(p.size());
-  for (size_t i = 0; i < p.size(); ++i) {
-    const double orig = p[i];
-    p[i] = orig + h;
-    const double up = loss();
-    p[i] = orig - h;
-    const double down = loss();
-    p[i] = orig;
-    g[i] = (up - down) / (2 * h);
-  }
-  return g;
-}
-
-double dot(const std::vector<double>& a, const std::vector<double>& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-
-bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
+using testing::to_double;
+using testing::numeric_grad;
+using testing::dot;
+using testing::bitwise_equal;
 
 // (rows, dim): odd sizes with vector tails; 33 x 1001 takes the parallel path and dim 4099 spans
 // several dw column blocks. (dim 1 is left out: there dx is the difference of two nearly equal

@@ -18,31 +18,9 @@ namespace {
 
 using testing::random_vec;
 using testing::rel_error;
-
-std::vector<double> to_double(const std::vector<float>& v) {
-  return {v.begin(), v.end()};
-}
-
-std::vector<double> numeric_grad(std::vector<double>& p, const std::function<double()>& loss) {
-  const double h = 1e-6;
-  std::vector<double> g(p.size());
-  for (size_t i = 0; i < p.size(); ++i) {
-    const double orig = p[i];
-    p[i] = orig + h;
-    const double up = loss();
-    p[i] = orig - h;
-    const double down = loss();
-    p[i] = orig;
-    g[i] = (up - down) / (2 * h);
-  }
-  return g;
-}
-
-double dot(const std::vector<double>& a, const std::vector<double>& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
+using testing::to_double;
+using testing::numeric_grad;
+using testing::dot;
 
 // Llama's default frequencies: base^(-2i/D), computed the way HF does (in fp32).
 std::vector<float> llama_inv_freq(int head_dim, float base) {

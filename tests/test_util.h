@@ -1,6 +1,7 @@
 // Shared helpers for the test executables.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,13 @@ double rel_error(const std::vector<float>& a, const std::vector<float>& b);
 double rel_error(const std::vector<double>& a, const std::vector<double>& b);
 // Uniform values in [lo, hi), seeded.
 std::vector<float> random_vec(size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f);
+std::vector<int32_t> random_ids(size_t n, int32_t vocab, uint64_t seed);
+std::vector<double> to_double(const std::vector<float>& v);
+double dot(const std::vector<double>& a, const std::vector<double>& b);
+bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b);
+// Central differences (h = 1e-6) of loss() with respect to every element of p, which loss()
+// reads; p is restored afterwards. For references computed in double.
+std::vector<double> numeric_grad(std::vector<double>& p, const std::function<double()>& loss);
 // A fresh empty directory under the system temp dir, removed by the caller if it wants.
 std::string make_temp_dir(const std::string& tag);
 // Runs a shell command; returns exit code, captures stdout+stderr into *output.
