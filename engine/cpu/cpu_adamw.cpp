@@ -15,12 +15,11 @@
 #include <cstdint>
 
 #include "engine/cpu/cpu_ops.h"
+#include "engine/cpu/parallel.h"
 #include "engine/error.h"
 
 namespace ftune::cpu {
 namespace {
-
-constexpr size_t kParallelMin = size_t(1) << 15;
 
 struct Coeffs {
   float decay, w1, b2, w2, eps, gs, step_size, bc2_sqrt;
@@ -64,7 +63,7 @@ void adamw_step(int threads, float* params, const float* grads, float* m, float*
   const bool lerp_from_m = std::abs(k.w1) < 0.5f;
   size_t total = 0;
   for (int s = 0; s < n_spans; ++s) total += spans[s].count;
-  const int t = total >= kParallelMin ? std::max(threads, 1) : 1;
+  const int t = team(threads, int64_t(total));
 #pragma omp parallel num_threads(t) if (t > 1) firstprivate(k)
   for (int s = 0; s < n_spans; ++s) {
     const ParamSpan& sp = spans[s];

@@ -11,17 +11,11 @@
 #include <vector>
 
 #include "engine/cpu/cpu_ops.h"
+#include "engine/cpu/parallel.h"
 #include "engine/error.h"
 
 namespace ftune::cpu {
 namespace {
-
-// Below this many elements a fork/join costs more than the second core saves.
-constexpr size_t kParallelMin = size_t(1) << 15;
-
-int team(int threads, size_t work) {
-  return work >= kParallelMin ? std::max(threads, 1) : 1;
-}
 
 // sum_squares adds fixed-size chunks, each in double, then adds the chunk sums in index order.
 // Chunk boundaries do not depend on the thread count, so neither does the result.

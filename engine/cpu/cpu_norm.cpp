@@ -5,16 +5,10 @@
 #include <cstdint>
 
 #include "engine/cpu/cpu_ops.h"
+#include "engine/cpu/parallel.h"
 
 namespace ftune::cpu {
 namespace {
-
-// Below this many elements a fork/join costs more than the second core saves.
-constexpr int64_t kParallelMin = int64_t(1) << 15;
-
-int team(int threads, int64_t work) {
-  return work >= kParallelMin ? std::max(threads, 1) : 1;
-}
 
 // Columns per dw block: each block's double accumulators stay in L1 while all rows stream past.
 constexpr int64_t kDwBlock = 256;
