@@ -85,7 +85,12 @@ std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
   std::string same_run;  // latest checkpoint of a run started by this very recipe
   std::string stored_recipe = out + "/recipe.yaml";
   bool same_recipe = path_exists(stored_recipe) && read_file(stored_recipe) == r.resolved_yaml;
-  auto latest = empty ? std::nullopt : latest_checkpoint(out);
+  std::optional<std::string> latest;
+  try {
+    if (!empty) latest = latest_checkpoint(out);
+  } catch (const Error&) {
+    if (!opt.force) throw;  // a damaged pointer must not block starting over
+  }
 
   if (opt.resume) {
     if (!latest)
