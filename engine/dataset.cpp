@@ -1,41 +1,30 @@
 #include "engine/dataset.h"
 
 #include <algorithm>
-#include <fstream>
 #include <numeric>
 #include <random>
 
 #include <nlohmann/json.hpp>
 
 #include "engine/error.h"
+#include "engine/jsonl.h"
 #include "engine/tokenizer.h"
 
 namespace ftune {
 
 std::vector<std::string> read_jsonl_texts(const std::string& path, const std::string& field) {
-  std::ifstream in(path);
-  if (!in) throw Error("cannot open data file '" + path + "': check data.train / data.validation");
   std::vector<std::string> out;
-  std::string line;
-  int64_t lineno = 0;
-  while (std::getline(in, line)) {
-    ++lineno;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(path + ":" + std::to_string(lineno) + ": not valid JSON (" + e.what() +
-                  "); each line must be one JSON object");
-    }
-    if (!j.is_object() || !j.contains(field))
-      throw Error(path + ":" + std::to_string(lineno) + ": no \"" + field +
-                  "\" field; set data.text_field to the field holding the text");
-    if (!j[field].is_string())
-      throw Error(path + ":" + std::to_string(lineno) + ": field \"" + field +
-                  "\" must be a string");
-    out.push_back(j[field].get<std::string>());
-  }
+  for_each_jsonl(
+      path, false,
+      [&](const nlohmann::json& j, int64_t) -> std::string {
+        auto it = j.find(field);
+        if (it == j.end())
+          return "no \"" + field + "\" field; set data.text_field to the field holding the text";
+        if (!it->is_string()) return "field \"" + field + "\" must be a string";
+        out.push_back(it->get<std::string>());
+        return "";
+      },
+      nullptr);
   if (out.empty()) throw Error("data file '" + path + "' holds no documents");
   return out;
 }

@@ -1,0 +1,28 @@
+// Streaming JSONL: one JSON object per line, read a line at a time so multi-GB files never sit
+// in memory. A malformed line is an error naming file:line, or, with skip_bad, is counted and
+// skipped (the first few reasons kept for the run summary).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace ftune {
+
+struct JsonlStats {
+  int64_t lines = 0;    // non-blank lines seen
+  int64_t records = 0;  // lines handed to the callback and accepted
+  int64_t skipped = 0;  // bad lines skipped (skip_bad)
+  std::vector<std::string> examples;  // up to 5 "file:line: reason"
+};
+
+// The callback returns an empty string to accept a record, or a reason to reject it (a missing
+// or mistyped field); rejections follow the same skip_bad rule as malformed JSON.
+using JsonlVisitor = std::function<std::string(const nlohmann::json& record, int64_t line)>;
+
+void for_each_jsonl(const std::string& path, bool skip_bad, const JsonlVisitor& visit,
+                    JsonlStats* stats);
+
+}  // namespace ftune
