@@ -1,0 +1,45 @@
+// Yields micro-batches of rows built from a SampleSet: each epoch shuffles the samples with a
+// stream keyed by (seed, epoch), packs them (or pads one per row), and deals the epoch's
+// batches round-robin to ranks. The position (epoch, batch index) is all a checkpoint needs.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "engine/dataset.h"
+#include "engine/packing.h"
+
+namespace ftune {
+
+struct LoaderOptions {
+  int64_t seq_len = 256;
+  int64_t rows_per_batch = 1;
+  bool packing = true;
+  bool shuffle = true;
+  OverlongPolicy overlong = OverlongPolicy::Truncate;
+  uint64_t seed = 0;
+  int rank = 0;
+  int world = 1;
+};
+
+class SampleLoader {
+ public:
+  // Throws ftune::Error when the samples give no batch at all for this rank.
+  SampleLoader(const SampleSet& samples, LoaderOptions opt);
+  // Rows of this rank's next micro-batch; moves into the next epoch when this one is used up.
+  std::vector<Row> next();
+  const DataPosition& position() const { return pos_; }
+  void set_position(const DataPosition& p);
+  int64_t batches_per_epoch() const;  // for this rank, in the current epoch's layout
+  const PackStats& stats() const { return stats_; }
+
+ private:
+  void build_epoch(int64_t epoch);
+  const SampleSet& s_;
+  LoaderOptions o_;
+  DataPosition pos_;
+  int64_t built_epoch_ = -1;
+  std::vector<Row> rows_;
+  PackStats stats_;
+};
+
+}  // namespace ftune
