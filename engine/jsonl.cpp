@@ -7,7 +7,7 @@
 namespace ftune {
 
 void for_each_jsonl(const std::string& path, bool skip_bad, const JsonlVisitor& visit,
-                    JsonlStats* stats) {
+                    JsonlStats* stats, const JsonlMalformed& on_malformed) {
   std::ifstream in(path);
   if (!in) throw Error("cannot open data file '" + path + "': check the data paths in the recipe");
   JsonlStats local;
@@ -26,14 +26,16 @@ void for_each_jsonl(const std::string& path, bool skip_bad, const JsonlVisitor& 
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     st.lines++;
     nlohmann::json j;
+    std::string bad;
     try {
       j = nlohmann::json::parse(line);
+      if (!j.is_object()) bad = "not a JSON object; each line must be one {...} record";
     } catch (const nlohmann::json::exception& e) {
-      reject(lineno, std::string("not valid JSON (") + e.what() + "); each line must be one JSON object");
-      continue;
+      bad = std::string("not valid JSON (") + e.what() + "); each line must be one JSON object";
     }
-    if (!j.is_object()) {
-      reject(lineno, "not a JSON object; each line must be one {...} record");
+    if (!bad.empty()) {
+      if (on_malformed) on_malformed(lineno, bad);
+      else reject(lineno, bad);
       continue;
     }
     std::string why = visit(j, lineno);

@@ -22,7 +22,11 @@ struct JsonlStats {
 // or mistyped field); rejections follow the same skip_bad rule as malformed JSON.
 using JsonlVisitor = std::function<std::string(const nlohmann::json& record, int64_t line)>;
 
+// When on_malformed is given, malformed lines go to it (in file order, with the reason) instead of
+// being thrown or counted — for callers that judge records later and must keep file order.
+using JsonlMalformed = std::function<void(int64_t line, const std::string& why)>;
+
 void for_each_jsonl(const std::string& path, bool skip_bad, const JsonlVisitor& visit,
-                    JsonlStats* stats);
+                    JsonlStats* stats, const JsonlMalformed& on_malformed = nullptr);
 
 }  // namespace ftune
