@@ -18,6 +18,21 @@ struct RecipeConfig {
   double data_val_fraction = 0.05; // data.val_fraction: used when data.validation is empty
   std::string data_text_field = "text";  // data.text_field
   bool data_shuffle = true;        // data.shuffle
+  std::string data_format = "text";      // data.format: text | instruction | messages | preference
+  std::string data_packing = "auto";     // data.packing: auto | stream | pack | pad | true | false
+  std::string data_chat_template = "auto";  // data.chat_template: auto | chatml | llama3 | ...
+  bool data_train_on_inputs = false;     // data.train_on_inputs
+  std::string data_overlong = "truncate";  // data.overlong: truncate | drop
+  bool data_skip_bad_lines = false;      // data.skip_bad_lines
+  std::string data_instruction_field = "instruction";  // data.instruction_field
+  std::string data_input_field = "input";              // data.input_field
+  std::string data_output_field = "output";            // data.output_field
+  std::string data_messages_field = "messages";        // data.messages_field
+  std::string data_role_field = "role";                // data.role_field
+  std::string data_content_field = "content";          // data.content_field
+  std::string data_system_prompt;        // data.system_prompt
+  bool data_cache = true;                // data.cache
+  std::string data_cache_dir;            // data.cache_dir (empty: $XDG_CACHE_HOME/ftune/data)
   // train
   int64_t seq_len = 256;           // train.seq_len
   int64_t micro_batch_size = 4;    // train.micro_batch_size

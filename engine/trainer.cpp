@@ -23,6 +23,7 @@
 #include "engine/safetensors.h"
 #include "engine/schedule.h"
 #include "engine/tokenizer.h"
+#include "engine/train_data.h"
 
 namespace fs = std::filesystem;
 
@@ -48,6 +49,24 @@ EvalResult evaluate(Model& model, const BlockDataset& data, int64_t micro_batch,
     loss += ls.loss;
     tokens += ls.tokens;
     ++batches;
+  }
+  EvalResult r;
+  r.tokens = tokens;
+  r.loss = tokens > 0 ? loss / double(tokens) : NAN;
+  r.perplexity = std::exp(r.loss);
+  return r;
+}
+
+EvalResult evaluate(Model& model, const TrainData& data, int64_t max_batches, int threads) {
+  ExecContext ctx;
+  ctx.threads = threads;
+  double loss = 0;
+  int64_t tokens = 0;
+  const int64_t n = max_batches > 0 ? std::min(max_batches, data.val_batches()) : data.val_batches();
+  for (int64_t i = 0; i < n; ++i) {
+    LossSum ls = model.forward_loss(ctx, data.val_batch(i));
+    loss += ls.loss;
+    tokens += ls.tokens;
   }
   EvalResult r;
   r.tokens = tokens;
@@ -204,19 +223,10 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     base_dtype = mc.dtype;
   }
 
-  std::vector<std::string> train_docs, val_docs;
-  std::vector<std::string> all = read_jsonl_texts(c.data_train, c.data_text_field);
-  if (!c.data_validation.empty()) {
-    train_docs = std::move(all);
-    val_docs = read_jsonl_texts(c.data_validation, c.data_text_field);
-  } else {
-    split_documents(all, c.data_val_fraction, uint64_t(c.seed), &train_docs, &val_docs);
-  }
-  BlockDataset train(train_docs, tok, c.seq_len);
-  BlockDataset val(val_docs, tok, c.seq_len);
-  BlockSampler sampler(train.num_blocks(), c.micro_batch_size, c.data_shuffle, uint64_t(c.seed));
-
-  const int64_t batches_per_epoch = sampler.batches_per_epoch();
+  std::unique_ptr<TrainData> data =
+      make_train_data(c, c.model_path, tok, threads, comm->rank(), comm->world_size());
+  result.data_summary = data->describe();
+  const int64_t batches_per_epoch = data->batches_per_epoch();
   int64_t total_steps = c.max_steps;
   if (total_steps <= 0)
     total_steps = std::max<int64_t>(
@@ -241,7 +251,7 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     state = load_checkpoint(resume_from, model, m.get(), v.get());
     if (state.recipe_sha256 != recipe_sha || state.total_steps != total_steps)
       throw Error("--resume: checkpoint " + resume_from + " was written by a different recipe");
-    sampler.set_position(state.data);
+    data->set_position(state.data);
     trim_metrics(metrics_path, state.step);
     say("resumed from " + resume_from + " at step " + std::to_string(state.step));
   } else {
@@ -251,18 +261,17 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   std::ofstream metrics(metrics_path, std::ios::app);
 
   say("ftune: " + mc.model_type + " " + std::to_string(model.num_params()) + " parameters on " +
-      dev.detail + " (" + std::to_string(threads) + " threads); " +
-      std::to_string(train.num_tokens()) + " train tokens in " +
-      std::to_string(train.num_blocks()) + " blocks, " + std::to_string(val.num_tokens()) +
-      " validation tokens; " + std::to_string(total_steps) + " steps");
+      dev.detail + " (" + std::to_string(threads) + " threads); " + data->describe() + "; " +
+      std::to_string(total_steps) + " steps");
 
   auto eval_now = [&](const char* when) {
-    EvalResult e = evaluate(model, val, c.micro_batch_size, c.eval_max_batches, threads);
+    EvalResult e = evaluate(model, *data, c.eval_max_batches, threads);
     say(std::string("validation ") + when + ": " + fmt("loss %.4f  perplexity %.2f", e.loss, e.perplexity));
     return e;
   };
-  if (state.step == 0 && val.num_blocks() > 0) result.val_before = eval_now("before");
-  else if (val.num_blocks() == 0) say("validation: no full block of train.seq_len tokens; skipping evaluation");
+  const bool has_val = data->val_batches() > 0;
+  if (state.step == 0 && has_val) result.val_before = eval_now("before");
+  else if (!has_val) say("validation: no validation batch of train.seq_len tokens; skipping evaluation");
 
   // ---- step loop ----
   ExecContext ctx;
@@ -275,7 +284,7 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     std::vector<Batch> micro;
     int64_t targets = 0;
     for (int64_t a = 0; a < c.grad_accum; ++a) {
-      micro.push_back(train.make_batch(sampler.next()));
+      micro.push_back(data->next());
       targets += micro.back().target_count();
     }
     double total_targets = double(targets);
@@ -308,7 +317,7 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
                    int(spans.size()), h);
 
     state.step = step;
-    state.data = sampler.position();
+    state.data = data->position();
     state.tokens_seen += int64_t(total_targets);
     state.last_loss = loss;
     result.losses.push_back(loss);
@@ -322,14 +331,14 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
                            {"lr", h.lr},         {"grad_norm", gnorm},
                            {"tokens", state.tokens_seen}, {"tokens_per_s", tps},
                            {"elapsed_s", elapsed}};
-    if (c.eval_every > 0 && step % c.eval_every == 0 && step != total_steps && val.num_blocks() > 0) {
-      EvalResult e = evaluate(model, val, c.micro_batch_size, c.eval_max_batches, threads);
+    if (c.eval_every > 0 && step % c.eval_every == 0 && step != total_steps && has_val) {
+      EvalResult e = evaluate(model, *data, c.eval_max_batches, threads);
       line["val_loss"] = e.loss;
       line["val_perplexity"] = e.perplexity;
       say("step " + std::to_string(step) + " validation: " + fmt("loss %.4f  perplexity %.2f", e.loss, e.perplexity));
     }
-    if (step == total_steps && val.num_blocks() > 0) {
-      result.val_after = evaluate(model, val, c.micro_batch_size, c.eval_max_batches, threads);
+    if (step == total_steps && has_val) {
+      result.val_after = evaluate(model, *data, c.eval_max_batches, threads);
       line["val_loss"] = result.val_after.loss;
       line["val_perplexity"] = result.val_after.perplexity;
     }
@@ -349,15 +358,15 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   }
   if (live) live->finish();
   live.reset();
-  if (result.first_step > total_steps && val.num_blocks() > 0)
-    result.val_after = evaluate(model, val, c.micro_batch_size, c.eval_max_batches, threads);
+  if (result.first_step > total_steps && has_val)
+    result.val_after = evaluate(model, *data, c.eval_max_batches, threads);
 
   // ---- export ----
   result.model_dir = c.output_dir + "/model";
   export_model_dir(model, c.model_path, result.model_dir,
                    resolve_export_dtype(c.export_dtype, base_dtype),
                    size_t(c.export_max_shard_mb) * 1000 * 1000);
-  if (val.num_blocks() > 0) {
+  if (has_val) {
     if (state.step > 0 && result.val_before.tokens > 0)
       say("validation before: " + fmt("loss %.4f  perplexity %.2f", result.val_before.loss,
                                        result.val_before.perplexity));

@@ -33,6 +33,7 @@ struct TrainResult {
   std::string generation;      // sample continuation of generate.prompt (if any)
   double tokens_per_s = 0;
   bool interrupted = false;    // stopped by stop_after_step
+  std::string data_summary;    // how the data was laid out (samples, rows, padding, cache)
 };
 
 TrainResult run_training(const Recipe& recipe, const TrainOptions& opt);
@@ -40,6 +41,10 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt);
 // Mean loss of `model` over a dataset's blocks, micro_batch rows at a time (max_batches 0: all).
 EvalResult evaluate(Model& model, const BlockDataset& data, int64_t micro_batch,
                     int64_t max_batches, int threads);
+
+class TrainData;
+// Mean loss over the validation batches of a run's data (max_batches 0: all).
+EvalResult evaluate(Model& model, const TrainData& data, int64_t max_batches, int threads);
 
 // Threads to use: `requested` if > 0, else every core.
 int resolve_threads(int64_t requested);

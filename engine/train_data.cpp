@@ -1,0 +1,250 @@
+#include "engine/train_data.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <numeric>
+#include <random>
+
+#include "engine/data_format.h"
+#include "engine/error.h"
+#include "engine/fs_util.h"
+#include "engine/sample_cache.h"
+#include "engine/sample_loader.h"
+
+namespace fs = std::filesystem;
+
+namespace ftune {
+namespace {
+
+// Pre-training layout: the existing block dataset and sampler.
+class StreamData final : public TrainData {
+ public:
+  StreamData(const RecipeConfig& c, const Tokenizer& tok) : rows_(c.micro_batch_size) {
+    std::vector<std::string> train_docs, val_docs;
+    std::vector<std::string> all = read_jsonl_texts(c.data_train, c.data_text_field);
+    if (!c.data_validation.empty()) {
+      train_docs = std::move(all);
+      val_docs = read_jsonl_texts(c.data_validation, c.data_text_field);
+    } else {
+      split_documents(all, c.data_val_fraction, uint64_t(c.seed), &train_docs, &val_docs);
+    }
+    train_ = BlockDataset(train_docs, tok, c.seq_len);
+    val_ = BlockDataset(val_docs, tok, c.seq_len);
+    sampler_ = std::make_unique<BlockSampler>(train_.num_blocks(), rows_, c.data_shuffle,
+                                              uint64_t(c.seed));
+  }
+  Batch next() override { return train_.make_batch(sampler_->next()); }
+  DataPosition position() const override { return sampler_->position(); }
+  void set_position(const DataPosition& p) override { sampler_->set_position(p); }
+  int64_t batches_per_epoch() const override { return sampler_->batches_per_epoch(); }
+  int64_t val_batches() const override { return (val_.num_blocks() + rows_ - 1) / rows_; }
+  Batch val_batch(int64_t i) const override {
+    std::vector<int64_t> ids;
+    for (int64_t b = i * rows_; b < std::min((i + 1) * rows_, val_.num_blocks()); ++b) ids.push_back(b);
+    return val_.make_batch(ids);
+  }
+  std::string describe() const override {
+    return "stream layout: " + std::to_string(train_.num_tokens()) + " train tokens in " +
+           std::to_string(train_.num_blocks()) + " blocks, " + std::to_string(val_.num_tokens()) +
+           " validation tokens";
+  }
+
+ private:
+  int64_t rows_;
+  BlockDataset train_, val_;
+  std::unique_ptr<BlockSampler> sampler_;
+};
+
+std::string default_cache_dir() {
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/ftune/data";
+  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.cache/ftune/data";
+  return (fs::temp_directory_path() / "ftune-data").string();
+}
+
+// Sample layout: records formatted into masked samples, cached, then packed or padded.
+class SampleData final : public TrainData {
+ public:
+  SampleData(const RecipeConfig& c, const std::string& tok_dir, const Tokenizer& tok, int threads,
+             int rank, int world)
+      : seq_(c.seq_len), rows_(c.micro_batch_size), pad_(std::max(tok.eos_id(), 0)) {
+    FormatOptions fo;
+    fo.format = parse_data_format(c.data_format);
+    fo.text_field = c.data_text_field;
+    fo.instruction_field = c.data_instruction_field;
+    fo.input_field = c.data_input_field;
+    fo.output_field = c.data_output_field;
+    fo.messages_field = c.data_messages_field;
+    fo.role_field = c.data_role_field;
+    fo.content_field = c.data_content_field;
+    fo.system_prompt = c.data_system_prompt;
+    fo.train_on_inputs = c.data_train_on_inputs;
+    std::optional<ChatTemplate> tmpl;
+    if (fo.format != DataFormat::Text) tmpl = pick_template(c, tok_dir, tok, fo.format);
+    const ChatTemplate* t = tmpl ? &*tmpl : nullptr;
+
+    SampleSet all = load(c, c.data_train, fo, tok, t, threads, &train_stats_);
+    if (!c.data_validation.empty()) {
+      train_ = std::move(all);
+      val_ = load(c, c.data_validation, fo, tok, t, threads, &val_stats_);
+    } else {
+      split(all, c.data_val_fraction, uint64_t(c.seed));
+    }
+    if (train_.size() == 0) throw Error("data.train: '" + c.data_train + "' gives no samples");
+    // Count what training will actually see: tokens past the first of each sample, within
+    // train.seq_len (truncation keeps the start), dropped samples excluded.
+    int64_t trainable = 0;
+    const bool drop = c.data_overlong == "drop";
+    for (int64_t i = 0; i < train_.size(); ++i) {
+      const int64_t len = train_.length(i);
+      if (drop && len > seq_) continue;
+      const int64_t b = train_.offsets[size_t(i)];
+      for (int64_t k = b + 1; k < b + std::min(len, seq_); ++k) trainable += train_.trainable[size_t(k)];
+    }
+    if (trainable == 0)
+      throw Error("data.train: '" + c.data_train + "' leaves no tokens to train on within " +
+                  "train.seq_len (every response is masked, empty or cut off); check data.format " +
+                  "and its fields, raise train.seq_len, or set data.train_on_inputs: true");
+
+    LoaderOptions lo;
+    lo.seq_len = c.seq_len;
+    lo.rows_per_batch = c.micro_batch_size;
+    lo.packing = c.data_packing != "pad" && c.data_packing != "false";
+    lo.shuffle = c.data_shuffle;
+    lo.overlong = c.data_overlong == "drop" ? OverlongPolicy::Drop : OverlongPolicy::Truncate;
+    lo.seed = uint64_t(c.seed);
+    lo.rank = rank;
+    lo.world = world;
+    loader_ = std::make_unique<SampleLoader>(train_, lo);
+    std::vector<int64_t> order(size_t(val_.size()));
+    std::iota(order.begin(), order.end(), int64_t(0));
+    val_rows_ = lo.packing ? pack_rows(val_, order, seq_, lo.overlong, &val_pack_)
+                           : single_rows(val_, order, seq_, lo.overlong, &val_pack_);
+    template_name_ = t ? t->name() : "";
+    packing_ = lo.packing;
+  }
+
+  Batch next() override { return make_row_batch(train_, loader_->next(), seq_, pad_); }
+  DataPosition position() const override { return loader_->position(); }
+  void set_position(const DataPosition& p) override { loader_->set_position(p); }
+  int64_t batches_per_epoch() const override { return loader_->batches_per_epoch(); }
+  int64_t val_batches() const override {
+    return (int64_t(val_rows_.size()) + rows_ - 1) / rows_;
+  }
+  Batch val_batch(int64_t i) const override {
+    auto first = val_rows_.begin() + i * rows_;
+    auto last = val_rows_.begin() + std::min<int64_t>((i + 1) * rows_, int64_t(val_rows_.size()));
+    return make_row_batch(val_, std::vector<Row>(first, last), seq_, pad_);
+  }
+  std::string describe() const override {
+    const PackStats& p = loader_->stats();
+    std::string s = std::string(packing_ ? "packed" : "padded") + " samples" +
+                    (template_name_.empty() ? "" : " (chat template " + template_name_ + ")") +
+                    ": " + std::to_string(train_.size()) + " train / " +
+                    std::to_string(val_.size()) + " validation samples, " +
+                    std::to_string(train_.tokens.size()) + " train tokens in " +
+                    std::to_string(p.rows) + " rows (" +
+                    std::to_string(p.rows > 0 ? 100 * p.pad_tokens / (p.rows * seq_) : 0) +
+                    "% padding)";
+    if (p.truncated) s += ", " + std::to_string(p.truncated) + " truncated";
+    if (p.dropped) s += ", " + std::to_string(p.dropped) + " dropped";
+    const int64_t skipped = train_stats_.jsonl.skipped + val_stats_.jsonl.skipped;
+    if (skipped) s += ", " + std::to_string(skipped) + " bad lines skipped";
+    if (cache_hits_) s += ", from cache";
+    return s;
+  }
+
+ private:
+  static ChatTemplate pick_template(const RecipeConfig& c, const std::string& tok_dir,
+                                    const Tokenizer& tok, DataFormat f) {
+    ChatSpecialTokens st;
+    st.bos = tok.bos_id() >= 0 ? tok.id_to_token(tok.bos_id()) : std::string();
+    st.eos = tok.eos_id() >= 0 ? tok.id_to_token(tok.eos_id()) : std::string();
+    if (c.data_chat_template != "auto") return ChatTemplate::builtin(c.data_chat_template, st);
+    const bool has_own = path_exists(tok_dir + "/chat_template.jinja") || [&] {
+      const std::string cfg = tok_dir + "/tokenizer_config.json";
+      return path_exists(cfg) && read_file(cfg).find("\"chat_template\"") != std::string::npos;
+    }();
+    if (has_own) return ChatTemplate::from_tokenizer_config(tok_dir);
+    if (f == DataFormat::Instruction) return ChatTemplate::builtin("alpaca", st);
+    throw Error("data.chat_template: the model in '" + tok_dir + "' has no chat template; set " +
+                "data.chat_template to one of chatml, llama3, llama2, mistral, alpaca, plain");
+  }
+
+  SampleSet load(const RecipeConfig& c, const std::string& path, const FormatOptions& fo,
+                 const Tokenizer& tok, const ChatTemplate* t, int threads, BuildStats* stats) {
+    std::string key, file;
+    if (c.data_cache) {
+      nlohmann::json settings = {
+          {"format", c.data_format},           {"text_field", c.data_text_field},
+          {"instruction_field", c.data_instruction_field}, {"input_field", c.data_input_field},
+          {"output_field", c.data_output_field}, {"messages_field", c.data_messages_field},
+          {"role_field", c.data_role_field},   {"content_field", c.data_content_field},
+          {"system_prompt", c.data_system_prompt}, {"train_on_inputs", c.data_train_on_inputs},
+          {"template", t ? t->describe() : ""}, {"skip_bad", c.data_skip_bad_lines}};
+      std::vector<std::string> files = {path};
+      for (const char* f : {"/tokenizer.json", "/tokenizer_config.json", "/chat_template.jinja"})
+        if (path_exists(c.model_path + f)) files.push_back(c.model_path + f);
+      key = sample_cache_key(settings, files);
+      const std::string dir = c.data_cache_dir.empty() ? default_cache_dir() : c.data_cache_dir;
+      file = dir + "/" + key.substr(0, 32) + ".samples";
+      nlohmann::json meta;
+      if (auto hit = read_sample_cache(file, key, &meta)) {
+        stats->jsonl.skipped = meta.value("skipped", int64_t(0));
+        cache_hits_++;
+        return std::move(*hit);
+      }
+    }
+    SampleSet s;
+    append_samples(path, fo, tok, t, c.data_skip_bad_lines, threads, &s, stats);
+    if (c.data_cache) {
+      fs::create_directories(fs::path(file).parent_path());
+      write_sample_cache(file, key, s, {{"skipped", stats->jsonl.skipped}, {"source", path}});
+    }
+    return s;
+  }
+
+  void split(const SampleSet& all, double fraction, uint64_t seed) {
+    std::vector<int64_t> idx(size_t(all.size()));
+    std::iota(idx.begin(), idx.end(), int64_t(0));
+    std::mt19937_64 rng(seed ^ 0x5eed5a1177ull);
+    std::shuffle(idx.begin(), idx.end(), rng);
+    int64_t n_val = int64_t(double(all.size()) * fraction + 0.5);
+    if (all.size() >= 2 && fraction > 0) n_val = std::clamp<int64_t>(n_val, 1, all.size() - 1);
+    std::vector<uint8_t> is_val(size_t(all.size()), 0);
+    for (int64_t i = all.size() - n_val; i < all.size(); ++i) is_val[size_t(idx[size_t(i)])] = 1;
+    for (int64_t i = 0; i < all.size(); ++i) {
+      const auto b = all.offsets[size_t(i)], e = all.offsets[size_t(i) + 1];
+      std::vector<int32_t> ids(all.tokens.begin() + b, all.tokens.begin() + e);
+      std::vector<uint8_t> m(all.trainable.begin() + b, all.trainable.begin() + e);
+      (is_val[size_t(i)] ? val_ : train_).add(ids, m);
+    }
+  }
+
+  int64_t seq_, rows_;
+  int32_t pad_;
+  SampleSet train_, val_;
+  BuildStats train_stats_, val_stats_;
+  std::unique_ptr<SampleLoader> loader_;
+  std::vector<Row> val_rows_;
+  PackStats val_pack_;
+  std::string template_name_;
+  bool packing_ = true;
+  int cache_hits_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<TrainData> make_train_data(const RecipeConfig& c, const std::string& tokenizer_dir,
+                                           const Tokenizer& tok, int threads, int rank, int world) {
+  const bool stream = c.data_packing == "stream" ||
+                      (c.data_packing == "auto" && c.data_format == "text");
+  if (stream) {
+    if (c.data_format != "text")
+      throw Error("data.packing: stream works only with data.format: text (use pack or pad)");
+    if (world != 1) throw Error("the stream layout is single-rank for now; use data.packing: pack");
+    return std::make_unique<StreamData>(c, tok);
+  }
+  return std::make_unique<SampleData>(c, tokenizer_dir, tok, threads, rank, world);
+}
+
+}  // namespace ftune
