@@ -67,19 +67,8 @@ class SampleData final : public TrainData {
   SampleData(const RecipeConfig& c, const std::string& tok_dir, const Tokenizer& tok, int threads,
              int rank, int world)
       : seq_(c.seq_len), rows_(c.micro_batch_size), pad_(std::max(tok.eos_id(), 0)) {
-    FormatOptions fo;
-    fo.format = parse_data_format(c.data_format);
-    fo.text_field = c.data_text_field;
-    fo.instruction_field = c.data_instruction_field;
-    fo.input_field = c.data_input_field;
-    fo.output_field = c.data_output_field;
-    fo.messages_field = c.data_messages_field;
-    fo.role_field = c.data_role_field;
-    fo.content_field = c.data_content_field;
-    fo.system_prompt = c.data_system_prompt;
-    fo.train_on_inputs = c.data_train_on_inputs;
-    std::optional<ChatTemplate> tmpl;
-    if (fo.format != DataFormat::Text) tmpl = pick_template(c, tok_dir, tok, fo.format);
+    const FormatOptions fo = recipe_format_options(c);
+    std::optional<ChatTemplate> tmpl = recipe_chat_template(c, tok_dir, tok);
     const ChatTemplate* t = tmpl ? &*tmpl : nullptr;
 
     SampleSet all = load(c, c.data_train, fo, tok, t, threads, &train_stats_);
@@ -154,22 +143,6 @@ class SampleData final : public TrainData {
   }
 
  private:
-  static ChatTemplate pick_template(const RecipeConfig& c, const std::string& tok_dir,
-                                    const Tokenizer& tok, DataFormat f) {
-    ChatSpecialTokens st;
-    st.bos = tok.bos_id() >= 0 ? tok.id_to_token(tok.bos_id()) : std::string();
-    st.eos = tok.eos_id() >= 0 ? tok.id_to_token(tok.eos_id()) : std::string();
-    if (c.data_chat_template != "auto") return ChatTemplate::builtin(c.data_chat_template, st);
-    const bool has_own = path_exists(tok_dir + "/chat_template.jinja") || [&] {
-      const std::string cfg = tok_dir + "/tokenizer_config.json";
-      return path_exists(cfg) && read_file(cfg).find("\"chat_template\"") != std::string::npos;
-    }();
-    if (has_own) return ChatTemplate::from_tokenizer_config(tok_dir);
-    if (f == DataFormat::Instruction) return ChatTemplate::builtin("alpaca", st);
-    throw Error("data.chat_template: the model in '" + tok_dir + "' has no chat template; set " +
-                "data.chat_template to one of chatml, llama3, llama2, mistral, alpaca, plain");
-  }
-
   SampleSet load(const RecipeConfig& c, const std::string& path, const FormatOptions& fo,
                  const Tokenizer& tok, const ChatTemplate* t, int threads, BuildStats* stats) {
     std::string key, file;
@@ -233,6 +206,39 @@ class SampleData final : public TrainData {
 };
 
 }  // namespace
+
+FormatOptions recipe_format_options(const RecipeConfig& c) {
+  FormatOptions fo;
+  fo.format = parse_data_format(c.data_format);
+  fo.text_field = c.data_text_field;
+  fo.instruction_field = c.data_instruction_field;
+  fo.input_field = c.data_input_field;
+  fo.output_field = c.data_output_field;
+  fo.messages_field = c.data_messages_field;
+  fo.role_field = c.data_role_field;
+  fo.content_field = c.data_content_field;
+  fo.system_prompt = c.data_system_prompt;
+  fo.train_on_inputs = c.data_train_on_inputs;
+  return fo;
+}
+
+std::optional<ChatTemplate> recipe_chat_template(const RecipeConfig& c, const std::string& tok_dir,
+                                                 const Tokenizer& tok) {
+  const DataFormat f = parse_data_format(c.data_format);
+  if (f == DataFormat::Text) return std::nullopt;
+  ChatSpecialTokens st;
+  st.bos = tok.bos_id() >= 0 ? tok.id_to_token(tok.bos_id()) : std::string();
+  st.eos = tok.eos_id() >= 0 ? tok.id_to_token(tok.eos_id()) : std::string();
+  if (c.data_chat_template != "auto") return ChatTemplate::builtin(c.data_chat_template, st);
+  const bool has_own = path_exists(tok_dir + "/chat_template.jinja") || [&] {
+    const std::string cfg = tok_dir + "/tokenizer_config.json";
+    return path_exists(cfg) && read_file(cfg).find("\"chat_template\"") != std::string::npos;
+  }();
+  if (has_own) return ChatTemplate::from_tokenizer_config(tok_dir);
+  if (f == DataFormat::Instruction) return ChatTemplate::builtin("alpaca", st);
+  throw Error("data.chat_template: the model in '" + tok_dir + "' has no chat template; set " +
+              "data.chat_template to one of chatml, llama3, llama2, mistral, alpaca, plain");
+}
 
 std::unique_ptr<TrainData> make_train_data(const RecipeConfig& c, const std::string& tokenizer_dir,
                                            const Tokenizer& tok, int threads, int rank, int world) {

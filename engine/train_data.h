@@ -7,9 +7,11 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "engine/data_format.h"
 #include "engine/dataset.h"
 #include "engine/recipe.h"
 #include "engine/tokenizer.h"
@@ -27,6 +29,12 @@ class TrainData {
   virtual Batch val_batch(int64_t i) const = 0;
   virtual std::string describe() const = 0;  // one line for the run log
 };
+
+// The recipe's record format settings, and the chat template its data needs (none for text).
+FormatOptions recipe_format_options(const RecipeConfig& c);
+std::optional<ChatTemplate> recipe_chat_template(const RecipeConfig& c,
+                                                 const std::string& tokenizer_dir,
+                                                 const Tokenizer& tok);
 
 // Builds the recipe's training and validation data (reading, tokenizing, caching, packing).
 std::unique_ptr<TrainData> make_train_data(const RecipeConfig& c, const std::string& tokenizer_dir,

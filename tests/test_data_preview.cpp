@@ -1,0 +1,46 @@
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "engine/data_preview.h"
+#include "engine/error.h"
+#include "tests/test_util.h"
+
+namespace ftune {
+namespace {
+
+TEST(DataPreview, MarksTrainedSpansAndCountsTokens) {
+  const std::string src = FTUNE_SOURCE_DIR;
+  std::string dir = testing::make_temp_dir("preview");
+  std::ofstream(dir + "/i.jsonl") << R"({"instruction": "Name a herb.", "output": "Basil."})" << "\n"
+                                  << R"({"instruction": "Name a tree.", "output": "Oak."})" << "\n";
+  RecipeConfig c;
+  c.model_path = src + "/configs/models/quickstart-base";
+  c.data_train = dir + "/i.jsonl";
+  c.data_format = "instruction";
+  c.data_chat_template = "chatml";
+  PreviewOptions p;
+  p.count = 1;
+  std::string out = preview_data(c, p);
+  EXPECT_NE(out.find("chat template chatml"), std::string::npos) << out;
+  EXPECT_NE(out.find("[[Basil.<|im_end|>]]"), std::string::npos) << out;
+  EXPECT_NE(out.find("<|im_start|>user\nName a herb.<|im_end|>"), std::string::npos) << out;
+  EXPECT_EQ(out.find("Oak."), std::string::npos) << "only the first record was asked for";
+  EXPECT_NE(out.find("--- record 1: "), std::string::npos) << out;
+  c.data_train_on_inputs = true;
+  out = preview_data(c, p);
+  // The first token is never a target; everything after it is trained now.
+  EXPECT_NE(out.find("[[|im_start|>user\nName a herb.<|im_end|>"), std::string::npos) << out;
+
+  c.data_format = "messages";
+  try {
+    preview_data(c, p);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("i.jsonl:1: no \"messages\" field"), std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace ftune
