@@ -50,23 +50,25 @@ Batch BlockDataset::make_batch(const std::vector<int64_t>& block_ids) const {
   return Batch::from_rows(rows, seq_, std::move(ids), std::move(targets));
 }
 
-void split_documents(const std::vector<std::string>& all, double val_fraction, uint64_t seed,
-                     std::vector<std::string>* train, std::vector<std::string>* val) {
-  std::vector<size_t> idx(all.size());
+std::vector<uint8_t> validation_mask(size_t n, double val_fraction, uint64_t seed) {
+  std::vector<size_t> idx(n);
   std::iota(idx.begin(), idx.end(), size_t(0));
   std::mt19937_64 rng(seed ^ 0x5eed5a1177ull);
   std::shuffle(idx.begin(), idx.end(), rng);
-  size_t n_val = size_t(double(all.size()) * val_fraction + 0.5);
-  if (all.size() >= 2 && val_fraction > 0) n_val = std::clamp<size_t>(n_val, 1, all.size() - 1);
-  const size_t n_train = all.size() - n_val;
-  // Keep each side in file order: splitting must not reorder what the user wrote.
-  std::vector<size_t> tr(idx.begin(), idx.begin() + n_train), va(idx.begin() + n_train, idx.end());
-  std::sort(tr.begin(), tr.end());
-  std::sort(va.begin(), va.end());
+  size_t n_val = size_t(double(n) * val_fraction + 0.5);
+  if (n >= 2 && val_fraction > 0) n_val = std::clamp<size_t>(n_val, 1, n - 1);
+  std::vector<uint8_t> is_val(n, 0);
+  for (size_t i = n - n_val; i < n; ++i) is_val[idx[i]] = 1;
+  return is_val;
+}
+
+void split_documents(const std::vector<std::string>& all, double val_fraction, uint64_t seed,
+                     std::vector<std::string>* train, std::vector<std::string>* val) {
+  // Each side keeps file order: splitting must not reorder what the user wrote.
+  const std::vector<uint8_t> is_val = validation_mask(all.size(), val_fraction, seed);
   train->clear();
   val->clear();
-  for (size_t i : tr) train->push_back(all[i]);
-  for (size_t i : va) val->push_back(all[i]);
+  for (size_t i = 0; i < all.size(); ++i) (is_val[i] ? val : train)->push_back(all[i]);
 }
 
 BlockSampler::BlockSampler(int64_t num_blocks, int64_t batch_rows, bool shuffle, uint64_t seed)

@@ -32,6 +32,10 @@ class BlockDataset {
   int64_t seq_ = 0;
 };
 
+// Which of n items go to validation: a seeded shuffle, the last val_fraction of it (at least
+// one item each side when n >= 2 and val_fraction > 0). is_val[i] is 1 for validation items.
+std::vector<uint8_t> validation_mask(size_t n, double val_fraction, uint64_t seed);
+
 // Splits documents into train and validation deterministically (seeded shuffle of indices,
 // the last val_fraction of them go to validation; at least one each when there are ≥ 2).
 void split_documents(const std::vector<std::string>& all, double val_fraction, uint64_t seed,

@@ -177,14 +177,7 @@ class SampleData final : public TrainData {
   }
 
   void split(const SampleSet& all, double fraction, uint64_t seed) {
-    std::vector<int64_t> idx(size_t(all.size()));
-    std::iota(idx.begin(), idx.end(), int64_t(0));
-    std::mt19937_64 rng(seed ^ 0x5eed5a1177ull);
-    std::shuffle(idx.begin(), idx.end(), rng);
-    int64_t n_val = int64_t(double(all.size()) * fraction + 0.5);
-    if (all.size() >= 2 && fraction > 0) n_val = std::clamp<int64_t>(n_val, 1, all.size() - 1);
-    std::vector<uint8_t> is_val(size_t(all.size()), 0);
-    for (int64_t i = all.size() - n_val; i < all.size(); ++i) is_val[size_t(idx[size_t(i)])] = 1;
+    const std::vector<uint8_t> is_val = validation_mask(size_t(all.size()), fraction, seed);
     for (int64_t i = 0; i < all.size(); ++i) {
       const auto b = all.offsets[size_t(i)], e = all.offsets[size_t(i) + 1];
       std::vector<int32_t> ids(all.tokens.begin() + b, all.tokens.begin() + e);
