@@ -116,7 +116,7 @@ std::string format_record(const nlohmann::json& rec, const FormatOptions& o, con
 
 void append_samples(const std::string& path, const FormatOptions& opt, const Tokenizer& tok,
                     const ChatTemplate* tmpl, bool skip_bad, int threads, SampleSet* out,
-                    BuildStats* stats) {
+                    BuildStats* stats, const BuildProgress& on_progress) {
   BuildStats local;
   BuildStats& st = stats ? *stats : local;
   // Records are gathered in batches and formatted in parallel; verdicts are applied in file
@@ -153,13 +153,17 @@ void append_samples(const std::string& path, const FormatOptions& opt, const Tok
     malformed.clear();
   };
   JsonlStats js;
+  auto batch_done = [&] {
+    process();
+    if (on_progress) on_progress(st, js.bytes);
+  };
   for_each_jsonl(
       path, skip_bad,
       [&](const nlohmann::json& j, int64_t line) {
         recs.push_back(j);
         lines.push_back(line);
         malformed.emplace_back();
-        if (recs.size() == kBatch) process();
+        if (recs.size() == kBatch) batch_done();
         return std::string();
       },
       &js,
@@ -167,9 +171,9 @@ void append_samples(const std::string& path, const FormatOptions& opt, const Tok
         recs.emplace_back();
         lines.push_back(line);
         malformed.push_back(why);
-        if (recs.size() == kBatch) process();
+        if (recs.size() == kBatch) batch_done();
       });
-  process();
+  batch_done();
   st.jsonl.lines += js.lines;
 }
 

@@ -5,6 +5,7 @@
 // rejected: validated now; trained on prompt + chosen until preference tuning lands).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -47,8 +48,10 @@ struct BuildStats {
 };
 
 // Streams a JSONL file into `out`, formatting records in parallel batches (record order kept).
+// on_progress, when given, is called after each batch with the stats so far and the bytes read.
+using BuildProgress = std::function<void(const BuildStats& stats, int64_t bytes_read)>;
 void append_samples(const std::string& path, const FormatOptions& opt, const Tokenizer& tok,
                     const ChatTemplate* tmpl, bool skip_bad, int threads, SampleSet* out,
-                    BuildStats* stats);
+                    BuildStats* stats, const BuildProgress& on_progress = nullptr);
 
 }  // namespace ftune

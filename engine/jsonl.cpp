@@ -23,6 +23,7 @@ void for_each_jsonl(const std::string& path, bool skip_bad, const JsonlVisitor& 
   int64_t lineno = 0;
   while (std::getline(in, line)) {
     ++lineno;
+    st.bytes += int64_t(line.size()) + 1;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     st.lines++;
     nlohmann::json j;

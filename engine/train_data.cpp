@@ -1,5 +1,9 @@
 #include "engine/train_data.h"
 
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <numeric>
@@ -65,8 +69,9 @@ std::string default_cache_dir() {
 class SampleData final : public TrainData {
  public:
   SampleData(const RecipeConfig& c, const std::string& tok_dir, const Tokenizer& tok, int threads,
-             int rank, int world)
-      : seq_(c.seq_len), rows_(c.micro_batch_size), pad_(std::max(tok.eos_id(), 0)) {
+             int rank, int world, bool show_progress)
+      : seq_(c.seq_len), rows_(c.micro_batch_size), pad_(std::max(tok.eos_id(), 0)),
+        progress_(show_progress) {
     const FormatOptions fo = recipe_format_options(c);
     std::optional<ChatTemplate> tmpl = recipe_chat_template(c, tok_dir, tok);
     const ChatTemplate* t = tmpl ? &*tmpl : nullptr;
@@ -168,7 +173,26 @@ class SampleData final : public TrainData {
       }
     }
     SampleSet s;
-    append_samples(path, fo, tok, t, c.data_skip_bad_lines, threads, &s, stats);
+    const bool tty = isatty(fileno(stderr)) != 0;
+    const double total = double(fs::file_size(path));
+    const auto t0 = std::chrono::steady_clock::now();
+    auto seconds = [&] {
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    BuildProgress report = nullptr;
+    if (progress_ && tty)
+      report = [&](const BuildStats& b, int64_t bytes) {
+        std::fprintf(stderr, "\r\033[Ktokenizing %s: %lld records, %.0f%%, %.1f MB/s",
+                     fs::path(path).filename().c_str(), static_cast<long long>(b.samples),
+                     total > 0 ? 100.0 * double(bytes) / total : 100.0,
+                     double(bytes) / 1e6 / std::max(seconds(), 1e-6));
+      };
+    append_samples(path, fo, tok, t, c.data_skip_bad_lines, threads, &s, stats, report);
+    if (progress_)
+      std::fprintf(stderr, "%stokenized %s: %lld samples, %lld tokens in %.1f s (%.1f MB/s)\n",
+                   tty ? "\r\033[K" : "", path.c_str(), static_cast<long long>(stats->samples),
+                   static_cast<long long>(stats->tokens), seconds(),
+                   total / 1e6 / std::max(seconds(), 1e-6));
     if (c.data_cache) {
       fs::create_directories(fs::path(file).parent_path());
       write_sample_cache(file, key, s, {{"skipped", stats->jsonl.skipped}, {"source", path}});
@@ -196,6 +220,7 @@ class SampleData final : public TrainData {
   std::string template_name_;
   bool packing_ = true;
   int cache_hits_ = 0;
+  bool progress_ = false;
 };
 
 }  // namespace
@@ -234,7 +259,8 @@ std::optional<ChatTemplate> recipe_chat_template(const RecipeConfig& c, const st
 }
 
 std::unique_ptr<TrainData> make_train_data(const RecipeConfig& c, const std::string& tokenizer_dir,
-                                           const Tokenizer& tok, int threads, int rank, int world) {
+                                           const Tokenizer& tok, int threads, int rank, int world,
+                                           bool show_progress) {
   const bool stream = c.data_packing == "stream" ||
                       (c.data_packing == "auto" && c.data_format == "text");
   if (stream) {
@@ -243,7 +269,7 @@ std::unique_ptr<TrainData> make_train_data(const RecipeConfig& c, const std::str
     if (world != 1) throw Error("the stream layout is single-rank for now; use data.packing: pack");
     return std::make_unique<StreamData>(c, tok);
   }
-  return std::make_unique<SampleData>(c, tokenizer_dir, tok, threads, rank, world);
+  return std::make_unique<SampleData>(c, tokenizer_dir, tok, threads, rank, world, show_progress);
 }
 
 }  // namespace ftune

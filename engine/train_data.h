@@ -37,7 +37,9 @@ std::optional<ChatTemplate> recipe_chat_template(const RecipeConfig& c,
                                                  const Tokenizer& tok);
 
 // Builds the recipe's training and validation data (reading, tokenizing, caching, packing).
+// show_progress: report tokenization progress on stderr (a live line on a terminal).
 std::unique_ptr<TrainData> make_train_data(const RecipeConfig& c, const std::string& tokenizer_dir,
-                                           const Tokenizer& tok, int threads, int rank, int world);
+                                           const Tokenizer& tok, int threads, int rank, int world,
+                                           bool show_progress = false);
 
 }  // namespace ftune

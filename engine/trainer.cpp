@@ -224,7 +224,7 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   }
 
   std::unique_ptr<TrainData> data =
-      make_train_data(c, c.model_path, tok, threads, comm->rank(), comm->world_size());
+      make_train_data(c, c.model_path, tok, threads, comm->rank(), comm->world_size(), !opt.quiet);
   result.data_summary = data->describe();
   const int64_t batches_per_epoch = data->batches_per_epoch();
   int64_t total_steps = c.max_steps;
