@@ -10,13 +10,17 @@ std::string preview_data(const RecipeConfig& c, const PreviewOptions& opt) {
   Tokenizer tok = Tokenizer::load(c.model_path);
   const FormatOptions fo = recipe_format_options(c);
   std::optional<ChatTemplate> tmpl = recipe_chat_template(c, c.model_path, tok);
+  // In the stream layout documents run together, so a document's first token is predicted too.
+  const bool stream = c.data_packing == "stream" || (c.data_packing == "auto" && c.data_format == "text");
+  const size_t first_target = stream ? 0 : 1;
   const char* open = opt.color ? "\033[1;32m" : "[[";
   const char* close = opt.color ? "\033[0m" : "]]";
   std::string out = "data.train: " + c.data_train + "  (format " + c.data_format +
                     (tmpl ? ", chat template " + tmpl->name() : std::string()) + ")\n" +
                     "trained tokens are shown " +
                     (opt.color ? std::string("in green") : std::string("between [[ and ]]")) +
-                    "; the first token of a sample is never a target\n";
+                    (stream ? "; stream layout: documents run together, EOS between them\n"
+                           : "; the first token of a sample is never a target\n");
   int64_t shown = 0;
   JsonlStats st;
   for_each_jsonl(
@@ -28,7 +32,7 @@ std::string preview_data(const RecipeConfig& c, const PreviewOptions& opt) {
         std::string why = format_record(rec, fo, tok, tmpl ? &*tmpl : nullptr, &ids, &mask);
         if (!why.empty()) return why;
         int64_t trained = 0;
-        for (size_t i = 1; i < ids.size(); ++i) trained += mask[i];
+        for (size_t i = first_target; i < ids.size(); ++i) trained += mask[i];
         out += "\n--- record " + std::to_string(line) + ": " + std::to_string(ids.size()) +
                " tokens, " + std::to_string(trained) + " trained" +
                (int64_t(ids.size()) > c.seq_len
@@ -40,8 +44,8 @@ std::string preview_data(const RecipeConfig& c, const PreviewOptions& opt) {
         size_t i = 0;
         while (i < ids.size()) {
           size_t j = i;
-          const bool t = i > 0 && mask[i];
-          while (j < ids.size() && (j > 0 && mask[j]) == t) ++j;
+          const bool t = i >= first_target && mask[i];
+          while (j < ids.size() && (j >= first_target && mask[j]) == t) ++j;
           std::string text = tok.decode(std::vector<int32_t>(ids.begin() + long(i), ids.begin() + long(j)));
           out += t ? open + text + close : text;
           i = j;

@@ -1,8 +1,11 @@
-// Byte-level BPE from a Hugging Face tokenizer.json. The pipeline follows the tokenizers library:
-// split off added tokens (non-normalized ones on the raw text, then normalized ones on the
-// normalized text), pre-tokenize each remaining piece (regex splits, ByteLevel), BPE each
-// pre-token. BPE runs on raw bytes: a byte's symbol is the vocab id of its byte-level character,
-// so no mapped copy of the text is ever built.
+// BPE from a Hugging Face tokenizer.json, byte-level (GPT-2, Llama 3, Qwen2) or SentencePiece
+// style (Llama 2, Mistral: metaspace "\u2581" for spaces, <0xXX> byte fallback). The pipeline
+// follows the tokenizers library: split off added tokens (non-normalized ones on the raw text,
+// then normalized ones on the normalized text), pre-tokenize each remaining piece (regex splits,
+// Metaspace, ByteLevel), BPE each pre-token, and decode through the decoder chain.
+// With a ByteLevel pre-tokenizer BPE runs on raw bytes: a byte's symbol is the vocab id of its
+// byte-level character, so no mapped copy of the text is ever built. Otherwise the initial symbols
+// are the characters themselves, with byte fallback or <unk> for those not in the vocabulary.
 #include "engine/tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -30,8 +33,9 @@ using json = nlohmann::json;
 namespace fs = std::filesystem;
 
 constexpr char kScope[] =
-    "ftune reads byte-level BPE tokenizers (GPT-2, Llama 3, Qwen2, SmolLM style); "
-    "SentencePiece-style BPE arrives with issue #3";
+    "ftune reads BPE tokenizers, byte-level (GPT-2, Llama 3, Qwen2, SmolLM style) or "
+    "SentencePiece-style with byte fallback (Llama 2, Mistral, TinyLlama); convert other "
+    "tokenizers with Hugging Face tokenizers or pick a model that ships one of these";
 
 // GPT-2's ByteLevel split, used when ByteLevel has use_regex=true.
 constexpr char kGpt2Pattern[] =
@@ -261,11 +265,34 @@ class AddedMatcher {
   bool empty_ = true;
 };
 
+enum class Prepend { kAlways, kFirst, kNever };
+
 // One pre-tokenizer stage. Split: isolate the matches of `split`. ByteLevel: optional prefix
 // space, then (use_regex) the GPT-2 split; its byte mapping is implicit in the byte-level BPE.
+// Metaspace: spaces become `metaspace`, which is prepended as `prepend` says; with
+// metaspace_split every metaspace starts a new pre-token.
 struct PreStep {
   const Regex* split = nullptr;
   bool add_prefix_space = false;
+  std::string metaspace;  // empty: not a Metaspace stage
+  Prepend prepend = Prepend::kAlways;
+  bool metaspace_split = true;
+};
+
+// One normalizer of a Sequence, applied in order.
+struct NormStep {
+  enum Kind { kNfc, kPrepend, kReplace } kind;
+  std::string text;         // Prepend: the prefix; Replace: the literal pattern
+  std::string replacement;  // Replace only
+};
+
+// One decoder of a Sequence, applied in order to the list of token strings.
+struct DecStep {
+  enum Kind { kReplace, kByteFallback, kFuse, kStrip, kMetaspace } kind;
+  std::string from, to;  // Replace: literal pattern and content; Metaspace: from = replacement
+  char32_t strip_char = 0;
+  size_t strip_start = 0, strip_stop = 0;
+  bool drop_first_metaspace = false;  // Metaspace with a prepend scheme other than never
 };
 
 // Per-word BPE results, sharded so concurrent encoders rarely share a lock. Bounded: a shard
@@ -336,6 +363,64 @@ void flatten(const json& j, const char* list_key, std::vector<const json*>* out)
   out->push_back(&j);
 }
 
+std::string get_string(const json& j, const char* key, const std::string& where) {
+  const json* v = find_key(j, key);
+  if (!v || !v->is_string()) throw Error(where + ": '" + key + "' must be a string");
+  return v->get<std::string>();
+}
+
+// A field that tokenizers reads as one Unicode character.
+char32_t get_char(const json& j, const char* key, const std::string& where) {
+  std::string s = get_string(j, key, where);
+  size_t len = 0;
+  char32_t c = s.empty() || !unicode::is_valid_utf8(s) ? 0 : unicode::decode_utf8(s, 0, &len);
+  if (s.empty() || len != s.size())
+    throw Error(where + ": '" + key + "' must be a single character, got \"" + s + "\"");
+  return c;
+}
+
+// Metaspace's prepend_scheme, or the older add_prefix_space flag it replaced.
+Prepend get_prepend_scheme(const json& j, const std::string& where) {
+  Prepend p = Prepend::kAlways;
+  const json* v = find_key(j, "prepend_scheme");
+  if (v) {
+    std::string s = v->is_string() ? v->get<std::string>() : v->dump();
+    if (s == "first") {
+      p = Prepend::kFirst;
+    } else if (s == "never") {
+      p = Prepend::kNever;
+    } else if (s != "always") {
+      throw Error(where + ": 'prepend_scheme' must be always, first or never, got " + s);
+    }
+  }
+  if (!get_flag(j, "add_prefix_space", true, where)) {
+    if (v && p != Prepend::kNever)
+      throw Error(where + ": add_prefix_space=false contradicts prepend_scheme; drop one of them");
+    p = Prepend::kNever;
+  }
+  return p;
+}
+
+size_t get_count(const json& j, const char* key, const std::string& where) {
+  const json* v = find_key(j, key);
+  if (!v) return 0;
+  if (!v->is_number_unsigned()) throw Error(where + ": '" + key + "' must be a count >= 0");
+  return v->get<size_t>();
+}
+
+// Replaces every non-overlapping occurrence of `from` (not empty), left to right.
+std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
+  std::string out;
+  out.reserve(s.size() + s.size() / 4);
+  size_t pos = 0;
+  for (size_t hit; (hit = s.find(from, pos)) != std::string_view::npos; pos = hit + from.size()) {
+    out.append(s, pos, hit - pos);
+    out.append(to);
+  }
+  out.append(s, pos);
+  return out;
+}
+
 }  // namespace
 
 struct Tokenizer::Impl {
@@ -347,12 +432,33 @@ struct Tokenizer::Impl {
   AddedMatcher raw_matcher, normalized_matcher;
   PairMap merges;
   std::array<int32_t, 256> byte_id{};  // vocab id of each byte's character, -1 when absent
+  // Character-level symbols (no ByteLevel pre-tokenizer): the vocab id of each one-character
+  // token, in a table for the common low code points and a map for the rest.
+  static constexpr char32_t kCharTable = 0x3000;
+  std::vector<int32_t> char_id_low;
+  std::unordered_map<char32_t, int32_t> char_id_high;
+  std::array<int32_t, 256> fallback_id{};  // vocab id of "<0xXX>", -1 when absent
+  // Known characters that tokens hold inside only after the few listed ones (none: only at
+  // the start), for cutting long words into parts BPE can merge independently.
+  struct SplitPreds {
+    uint8_t n = 0;
+    char32_t preds[4] = {};
+  };
+  std::vector<int32_t> split_index;  // per low code point, into split_sets; -1: never split
+  std::vector<SplitPreds> split_sets;
   int32_t unk_id = -1;
   bool fuse_unk = false;
+  bool byte_fallback = false;
   bool ignore_merges = false;
-  bool nfc = false;
+  bool byte_level = false;  // the pre-tokenizer ends in ByteLevel
+  std::vector<NormStep> norm_steps;
   std::vector<std::unique_ptr<Regex>> regexes;
   std::vector<PreStep> steps;
+  // Decoding: ByteLevel alone maps through the byte table below; otherwise dec_steps run in
+  // order, and with no decoder at all the tokens are joined with spaces.
+  bool byte_level_decoder = false;
+  bool no_decoder = false;
+  std::vector<DecStep> dec_steps;
   std::vector<int32_t> prefix_ids, suffix_ids;  // post-processor template around the text
   int32_t bos = -1, eos = -1;
   int64_t size = 0;
@@ -369,7 +475,7 @@ struct Tokenizer::Impl {
     std::vector<int32_t>* out;
     pcre2_match_data* md;
     std::vector<int32_t> word;  // scratch for one pre-token's BPE
-    std::string normalized;     // NFC of the current piece, when it differs
+    std::string normalized;     // the normalized current piece, when it differs
   };
 
   void load_model(const json& model);
@@ -378,6 +484,7 @@ struct Tokenizer::Impl {
   void load_pre_tokenizer(const json& j);
   void load_decoder(const json& j);
   void load_post_processor(const json& j);
+  void build_char_table();
   void build_decode_table();
   void load_special_ids(const fs::path& dir);
 
@@ -388,11 +495,24 @@ struct Tokenizer::Impl {
     return it->second;
   }
 
+  int32_t char_id(char32_t c) const {
+    if (c < kCharTable) return char_id_low[c];
+    auto it = char_id_high.find(c);
+    return it == char_id_high.end() ? -1 : it->second;
+  }
+
+  bool normalize(std::string_view in, std::string* out) const;
   void encode(std::string_view text, Ctx& ctx) const;
+  // on_text(piece, offset of the piece in text) for the text between added tokens.
   void split_added(std::string_view text, const AddedMatcher& m, Ctx& ctx,
-                   const std::function<void(std::string_view)>& on_text) const;
-  void pre_tokenize(size_t step, std::string_view piece, Ctx& ctx) const;
+                   const std::function<void(std::string_view, size_t)>& on_text) const;
+  // at_origin: the piece starts at offset 0 of the input (Metaspace's "first" scheme).
+  void pre_tokenize(size_t step, std::string_view piece, bool at_origin, Ctx& ctx) const;
+  std::string decode_chain(std::vector<std::string> tokens) const;
   void bpe(std::string_view word, Ctx& ctx) const;
+  void merge_word(std::string_view word, Ctx& ctx) const;
+  template <class F>
+  void independent_parts(std::string_view word, F&& fn) const;
   void merge_small(std::string_view word, std::vector<int32_t>* out) const;
   void merge_large(std::string_view word, std::vector<int32_t>* out) const;
   void initial_symbols(std::string_view word, std::vector<int32_t>* out) const;
@@ -408,11 +528,12 @@ void Tokenizer::Impl::load_model(const json& model) {
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
     if (const json* v = find_key(model, key);
         v && !(v->is_string() && v->get<std::string>().empty()))
-      unsupported(file, std::string("model.") + key + " (used by non-byte-level BPE)");
+      unsupported(file, std::string("model.") + key + " (word-suffix BPE, as in BERT-era models)");
   if (const json* d = find_key(model, "dropout"); d && (!d->is_number() || d->get<double>() != 0))
     unsupported(file, "model.dropout (BPE dropout randomizes encoding; set it to null)");
   ignore_merges = get_flag(model, "ignore_merges", false, file + ": model");
   fuse_unk = get_flag(model, "fuse_unk", false, file + ": model");
+  byte_fallback = get_flag(model, "byte_fallback", false, file + ": model");
 
   const json* v = find_key(model, "vocab");
   if (!v || !v->is_object()) throw Error(file + ": model.vocab must be an object of token -> id");
@@ -442,6 +563,10 @@ void Tokenizer::Impl::load_model(const json& model) {
     unicode::append_utf8(unicode::byte_to_char(uint8_t(b)), &ch);
     auto it = vocab.find(ch);
     byte_id[b] = it == vocab.end() ? -1 : it->second;
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    const char code[] = {'<', '0', 'x', kHex[b >> 4], kHex[b & 15], '>', '\0'};
+    auto jt = vocab.find(std::string_view(code, 6));
+    fallback_id[b] = jt == vocab.end() ? -1 : jt->second;
   }
   if (const json* u = find_key(model, "unk_token")) {
     if (!u->is_string()) throw Error(file + ": model.unk_token must be a string");
@@ -508,21 +633,37 @@ void Tokenizer::Impl::load_normalizer(const json& j) {
   flatten(j, "normalizers", &parts);
   for (const json* p : parts) {
     std::string t = type_of(*p);
-    if (t != "NFC") unsupported(file, "normalizer '" + t + "' (ftune applies none or NFC)");
-    nfc = true;
+    std::string where = file + ": normalizer " + t;
+    if (t == "NFC") {
+      norm_steps.push_back(NormStep{NormStep::kNfc, "", ""});
+    } else if (t == "Prepend") {
+      norm_steps.push_back(NormStep{NormStep::kPrepend, get_string(*p, "prepend", where), ""});
+    } else if (t == "Replace") {
+      const json* pat = find_key(*p, "pattern");
+      const json* lit = pat ? find_key(*pat, "String") : nullptr;
+      if (pat && find_key(*pat, "Regex"))
+        unsupported(file, "normalizer Replace with a Regex pattern (String patterns are)");
+      if (!lit || !lit->is_string() || lit->get<std::string>().empty())
+        throw Error(where + ": 'pattern' must be {\"String\": \"<non-empty text>\"}");
+      norm_steps.push_back(
+          NormStep{NormStep::kReplace, lit->get<std::string>(), get_string(*p, "content", where)});
+    } else {
+      unsupported(file, "normalizer '" + t + "' (ftune applies NFC, Prepend and Replace)");
+    }
   }
 }
 
 void Tokenizer::Impl::load_pre_tokenizer(const json& j) {
   std::vector<const json*> parts;
   flatten(j, "pretokenizers", &parts);
-  bool byte_level = false;
   const Regex* gpt2 = nullptr;
+  bool metaspace = false;
   for (const json* p : parts) {
     std::string t = type_of(*p);
     std::string where = file + ": pre_tokenizer " + t;
     if (byte_level) unsupported(file, "pre_tokenizer '" + t + "' after ByteLevel");
     if (t == "ByteLevel") {
+      if (metaspace) unsupported(file, "pre_tokenizer ByteLevel after Metaspace");
       byte_level = true;
       PreStep st;
       st.add_prefix_space = get_flag(*p, "add_prefix_space", true, where);
@@ -547,22 +688,141 @@ void Tokenizer::Impl::load_pre_tokenizer(const json& j) {
         unsupported(file, "pre_tokenizer Split with invert=true");
       regexes.push_back(std::make_unique<Regex>(
           rx ? rx->get<std::string>() : lit->get<std::string>(), rx == nullptr, where));
-      steps.push_back(PreStep{regexes.back().get(), false});
+      PreStep st;
+      st.split = regexes.back().get();
+      steps.push_back(st);
+    } else if (t == "Metaspace") {
+      metaspace = true;
+      PreStep st;
+      unicode::append_utf8(get_char(*p, "replacement", where), &st.metaspace);
+      st.prepend = get_prepend_scheme(*p, where);
+      st.metaspace_split = get_flag(*p, "split", true, where);
+      steps.push_back(st);
     } else {
       unsupported(file, "pre_tokenizer '" + t + "'");
     }
   }
-  if (!byte_level)
-    unsupported(file, std::string("a pre_tokenizer without ByteLevel (") +
-                          (parts.empty() ? "none" : type_of(*parts.front())) + ")");
+  if (!byte_level) {
+    raw_vocab.clear();  // only byte-level BPE looks words up by their raw bytes
+    build_char_table();
+  }
+}
+
+void Tokenizer::Impl::build_char_table() {
+  char_id_low.assign(kCharTable, -1);
+  // Which characters may precede each character inside a token; only short lists are kept.
+  constexpr size_t kMaxPreds = 4;
+  std::unordered_map<char32_t, std::vector<char32_t>> preds;
+  std::vector<uint8_t> wide(kCharTable, 0);
+  for (const auto& [tok, id] : vocab) {
+    if (tok.empty()) continue;
+    size_t len = 0;
+    char32_t c = unicode::decode_utf8(tok, 0, &len);
+    if (len == tok.size()) {
+      if (c < kCharTable)
+        char_id_low[c] = id;
+      else
+        char_id_high[c] = id;
+      continue;
+    }
+    for (size_t i = len; i < tok.size(); i += len) {
+      char32_t prev = c;
+      c = unicode::decode_utf8(tok, i, &len);
+      if (c >= kCharTable || wide[c]) continue;
+      std::vector<char32_t>& p = preds[c];
+      if (std::find(p.begin(), p.end(), prev) != p.end()) continue;
+      p.push_back(prev);
+      if (p.size() > kMaxPreds) {
+        wide[c] = 1;
+        preds.erase(c);
+      }
+    }
+  }
+  // Characters that no token has inside (or only after a few others) can start independent
+  // parts of a long word; the metaspace of SentencePiece vocabularies is the one that matters.
+  split_index.assign(kCharTable, -1);
+  split_sets.clear();
+  for (char32_t c = 0; c < kCharTable; ++c) {
+    if (wide[c] || char_id_low[c] < 0) continue;
+    SplitPreds sp;
+    if (auto it = preds.find(c); it != preds.end()) {
+      std::copy(it->second.begin(), it->second.end(), sp.preds);
+      sp.n = uint8_t(it->second.size());
+    }
+    split_index[c] = int32_t(split_sets.size());
+    split_sets.push_back(sp);
+  }
+}
+
+// Calls fn on consecutive parts of a word that BPE can merge independently: a boundary between
+// known characters d and c where no vocabulary token contains "dc" is never merged across
+// (every merge result is a vocabulary token), so the merges on either side do not interact.
+template <class F>
+void Tokenizer::Impl::independent_parts(std::string_view word, F&& fn) const {
+  size_t begin = 0;
+  char32_t prev = 0;
+  for (size_t i = 0; i < word.size();) {
+    size_t len = 1;
+    unsigned char b = static_cast<unsigned char>(word[i]);
+    char32_t c = b < 0x80 ? b : unicode::decode_utf8(word, i, &len);
+    if (i > 0 && c < kCharTable && split_index[c] >= 0 && char_id(prev) >= 0) {
+      const SplitPreds& sp = split_sets[split_index[c]];
+      if (std::find(sp.preds, sp.preds + sp.n, prev) == sp.preds + sp.n) {
+        fn(word.substr(begin, i - begin));
+        begin = i;
+      }
+    }
+    prev = c;
+    i += len;
+  }
+  fn(word.substr(begin));
 }
 
 void Tokenizer::Impl::load_decoder(const json& j) {
   std::vector<const json*> parts;
   flatten(j, "decoders", &parts);
-  if (parts.empty()) unsupported(file, "decoder null (byte-level BPE needs the ByteLevel decoder)");
-  for (const json* p : parts)
-    if (type_of(*p) != "ByteLevel") unsupported(file, "decoder '" + type_of(*p) + "'");
+  if (parts.empty()) {
+    if (byte_level) unsupported(file, "decoder null (byte-level BPE needs the ByteLevel decoder)");
+    no_decoder = true;
+    return;
+  }
+  byte_level_decoder = std::all_of(parts.begin(), parts.end(),
+                                   [](const json* p) { return type_of(*p) == "ByteLevel"; });
+  if (byte_level_decoder) return;
+  for (const json* p : parts) {
+    std::string t = type_of(*p);
+    std::string where = file + ": decoder " + t;
+    DecStep st{};
+    if (t == "Replace") {
+      const json* pat = find_key(*p, "pattern");
+      const json* lit = pat ? find_key(*pat, "String") : nullptr;
+      if (pat && find_key(*pat, "Regex"))
+        unsupported(file, "decoder Replace with a Regex pattern (String patterns are)");
+      if (!lit || !lit->is_string() || lit->get<std::string>().empty())
+        throw Error(where + ": 'pattern' must be {\"String\": \"<non-empty text>\"}");
+      st.kind = DecStep::kReplace;
+      st.from = lit->get<std::string>();
+      st.to = get_string(*p, "content", where);
+    } else if (t == "ByteFallback") {
+      st.kind = DecStep::kByteFallback;
+    } else if (t == "Fuse") {
+      st.kind = DecStep::kFuse;
+    } else if (t == "Strip") {
+      st.kind = DecStep::kStrip;
+      st.strip_char = get_char(*p, "content", where);
+      st.strip_start = get_count(*p, "start", where);
+      st.strip_stop = get_count(*p, "stop", where);
+    } else if (t == "Metaspace") {
+      st.kind = DecStep::kMetaspace;
+      unicode::append_utf8(get_char(*p, "replacement", where), &st.from);
+      st.drop_first_metaspace = get_prepend_scheme(*p, where) != Prepend::kNever;
+    } else if (t == "ByteLevel") {
+      unsupported(file, "decoder ByteLevel combined with other decoders");
+    } else {
+      unsupported(file, "decoder '" + t + "'");
+    }
+    dec_steps.push_back(std::move(st));
+  }
 }
 
 void Tokenizer::Impl::load_post_processor(const json& j) {
@@ -612,10 +872,16 @@ void Tokenizer::Impl::build_decode_table() {
   }
   // Added tokens win over the model vocabulary for the same id, as in tokenizers, which also
   // reports a normalized added token by its normalized text.
+  StringMap<bool> special_text;
   for (const auto& t : added) {
     tokens[t->id] = t->match;
-    id_flags[t->id] = kPresent | (t->special ? kSpecial : 0);
+    id_flags[t->id] = kPresent;
+    if (t->special) special_text[t->content] = true;
   }
+  // skip_special drops a token whose text is a special token's content, as tokenizers decides.
+  for (size_t id = 0; id < size_t(size); ++id)
+    if ((id_flags[id] & kPresent) && special_text.count(tokens[id])) id_flags[id] |= kSpecial;
+  if (!byte_level_decoder) return;
   // Every token, added ones included, goes through the ByteLevel decoder: characters of the
   // byte alphabet become their bytes; a token with any other character keeps its own text.
   dec_offset.assign(size_t(size) + 1, 0);
@@ -690,21 +956,51 @@ void Tokenizer::Impl::load_special_ids(const fs::path& dir) {
 
 // ---- encoding ----
 
+// Runs the normalizer chain. Returns false, leaving *out alone, when nothing changes (the usual
+// case for NFC, which then costs no copy); otherwise *out holds the normalized text.
+bool Tokenizer::Impl::normalize(std::string_view in, std::string* out) const {
+  std::string cur, next;
+  bool changed = false;
+  for (const NormStep& st : norm_steps) {
+    std::string_view src = changed ? std::string_view(cur) : in;
+    switch (st.kind) {
+      case NormStep::kNfc:
+        if (!unicode::nfc_normalize(src, &next)) continue;
+        break;
+      case NormStep::kPrepend:
+        if (src.empty()) continue;  // tokenizers prepends to non-empty text only
+        next.assign(st.text);
+        next.append(src);
+        break;
+      case NormStep::kReplace:
+        if (src.find(st.text) == std::string_view::npos) continue;
+        next = replace_all(src, st.text, st.replacement);
+        break;
+    }
+    cur.swap(next);
+    changed = true;
+  }
+  if (changed) out->swap(cur);
+  return changed;
+}
+
 void Tokenizer::Impl::encode(std::string_view text, Ctx& ctx) const {
   // Pass 1: non-normalized added tokens on the raw text; pass 2 on each normalized remainder.
-  split_added(text, raw_matcher, ctx, [&](std::string_view piece) {
+  split_added(text, raw_matcher, ctx, [&](std::string_view piece, size_t raw_offset) {
     std::string_view norm = piece;
-    if (nfc && unicode::nfc_normalize(piece, &ctx.normalized)) norm = ctx.normalized;
-    split_added(norm, normalized_matcher, ctx,
-                [&](std::string_view rest) { pre_tokenize(0, rest, ctx); });
+    if (!norm_steps.empty() && normalize(piece, &ctx.normalized)) norm = ctx.normalized;
+    split_added(norm, normalized_matcher, ctx, [&](std::string_view rest, size_t offset) {
+      pre_tokenize(0, rest, raw_offset == 0 && offset == 0, ctx);
+    });
   });
 }
 
-void Tokenizer::Impl::split_added(std::string_view text, const AddedMatcher& m, Ctx& ctx,
-                                  const std::function<void(std::string_view)>& on_text) const {
+void Tokenizer::Impl::split_added(
+    std::string_view text, const AddedMatcher& m, Ctx& ctx,
+    const std::function<void(std::string_view, size_t)>& on_text) const {
   if (text.empty()) return;
   if (m.empty()) {
-    on_text(text);
+    on_text(text, 0);
     return;
   }
   auto char_before = [&](size_t end, size_t* start) {  // the code point ending at text[end)
@@ -745,19 +1041,41 @@ void Tokenizer::Impl::split_added(std::string_view text, const AddedMatcher& m, 
         stop += len;
       pos = stop;
     }
-    if (start_offset < start) on_text(text.substr(start_offset, start - start_offset));
+    if (start_offset < start)
+      on_text(text.substr(start_offset, start - start_offset), start_offset);
     ctx.out->push_back(tok->id);
     start_offset = stop;
   }
-  if (start_offset < text.size()) on_text(text.substr(start_offset));
+  if (start_offset < text.size()) on_text(text.substr(start_offset), start_offset);
 }
 
-void Tokenizer::Impl::pre_tokenize(size_t step, std::string_view piece, Ctx& ctx) const {
+void Tokenizer::Impl::pre_tokenize(size_t step, std::string_view piece, bool at_origin,
+                                   Ctx& ctx) const {
+  if (piece.empty()) return;
   if (step == steps.size()) {
     bpe(piece, ctx);
     return;
   }
   const PreStep& st = steps[step];
+  if (!st.metaspace.empty()) {
+    const std::string& ms = st.metaspace;
+    std::string text = replace_all(piece, " ", ms);
+    bool prepend = st.prepend == Prepend::kAlways || (st.prepend == Prepend::kFirst && at_origin);
+    if (prepend && text.compare(0, ms.size(), ms) != 0) text.insert(0, ms);
+    if (!st.metaspace_split) {
+      pre_tokenize(step + 1, text, at_origin, ctx);
+      return;
+    }
+    // Every metaspace starts a pre-token (tokenizers' MergedWithNext split).
+    std::string_view v = text;
+    size_t begin = 0;
+    for (size_t hit = v.find(ms, 1); hit != std::string_view::npos; hit = v.find(ms, hit + 1)) {
+      pre_tokenize(step + 1, v.substr(begin, hit - begin), at_origin && begin == 0, ctx);
+      begin = hit;
+    }
+    pre_tokenize(step + 1, v.substr(begin), at_origin && begin == 0, ctx);
+    return;
+  }
   std::string prefixed;
   if (st.add_prefix_space && piece.front() != ' ') {
     prefixed.reserve(piece.size() + 1);
@@ -766,43 +1084,88 @@ void Tokenizer::Impl::pre_tokenize(size_t step, std::string_view piece, Ctx& ctx
     piece = prefixed;
   }
   if (!st.split) {
-    pre_tokenize(step + 1, piece, ctx);
+    pre_tokenize(step + 1, piece, at_origin, ctx);
     return;
   }
   size_t offset = 0;
   st.split->for_each_match(piece, ctx.md, [&](size_t s, size_t e) {
-    if (offset < s) pre_tokenize(step + 1, piece.substr(offset, s - offset), ctx);
-    if (s < e) pre_tokenize(step + 1, piece.substr(s, e - s), ctx);
+    if (offset < s)
+      pre_tokenize(step + 1, piece.substr(offset, s - offset), at_origin && offset == 0, ctx);
+    if (s < e) pre_tokenize(step + 1, piece.substr(s, e - s), at_origin && s == 0, ctx);
     offset = e;
   });
-  if (offset < piece.size()) pre_tokenize(step + 1, piece.substr(offset), ctx);
+  if (offset < piece.size())
+    pre_tokenize(step + 1, piece.substr(offset), at_origin && offset == 0, ctx);
 }
 
+// The symbols BPE starts from: one per byte (byte-level) or per character. A symbol missing
+// from the vocabulary becomes its bytes' <0xXX> tokens under byte_fallback when all exist, else
+// unk when there is one (consecutive ones fused if asked), else nothing. As in tokenizers an unk
+// is held back until the next known symbol or the end, so byte tokens can overtake it.
 void Tokenizer::Impl::initial_symbols(std::string_view word, std::vector<int32_t>* out) const {
   out->clear();
-  bool last_unk = false;
-  for (unsigned char b : word) {
-    int32_t id = byte_id[b];
-    if (id < 0) {
-      // A byte missing from the vocabulary: unk when there is one (fused if asked), else dropped.
-      if (unk_id < 0 || (fuse_unk && last_unk)) continue;
-      id = unk_id;
-      last_unk = true;
-    } else {
-      last_unk = false;
-    }
+  bool pending_unk = false;
+  auto known = [&](int32_t id) {
+    if (pending_unk) out->push_back(unk_id);
+    pending_unk = false;
     out->push_back(id);
+  };
+  auto unknown = [&](std::string_view bytes) {
+    if (byte_fallback && std::all_of(bytes.begin(), bytes.end(), [&](char b) {
+          return fallback_id[static_cast<unsigned char>(b)] >= 0;
+        })) {
+      for (char b : bytes) out->push_back(fallback_id[static_cast<unsigned char>(b)]);
+      return;
+    }
+    if (unk_id < 0) return;
+    if (pending_unk && !fuse_unk) out->push_back(unk_id);
+    pending_unk = true;
+  };
+  if (byte_level) {
+    for (unsigned char b : word) {
+      if (byte_id[b] >= 0) {
+        known(byte_id[b]);
+      } else {
+        std::string ch;  // the byte's character is what tokenizers would spell out in bytes
+        unicode::append_utf8(unicode::byte_to_char(b), &ch);
+        unknown(ch);
+      }
+    }
+  } else {
+    for (size_t i = 0; i < word.size();) {
+      size_t len = 1;
+      unsigned char b = static_cast<unsigned char>(word[i]);
+      int32_t id = b < 0x80 ? char_id_low[b] : char_id(unicode::decode_utf8(word, i, &len));
+      if (id >= 0)
+        known(id);
+      else
+        unknown(word.substr(i, len));
+      i += len;
+    }
   }
+  if (pending_unk) out->push_back(unk_id);
 }
 
 void Tokenizer::Impl::bpe(std::string_view word, Ctx& ctx) const {
   if (ignore_merges) {
-    auto it = raw_vocab.find(word);
-    if (it != raw_vocab.end()) {
+    const StringMap<int32_t>& whole = byte_level ? raw_vocab : vocab;
+    auto it = whole.find(word);
+    if (it != whole.end()) {
       ctx.out->push_back(it->second);
       return;
     }
   }
+  // Whole lines reach BPE as one word in the Llama 2 layout (no pre-tokenizer); in parts they
+  // fit the word cache and the short-word merge. Only whole pre-tokens skip merges above.
+  if (!byte_level && word.size() > WordCache::kMaxWordBytes) {
+    independent_parts(word, [&](std::string_view part) { merge_word(part, ctx); });
+    return;
+  }
+  merge_word(word, ctx);
+}
+
+// BPE merges of one word (or independent part), through the word cache.
+void Tokenizer::Impl::merge_word(std::string_view word, Ctx& ctx) const {
   if (word.size() == 1) {
     initial_symbols(word, &ctx.word);
     ctx.out->insert(ctx.out->end(), ctx.word.begin(), ctx.word.end());
@@ -893,6 +1256,113 @@ void Tokenizer::Impl::merge_large(std::string_view word, std::vector<int32_t>* o
   out->resize(w);
 }
 
+// ---- decoding ----
+
+namespace {
+
+// <0xXX> -> the byte, as tokenizers' ByteFallback decoder reads it (either case of hex digit).
+int byte_token_value(const std::string& t) {
+  if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return -1;
+  auto hex = [](char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  int hi = hex(t[3]), lo = hex(t[4]);
+  return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
+// The characters of valid UTF-8 text.
+std::vector<std::string_view> characters(std::string_view s) {
+  std::vector<std::string_view> out;
+  for (size_t i = 0; i < s.size();) {
+    size_t len;
+    unicode::decode_utf8(s, i, &len);
+    out.push_back(s.substr(i, len));
+    i += len;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string Tokenizer::Impl::decode_chain(std::vector<std::string> tokens) const {
+  if (no_decoder) {
+    std::string out;
+    for (size_t i = 0; i < tokens.size(); ++i) out += (i ? " " : "") + tokens[i];
+    return out;
+  }
+  for (const DecStep& st : dec_steps) {
+    std::vector<std::string> next;
+    next.reserve(tokens.size());
+    switch (st.kind) {
+      case DecStep::kReplace:
+        for (auto& t : tokens) t = replace_all(t, st.from, st.to);
+        continue;
+      case DecStep::kByteFallback: {
+        // Runs of byte tokens become their text when it is valid UTF-8, else one U+FFFD per token.
+        std::string bytes;
+        size_t run = 0;
+        auto flush = [&] {
+          if (run == 0) return;
+          if (unicode::is_valid_utf8(bytes)) {
+            next.push_back(bytes);
+          } else {
+            for (size_t k = 0; k < run; ++k) next.emplace_back("\xEF\xBF\xBD");
+          }
+          bytes.clear();
+          run = 0;
+        };
+        for (auto& t : tokens) {
+          int b = byte_token_value(t);
+          if (b >= 0) {
+            bytes.push_back(char(b));
+            ++run;
+          } else {
+            flush();
+            next.push_back(std::move(t));
+          }
+        }
+        flush();
+        break;
+      }
+      case DecStep::kFuse: {
+        std::string all;
+        for (const auto& t : tokens) all += t;
+        next.push_back(std::move(all));
+        break;
+      }
+      case DecStep::kStrip:
+        for (auto& t : tokens) {
+          std::vector<std::string_view> chars = characters(t);
+          auto is_strip = [&](std::string_view c) {
+            size_t len;
+            return unicode::decode_utf8(c, 0, &len) == st.strip_char;
+          };
+          size_t begin = 0, end = chars.size();
+          while (begin < std::min(st.strip_start, chars.size()) && is_strip(chars[begin])) ++begin;
+          while (end > begin && chars.size() - end < st.strip_stop && is_strip(chars[end - 1]))
+            --end;
+          std::string s;
+          for (size_t k = begin; k < end; ++k) s.append(chars[k]);
+          next.push_back(std::move(s));
+        }
+        break;
+      case DecStep::kMetaspace:
+        // The first token loses its metaspaces (the prepended one), the others turn them to spaces.
+        for (size_t i = 0; i < tokens.size(); ++i)
+          next.push_back(
+              replace_all(tokens[i], st.from, i == 0 && st.drop_first_metaspace ? "" : " "));
+        break;
+    }
+    tokens.swap(next);
+  }
+  std::string out;
+  for (const auto& t : tokens) out += t;
+  return out;
+}
+
 Tokenizer::Tokenizer() = default;
 Tokenizer::~Tokenizer() = default;
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
@@ -929,8 +1399,9 @@ Tokenizer Tokenizer::load(const std::string& path) {
     throw Error(impl->file + ": unexpected structure (" + e.what() + ")");
   }
   for (const auto& t : impl->added) {
-    // Normalized added tokens are looked for in normalized text, so match their NFC form.
-    t->match = t->normalized && impl->nfc ? unicode::nfc(t->content) : t->content;
+    // Normalized added tokens are looked for in normalized text, so match their normalized form.
+    t->match = t->content;
+    if (t->normalized) impl->normalize(t->content, &t->match);
     (t->normalized ? impl->normalized_matcher : impl->raw_matcher).add(t.get());
   }
   for (int32_t id : impl->prefix_ids) impl->size = std::max<int64_t>(impl->size, int64_t(id) + 1);
@@ -964,15 +1435,24 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special) 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {
   FTUNE_CHECK(impl_, "Tokenizer used before Tokenizer::load");
   const Impl& m = *impl_;
-  std::string out;
-  // Ids outside the vocabulary are skipped, as tokenizers does. Byte sequences that do not form
-  // valid UTF-8 on their own (a token sequence cut mid-character) are kept as they are.
-  for (int32_t id : ids) {
-    if (id < 0 || id >= m.size) continue;
+  // Ids outside the vocabulary are skipped, as tokenizers does.
+  auto keep = [&](int32_t id) {
+    if (id < 0 || id >= m.size) return false;
     uint8_t f = m.id_flags[id];
-    if (!(f & Impl::kPresent) || (skip_special && (f & Impl::kSpecial))) continue;
-    out.append(m.dec_pool, m.dec_offset[id], m.dec_offset[id + 1] - m.dec_offset[id]);
+    return (f & Impl::kPresent) && !(skip_special && (f & Impl::kSpecial));
+  };
+  if (!m.byte_level_decoder) {
+    std::vector<std::string> tokens;
+    tokens.reserve(ids.size());
+    for (int32_t id : ids)
+      if (keep(id)) tokens.push_back(m.tokens[id]);
+    return m.decode_chain(std::move(tokens));
   }
+  // Byte sequences that do not form valid UTF-8 on their own (a token sequence cut
+  // mid-character) are kept as they are.
+  std::string out;
+  for (int32_t id : ids)
+    if (keep(id)) out.append(m.dec_pool, m.dec_offset[id], m.dec_offset[id + 1] - m.dec_offset[id]);
   return out;
 }
 

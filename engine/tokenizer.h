@@ -1,5 +1,6 @@
-// Hugging Face tokenizer.json, byte-level BPE (GPT-2 / Llama 3 / Qwen2 style). Issue #3 extends
-// this to SentencePiece-style BPE; components ftune does not implement are rejected by name.
+// Hugging Face tokenizer.json BPE: byte-level (GPT-2 / Llama 3 / Qwen2 style) and
+// SentencePiece-style with byte fallback (Llama 2 / Mistral / TinyLlama). Components ftune does
+// not implement are rejected by name.
 #pragma once
 #include <cstdint>
 #include <memory>

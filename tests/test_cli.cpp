@@ -95,6 +95,15 @@ TEST(Cli, InspectSummarisesAModel) {
   EXPECT_NE(bad.out.find("/nonexistent/file.safetensors"), std::string::npos) << bad.out;
 }
 
+TEST(Cli, DataPreviewShowsTrainedText) {
+  CliRun r = ftune("data preview " + kSrc + "/recipes/quickstart.yaml model.path=" + kSrc +
+                   "/configs/models/quickstart-base -n 2");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("[[Plant:"), std::string::npos) << "text format trains every token but the first: " << r.out;
+  EXPECT_NE(r.out.find("--- record 2:"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("--- record 3:"), std::string::npos) << r.out;
+}
+
 TEST(Cli, CudaWithoutGpuIsRefusedCleanly) {
   CliRun r = ftune("train " + recipe_file(kGood) + " device=cuda");
   EXPECT_NE(r.code, 0);

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
       "  ftune eval runs/quickstart/model data/quickstart/val.jsonl\n"
       "  ftune generate runs/quickstart/model --prompt 'Plant: Tomato'\n"
       "  ftune inspect runs/quickstart/model\n"
+      "  ftune data preview recipes/quickstart.yaml -n 2\n"
       "  ftune bench --threads 2\n"
       "Run 'ftune COMMAND --help' for each command's options.");
   ftune::cli::Action action;
@@ -36,7 +37,9 @@ int main(int argc, char** argv) {
   ftune::cli::add_generate(app, &action);
   ftune::cli::add_inspect(app, &action);
   ftune::cli::add_bench(app, &action);
+  ftune::cli::add_data(app, &action);
   ftune::cli::add_recipe_docs(app, &action);
+  ftune::cli::add_tokenize(app, &action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
