@@ -67,6 +67,11 @@ std::string generate_text(Model& model, const Tokenizer& tok, const std::string&
     ids.push_back(next);
     out.push_back(next);
   }
+  // Decode prompt and continuation together, then cut the prompt off: decoders that strip a
+  // leading space (SentencePiece style) would otherwise glue the continuation to the prompt.
+  const std::vector<int32_t> prompt_ids(ids.begin(), ids.end() - long(out.size()));
+  const std::string head = tok.decode(prompt_ids, true), all = tok.decode(ids, true);
+  if (all.compare(0, head.size(), head) == 0) return all.substr(head.size());
   return tok.decode(out, true);
 }
 
