@@ -10,16 +10,8 @@ namespace {
 
 const std::string kSrc = FTUNE_SOURCE_DIR;
 
-struct CliRun {
-  int code;
-  std::string out;
-};
-
-CliRun ftune(const std::string& args) {
-  CliRun r;
-  r.code = testing::run_command(testing::ftune_binary() + " " + args, &r.out);
-  return r;
-}
+using testing::CliRun;
+using testing::ftune;
 
 std::string recipe_file(const std::string& body) {
   std::string dir = testing::make_temp_dir("cli");

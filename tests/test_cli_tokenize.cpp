@@ -27,16 +27,8 @@ std::string quote(const std::string& s) {  // one single-quoted sh word
   return out + "'";
 }
 
-struct CliRun {
-  int code;
-  std::string out;
-};
-
-CliRun ftune(const std::string& args) {
-  CliRun r;
-  r.code = testing::run_command(testing::ftune_binary() + " " + args, &r.out);
-  return r;
-}
+using testing::CliRun;
+using testing::ftune;
 
 std::vector<std::string> lines_of(const std::string& s) {
   std::vector<std::string> out;

@@ -103,6 +103,12 @@ int run_command(const std::string& cmd, std::string* output) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+CliRun ftune(const std::string& args) {
+  CliRun r;
+  r.code = run_command(ftune_binary() + " " + args, &r.out);
+  return r;
+}
+
 std::string fixtures_dir() { return FTUNE_TEST_FIXTURES; }
 std::string ftune_binary() { return FTUNE_BINARY; }
 

@@ -24,6 +24,12 @@ std::vector<double> numeric_grad(std::vector<double>& p, const std::function<dou
 std::string make_temp_dir(const std::string& tag);
 // Runs a shell command; returns exit code, captures stdout+stderr into *output.
 int run_command(const std::string& cmd, std::string* output);
+// The ftune binary run with `args` (a shell word list): exit code and stdout+stderr.
+struct CliRun {
+  int code;
+  std::string out;
+};
+CliRun ftune(const std::string& args);
 std::string fixtures_dir();
 std::string ftune_binary();
 
