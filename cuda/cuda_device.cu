@@ -12,8 +12,7 @@ namespace ftune::cuda {
 namespace {
 
 void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess)
-    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
 }
 
 __global__ void axpy_kernel(float a, const float* __restrict__ x, float* __restrict__ y, int n) {

@@ -17,19 +17,19 @@
 namespace ftune {
 
 struct ExecContext {
-  void* stream = nullptr;   // cudaStream_t on CUDA; unused on CPU
-  int threads = 1;          // CPU worker threads for this call
-  uint64_t seed = 0;        // for ops that draw random numbers (stochastic rounding, dropout)
+  void* stream = nullptr;  // cudaStream_t on CUDA; unused on CPU
+  int threads = 1;         // CPU worker threads for this call
+  uint64_t seed = 0;       // for ops that draw random numbers (stochastic rounding, dropout)
 };
 
 struct AttentionShape {
-  int64_t tokens = 0;     // N
-  int q_heads = 0;        // Hq
-  int kv_heads = 0;       // Hkv (divides Hq): grouped-query attention without repeating K/V
-  int head_dim = 0;       // D
+  int64_t tokens = 0;  // N
+  int q_heads = 0;     // Hq
+  int kv_heads = 0;    // Hkv (divides Hq): grouped-query attention without repeating K/V
+  int head_dim = 0;    // D
   const int32_t* doc_offsets = nullptr;  // host array, n_docs+1 entries
   int n_docs = 0;
-  float scale = 0.f;      // usually 1/sqrt(D)
+  float scale = 0.f;  // usually 1/sqrt(D)
 };
 
 // One contiguous range of the flat parameter buffer that shares a weight-decay setting.
@@ -49,8 +49,8 @@ struct AdamWHyper {
 };
 
 struct LossSum {
-  double loss = 0.0;       // sum of per-token cross-entropy over counted tokens
-  int64_t tokens = 0;      // tokens whose target is not ignore_index
+  double loss = 0.0;   // sum of per-token cross-entropy over counted tokens
+  int64_t tokens = 0;  // tokens whose target is not ignore_index
 };
 
 constexpr int32_t kIgnoreIndex = -100;
@@ -76,8 +76,7 @@ class Backend {
                     int64_t ldb, float beta, float* C, int64_t ldc) = 0;
   // y[n,out] = x[n,in] * W[out,in]^T (+ bias[out]) — the HF nn.Linear convention.
   virtual void linear_forward(const ExecContext& ctx, const float* x, const float* W,
-                              const float* bias, float* y, int64_t n, int64_t in,
-                              int64_t out) = 0;
+                              const float* bias, float* y, int64_t n, int64_t in, int64_t out) = 0;
   // dx[n,in] (= or +=, per accumulate_dx) dy*W; dW += dy^T x; dbias += colsum(dy).
   // Any of dx, dW, dbias may be null to skip it (frozen weights, first layer input).
   virtual void linear_backward(const ExecContext& ctx, const float* dy, const float* x,
@@ -115,8 +114,8 @@ class Backend {
                              const float* inv_freq, int64_t n, int heads, int head_dim) = 0;
 
   // ---- SwiGLU: h = silu(gate) * up, elementwise over n ----
-  virtual void swiglu_forward(const ExecContext& ctx, const float* gate, const float* up,
-                              float* h, size_t n) = 0;
+  virtual void swiglu_forward(const ExecContext& ctx, const float* gate, const float* up, float* h,
+                              size_t n) = 0;
   virtual void swiglu_backward(const ExecContext& ctx, const float* dh, const float* gate,
                                const float* up, float* dgate, float* dup, size_t n) = 0;
 
@@ -126,9 +125,9 @@ class Backend {
                                  const float* k, const float* v, float* out, float* lse) = 0;
   // Writes (not accumulates) dq, dk, dv.
   virtual void attention_backward(const ExecContext& ctx, const AttentionShape& s,
-                                  const float* dout, const float* q, const float* k,
-                                  const float* v, const float* out, const float* lse, float* dq,
-                                  float* dk, float* dv) = 0;
+                                  const float* dout, const float* q, const float* k, const float* v,
+                                  const float* out, const float* lse, float* dq, float* dk,
+                                  float* dv) = 0;
 
   // ---- LM head + cross-entropy, fused and chunked over tokens ----
   // logits = hidden[N,d] * W[V,d]^T, loss_i = logsumexp(logits_i) - logits_i[target_i].
@@ -142,8 +141,7 @@ class Backend {
   // ---- optimizer: AdamW with decoupled weight decay over spans of flat buffers ----
   // p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p), grads first multiplied by grad_scale.
   virtual void adamw_step(const ExecContext& ctx, float* params, const float* grads, float* m,
-                          float* v, const ParamSpan* spans, int n_spans,
-                          const AdamWHyper& h) = 0;
+                          float* v, const ParamSpan* spans, int n_spans, const AdamWHyper& h) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

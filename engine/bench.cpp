@@ -32,8 +32,8 @@ double flops_per_token(const ModelConfig& c, int64_t seq) {
   const double d = double(c.hidden_size), f = double(c.intermediate_size);
   const double per_layer = d * double(c.q_dim()) * 2 + d * double(c.kv_dim()) * 2 + 3 * d * f;
   const double n = per_layer * double(c.num_layers);
-  return 6.0 * n + 12.0 * double(c.num_layers) * double(c.num_heads) * double(c.head_dim) *
-                       double(seq);
+  return 6.0 * n +
+         12.0 * double(c.num_layers) * double(c.num_heads) * double(c.head_dim) * double(seq);
 }
 
 BenchResult run_bench(const BenchOptions& o) {

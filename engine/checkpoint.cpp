@@ -87,14 +87,16 @@ std::string save_checkpoint(const std::string& run_dir, const Model& model, cons
   // Weights under their HF names (the checkpoint directory loads like a model directory);
   // moments as two flat tensors: a checkpoint is a few large writes.
   SafetensorsWriter w;
-  for (const auto& e : lay.entries()) w.add(e.name, e.shape, p.data() + e.offset, DType::F32, DType::F32);
+  for (const auto& e : lay.entries())
+    w.add(e.name, e.shape, p.data() + e.offset, DType::F32, DType::F32);
   w.set_metadata("format", "pt");
   w.write(tmp_dir + "/model.safetensors");
   SafetensorsWriter o;
   o.add("adamw.exp_avg", {int64_t(total)}, hm.data(), DType::F32, DType::F32);
   o.add("adamw.exp_avg_sq", {int64_t(total)}, hv.data(), DType::F32, DType::F32);
   o.write(tmp_dir + "/optimizer.safetensors");
-  write_file_atomic(tmp_dir + "/config.json", model_config_json(model.config(), DType::F32).dump(2));
+  write_file_atomic(tmp_dir + "/config.json",
+                    model_config_json(model.config(), DType::F32).dump(2));
   write_file_atomic(tmp_dir + "/state.json", train_state_to_json(state).dump(2));
   fsync_dir(tmp_dir);
 

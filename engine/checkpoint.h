@@ -5,10 +5,9 @@
 // `latest` moves only after that, so a crash at any instant leaves the previous one usable.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/dataset.h"
 #include "engine/model.h"
@@ -16,12 +15,12 @@
 namespace ftune {
 
 struct TrainState {
-  int64_t step = 0;          // optimizer steps completed
+  int64_t step = 0;  // optimizer steps completed
   int64_t total_steps = 0;
-  DataPosition data;         // where the sampler resumes
-  int64_t tokens_seen = 0;   // target tokens trained on
+  DataPosition data;        // where the sampler resumes
+  int64_t tokens_seen = 0;  // target tokens trained on
   uint64_t seed = 0;
-  std::string recipe_sha256; // resolved recipe text hash, to recognise the same run
+  std::string recipe_sha256;  // resolved recipe text hash, to recognise the same run
   double last_loss = 0.0;
 };
 

@@ -39,7 +39,8 @@ std::string read_messages(const nlohmann::json& arr, const std::string& field,
     const std::string where = "\"" + field + "\"[" + std::to_string(i) + "]";
     if (!m.is_object()) return where + " must be an object";
     ChatMessage cm;
-    if (auto why = get_string(m, o.role_field, true, &cm.role); !why.empty()) return where + ": " + why;
+    if (auto why = get_string(m, o.role_field, true, &cm.role); !why.empty())
+      return where + ": " + why;
     if (auto why = get_string(m, o.content_field, true, &cm.content); !why.empty())
       return where + ": " + why;
     if (auto r = o.role_map.find(cm.role); r != o.role_map.end()) cm.role = r->second;
@@ -102,8 +103,8 @@ std::string format_record(const nlohmann::json& rec, const FormatOptions& o, con
     std::string chosen, rejected;
     if (auto why = get_string(rec, o.chosen_field, true, &chosen); !why.empty()) return why;
     if (auto why = get_string(rec, o.rejected_field, true, &rejected); !why.empty()) return why;
-    if (chosen == rejected) return "\"" + o.chosen_field + "\" and \"" + o.rejected_field +
-                                   "\" are identical";
+    if (chosen == rejected)
+      return "\"" + o.chosen_field + "\" and \"" + o.rejected_field + "\" are identical";
     msgs.push_back({"assistant", chosen});
   }
   try {

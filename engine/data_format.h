@@ -7,10 +7,9 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/chat_template.h"
 #include "engine/jsonl.h"
@@ -28,17 +27,17 @@ struct FormatOptions {
   std::string instruction_field = "instruction", input_field = "input", output_field = "output";
   std::string messages_field = "messages", role_field = "role", content_field = "content";
   std::string prompt_field = "prompt", chosen_field = "chosen", rejected_field = "rejected";
-  std::string system_prompt;                     // prepended as a system turn when not empty
-  std::map<std::string, std::string> role_map;   // dataset role name -> system/user/assistant
-  bool train_on_inputs = false;                  // also train on prompts / user turns
+  std::string system_prompt;                    // prepended as a system turn when not empty
+  std::map<std::string, std::string> role_map;  // dataset role name -> system/user/assistant
+  bool train_on_inputs = false;                 // also train on prompts / user turns
 };
 
 // Encodes one record. Returns "" on success, else why the record cannot be used (a missing or
 // mistyped field, a conversation the template cannot render) — phrased for a file:line message.
 // `tmpl` is required for every format but text.
-std::string format_record(const nlohmann::json& rec, const FormatOptions& opt,
-                          const Tokenizer& tok, const ChatTemplate* tmpl,
-                          std::vector<int32_t>* ids, std::vector<uint8_t>* trainable);
+std::string format_record(const nlohmann::json& rec, const FormatOptions& opt, const Tokenizer& tok,
+                          const ChatTemplate* tmpl, std::vector<int32_t>* ids,
+                          std::vector<uint8_t>* trainable);
 
 struct BuildStats {
   JsonlStats jsonl;

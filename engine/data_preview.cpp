@@ -11,7 +11,8 @@ std::string preview_data(const RecipeConfig& c, const PreviewOptions& opt) {
   const FormatOptions fo = recipe_format_options(c);
   std::optional<ChatTemplate> tmpl = recipe_chat_template(c, c.model_path, tok);
   // In the stream layout documents run together, so a document's first token is predicted too.
-  const bool stream = c.data_packing == "stream" || (c.data_packing == "auto" && c.data_format == "text");
+  const bool stream =
+      c.data_packing == "stream" || (c.data_packing == "auto" && c.data_format == "text");
   const size_t first_target = stream ? 0 : 1;
   const char* open = opt.color ? "\033[1;32m" : "[[";
   const char* close = opt.color ? "\033[0m" : "]]";
@@ -20,7 +21,7 @@ std::string preview_data(const RecipeConfig& c, const PreviewOptions& opt) {
                     "trained tokens are shown " +
                     (opt.color ? std::string("in green") : std::string("between [[ and ]]")) +
                     (stream ? "; stream layout: documents run together, EOS between them\n"
-                           : "; the first token of a sample is never a target\n");
+                            : "; the first token of a sample is never a target\n");
   int64_t shown = 0;
   JsonlStats st;
   for_each_jsonl(
@@ -46,7 +47,8 @@ std::string preview_data(const RecipeConfig& c, const PreviewOptions& opt) {
           size_t j = i;
           const bool t = i >= first_target && mask[i];
           while (j < ids.size() && (j >= first_target && mask[j]) == t) ++j;
-          std::string text = tok.decode(std::vector<int32_t>(ids.begin() + long(i), ids.begin() + long(j)));
+          std::string text =
+              tok.decode(std::vector<int32_t>(ids.begin() + long(i), ids.begin() + long(j)));
           out += t ? open + text + close : text;
           i = j;
         }
@@ -55,7 +57,8 @@ std::string preview_data(const RecipeConfig& c, const PreviewOptions& opt) {
         return "";
       },
       &st);
-  if (shown == 0) throw Error("data.train: '" + c.data_train + "' holds no usable record to preview");
+  if (shown == 0)
+    throw Error("data.train: '" + c.data_train + "' holds no usable record to preview");
   return out;
 }
 

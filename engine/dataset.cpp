@@ -1,10 +1,9 @@
 #include "engine/dataset.h"
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/error.h"
 #include "engine/jsonl.h"

@@ -21,7 +21,9 @@ class BlockDataset {
  public:
   BlockDataset() = default;
   BlockDataset(const std::vector<std::string>& docs, const Tokenizer& tok, int64_t seq);
-  int64_t num_blocks() const { return int64_t(tokens_.size() > 0 ? (tokens_.size() - 1) / seq_ : 0); }
+  int64_t num_blocks() const {
+    return int64_t(tokens_.size() > 0 ? (tokens_.size() - 1) / seq_ : 0);
+  }
   int64_t num_tokens() const { return int64_t(tokens_.size()); }
   int64_t seq() const { return seq_; }
   // Rows are blocks `block_ids` (each row one document for attention, positions 0..seq-1).

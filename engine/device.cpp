@@ -39,8 +39,8 @@ DeviceChoice resolve_device(const std::string& requested) {
   if (requested == "auto") {
     // Until the CUDA training backend exists (issue #5) auto stays on the CPU even with a GPU.
     if (n > 0 && kCudaTrainingBackend) return {"cuda", "CUDA"};
-    return {"cpu", n > 0 ? "CPU (a GPU is present; the CUDA training backend arrives with #5)"
-                         : "CPU"};
+    return {"cpu",
+            n > 0 ? "CPU (a GPU is present; the CUDA training backend arrives with #5)" : "CPU"};
   }
   throw Error("device: unknown value '" + requested + "' (use auto, cpu or cuda)");
 }

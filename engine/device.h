@@ -9,8 +9,8 @@
 namespace ftune {
 
 struct DeviceChoice {
-  std::string kind;   // "cpu" or "cuda"
-  std::string detail; // human-readable: CPU threads, GPU name
+  std::string kind;    // "cpu" or "cuda"
+  std::string detail;  // human-readable: CPU threads, GPU name
 };
 
 bool cuda_built();

@@ -8,24 +8,36 @@ namespace ftune {
 
 size_t dtype_size(DType t) {
   switch (t) {
-    case DType::F32: return 4;
-    case DType::BF16: return 2;
-    case DType::F16: return 2;
-    case DType::F64: return 8;
-    case DType::I32: return 4;
-    case DType::I64: return 8;
+    case DType::F32:
+      return 4;
+    case DType::BF16:
+      return 2;
+    case DType::F16:
+      return 2;
+    case DType::F64:
+      return 8;
+    case DType::I32:
+      return 4;
+    case DType::I64:
+      return 8;
   }
   return 0;
 }
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::F32: return "F32";
-    case DType::BF16: return "BF16";
-    case DType::F16: return "F16";
-    case DType::F64: return "F64";
-    case DType::I32: return "I32";
-    case DType::I64: return "I64";
+    case DType::F32:
+      return "F32";
+    case DType::BF16:
+      return "BF16";
+    case DType::F16:
+      return "F16";
+    case DType::F64:
+      return "F64";
+    case DType::I32:
+      return "I32";
+    case DType::I64:
+      return "I64";
   }
   return "?";
 }
@@ -166,7 +178,8 @@ void store_all(Load load, void* dst, DType dst_t, size_t n) {
       for (size_t i = 0; i < n; ++i) d[i] = f32_to_f16(float(load(i)));
       return;
     }
-    default: throw Error(std::string("cannot convert to ") + dtype_name(dst_t));
+    default:
+      throw Error(std::string("cannot convert to ") + dtype_name(dst_t));
   }
 }
 }  // namespace
@@ -204,7 +217,8 @@ void convert(const void* src, DType src_t, void* dst, DType dst_t, size_t n) {
       auto* s = static_cast<const uint16_t*>(src);
       return store_all([s](size_t i) { return double(f16_to_f32(s[i])); }, dst, dst_t, n);
     }
-    default: throw Error(std::string("cannot convert from ") + dtype_name(src_t));
+    default:
+      throw Error(std::string("cannot convert from ") + dtype_name(src_t));
   }
 }
 

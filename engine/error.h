@@ -12,11 +12,11 @@ class Error : public std::runtime_error {
 };
 
 // Internal invariant broken: a bug in ftune, not in the user's input.
-#define FTUNE_CHECK(cond, msg)                                                       \
-  do {                                                                               \
-    if (!(cond))                                                                     \
+#define FTUNE_CHECK(cond, msg)                                                           \
+  do {                                                                                   \
+    if (!(cond))                                                                         \
       throw ::ftune::Error(std::string("internal error: ") + (msg) + " (" __FILE__ ":" + \
-                           std::to_string(__LINE__) + ")");                          \
+                           std::to_string(__LINE__) + ")");                              \
   } while (0)
 
 }  // namespace ftune

@@ -29,7 +29,8 @@ int32_t sample_token(const std::vector<float>& logits, double temperature, doubl
   for (size_t i = 0; i < p.size(); ++i) z += p[i] = std::exp((logits[i] - mx) / temperature);
   std::vector<int32_t> idx(p.size());
   std::iota(idx.begin(), idx.end(), 0);
-  std::sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return p[size_t(a)] > p[size_t(b)]; });
+  std::sort(idx.begin(), idx.end(),
+            [&](int32_t a, int32_t b) { return p[size_t(a)] > p[size_t(b)]; });
   // Nucleus: the smallest prefix of the sorted distribution whose mass reaches top_p.
   double kept = 0;
   size_t n = 0;

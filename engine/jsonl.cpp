@@ -14,8 +14,7 @@ void for_each_jsonl(const std::string& path, bool skip_bad, const JsonlVisitor& 
   JsonlStats& st = stats ? *stats : local;
   auto reject = [&](int64_t lineno, const std::string& why) {
     std::string where = path + ":" + std::to_string(lineno) + ": " + why;
-    if (!skip_bad)
-      throw Error(where + " (set data.skip_bad_lines: true to skip such lines)");
+    if (!skip_bad) throw Error(where + " (set data.skip_bad_lines: true to skip such lines)");
     st.skipped++;
     if (st.examples.size() < 5) st.examples.push_back(where);
   };
@@ -35,8 +34,10 @@ void for_each_jsonl(const std::string& path, bool skip_bad, const JsonlVisitor& 
       bad = std::string("not valid JSON (") + e.what() + "); each line must be one JSON object";
     }
     if (!bad.empty()) {
-      if (on_malformed) on_malformed(lineno, bad);
-      else reject(lineno, bad);
+      if (on_malformed)
+        on_malformed(lineno, bad);
+      else
+        reject(lineno, bad);
       continue;
     }
     std::string why = visit(j, lineno);

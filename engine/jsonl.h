@@ -4,18 +4,17 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace ftune {
 
 struct JsonlStats {
-  int64_t lines = 0;    // non-blank lines seen
-  int64_t records = 0;  // lines handed to the callback and accepted
-  int64_t skipped = 0;  // bad lines skipped (skip_bad)
-  int64_t bytes = 0;    // bytes of the file consumed so far
+  int64_t lines = 0;                  // non-blank lines seen
+  int64_t records = 0;                // lines handed to the callback and accepted
+  int64_t skipped = 0;                // bad lines skipped (skip_bad)
+  int64_t bytes = 0;                  // bytes of the file consumed so far
   std::vector<std::string> examples;  // up to 5 "file:line: reason"
 };
 

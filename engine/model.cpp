@@ -39,8 +39,13 @@ struct Model::Acts {
   DeviceBuffer<float> tmp, dres, dxn, datt, dq, dk, dv, dh, dgate, dup;
 
   Acts(Backend* be, const ModelConfig& c, int64_t n, bool grads)
-      : L(c.num_layers), N(n), d(c.hidden_size), f(c.intermediate_size), q(c.q_dim()),
-        kv(c.kv_dim()), hq(c.num_heads) {
+      : L(c.num_layers),
+        N(n),
+        d(c.hidden_size),
+        f(c.intermediate_size),
+        q(c.q_dim()),
+        kv(c.kv_dim()),
+        hq(c.num_heads) {
     ids = DeviceBuffer<int32_t>(be, size_t(N));
     targets = DeviceBuffer<int32_t>(be, size_t(N));
     positions = DeviceBuffer<int32_t>(be, size_t(N));
@@ -98,7 +103,8 @@ DType Model::load_weights(const WeightStore& store) {
   for (const auto& e : layout_.entries()) {
     const TensorInfo* t = store.find(e.name);
     if (!t && e.kind == ParamKind::Head)
-      throw Error("tensor '" + e.name + "' is missing from the model weights (config.json says "
+      throw Error("tensor '" + e.name +
+                  "' is missing from the model weights (config.json says "
                   "tie_word_embeddings is false, so the LM head must be stored)");
     if (!t) throw Error("tensor '" + e.name + "' is missing from the model weights");
     if (t->shape != e.shape)
@@ -123,7 +129,8 @@ void Model::init_random(uint64_t seed) {
       case ParamKind::Norm:
         for (size_t i = 0; i < e.count; ++i) p[i] = 1.f;
         break;
-      case ParamKind::Bias: break;
+      case ParamKind::Bias:
+        break;
       default:
         for (size_t i = 0; i < e.count; ++i) p[i] = nd(rng);
     }
@@ -261,8 +268,8 @@ void Model::backward(const ExecContext& ctx, const Batch& b) {
                          a.dup.get(), size_t(N * f));
     linear_bwd(be_, ctx, P, G, {o.gate_w, o.gate_b, d, f}, a.dgate.get(), a.at(a.xn2, l, d),
                a.dxn.get(), N, false);
-    linear_bwd(be_, ctx, P, G, {o.up_w, o.up_b, d, f}, a.dup.get(), a.at(a.xn2, l, d),
-               a.dxn.get(), N, true);
+    linear_bwd(be_, ctx, P, G, {o.up_w, o.up_b, d, f}, a.dup.get(), a.at(a.xn2, l, d), a.dxn.get(),
+               N, true);
     be_->rmsnorm_backward(ctx, a.dxn.get(), a.at(a.resid_mid, l, d), P + o.mlp_norm,
                           a.at(a.rstd2, l, 1), tmp, G + o.mlp_norm, N, d);
     be_->add_inplace(ctx, dres, tmp, size_t(N * d));

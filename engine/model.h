@@ -45,7 +45,8 @@ class Model {
   // Weights from a model directory (any float dtype on disk; converted to fp32). Missing or
   // ill-shaped tensors are errors naming the tensor. Returns the dtype found on disk.
   DType load_weights(const WeightStore& store);
-  // HF-style init: normal(0, initializer_range) for weights/embeddings, ones for norms, zero biases.
+  // HF-style init: normal(0, initializer_range) for weights/embeddings, ones for norms, zero
+  // biases.
   void init_random(uint64_t seed);
   // Host copies of the parameter buffer, for save/compare.
   std::vector<float> params_to_host() const;

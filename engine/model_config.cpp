@@ -25,7 +25,8 @@ double get_num(const nlohmann::json& j, const char* key, double fallback,
                const std::string& label) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_number()) throw Error(label + ": key '" + key + "' must be a number, got " + it->dump());
+  if (!it->is_number())
+    throw Error(label + ": key '" + key + "' must be a number, got " + it->dump());
   return it->get<double>();
 }
 
@@ -41,7 +42,8 @@ int32_t get_token_id(const nlohmann::json& j, const char* key) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return -1;
   if (it->is_number_integer()) return it->get<int32_t>();
-  if (it->is_array() && !it->empty() && (*it)[0].is_number_integer()) return (*it)[0].get<int32_t>();
+  if (it->is_array() && !it->empty() && (*it)[0].is_number_integer())
+    return (*it)[0].get<int32_t>();
   return -1;
 }
 
@@ -58,7 +60,8 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& label
                 "such as SmolLM and TinyLlama)");
   std::string act = j.value("hidden_act", std::string("silu"));
   if (act != "silu" && act != "swish")
-    throw Error(label + ": hidden_act '" + act + "' is not supported (ftune's MLP is SwiGLU: silu)");
+    throw Error(label + ": hidden_act '" + act +
+                "' is not supported (ftune's MLP is SwiGLU: silu)");
 
   c.vocab_size = get_int(j, "vocab_size", label, true);
   c.hidden_size = get_int(j, "hidden_size", label, true);
@@ -74,11 +77,13 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& label
   c.bos_token_id = get_token_id(j, "bos_token_id");
   c.eos_token_id = get_token_id(j, "eos_token_id");
 
-  for (auto [name, v] : {std::pair{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
+  for (auto [name, v] : {std::pair{"vocab_size", c.vocab_size},
+                         {"hidden_size", c.hidden_size},
                          {"intermediate_size", c.intermediate_size},
                          {"num_hidden_layers", c.num_layers},
                          {"num_attention_heads", c.num_heads},
-                         {"num_key_value_heads", c.num_kv_heads}, {"head_dim", c.head_dim}})
+                         {"num_key_value_heads", c.num_kv_heads},
+                         {"head_dim", c.head_dim}})
     if (v <= 0) throw Error(label + ": '" + name + "' must be positive, got " + std::to_string(v));
   if (c.num_heads % c.num_kv_heads != 0)
     throw Error(label + ": num_attention_heads (" + std::to_string(c.num_heads) +
@@ -98,14 +103,19 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& label
   }
 
   std::string dt = j.value("torch_dtype", j.value("dtype", std::string("float32")));
-  if (dt == "bfloat16") c.dtype = DType::BF16;
-  else if (dt == "float16") c.dtype = DType::F16;
-  else c.dtype = DType::F32;
+  if (dt == "bfloat16")
+    c.dtype = DType::BF16;
+  else if (dt == "float16")
+    c.dtype = DType::F16;
+  else
+    c.dtype = DType::F32;
 
   // RoPE: transformers < 5 writes rope_theta + rope_scaling; v5 writes rope_parameters.
   const nlohmann::json* rp = nullptr;
-  if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) rp = &j["rope_parameters"];
-  else if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) rp = &j["rope_scaling"];
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object())
+    rp = &j["rope_parameters"];
+  else if (j.contains("rope_scaling") && j["rope_scaling"].is_object())
+    rp = &j["rope_scaling"];
   c.rope_theta = get_num(j, "rope_theta", 10000.0, label);
   if (rp) {
     c.rope_theta = get_num(*rp, "rope_theta", c.rope_theta, label + ": rope parameters");
@@ -144,7 +154,9 @@ ModelConfig load_model_config(const std::string& dir) {
 
 nlohmann::json model_config_json(const ModelConfig& cfg, DType stored) {
   nlohmann::json j = cfg.raw;
-  const char* name = stored == DType::BF16 ? "bfloat16" : stored == DType::F16 ? "float16" : "float32";
+  const char* name = stored == DType::BF16  ? "bfloat16"
+                     : stored == DType::F16 ? "float16"
+                                            : "float32";
   if (j.contains("dtype")) j["dtype"] = name;
   j["torch_dtype"] = name;
   return j;
@@ -166,9 +178,9 @@ std::vector<float> rope_inv_freq(const ModelConfig& cfg) {
       if (wavelen > low_wavelen) {
         f /= rs.factor;
       } else if (wavelen >= high_wavelen) {
-        double smooth = (double(rs.original_max_position_embeddings) / wavelen -
-                         rs.low_freq_factor) /
-                        (rs.high_freq_factor - rs.low_freq_factor);
+        double smooth =
+            (double(rs.original_max_position_embeddings) / wavelen - rs.low_freq_factor) /
+            (rs.high_freq_factor - rs.low_freq_factor);
         f = (1.0 - smooth) * f / rs.factor + smooth * f;
       }
     }

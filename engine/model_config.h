@@ -2,10 +2,9 @@
 // (incl. llama3 rope scaling), Mistral, Qwen2 (q/k/v bias) and SmolLM (model_type llama).
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/dtype.h"
 

@@ -62,8 +62,8 @@ std::vector<Row> pack_rows(const SampleSet& s, const std::vector<int64_t>& order
   return rows;
 }
 
-std::vector<Row> single_rows(const SampleSet& s, const std::vector<int64_t>& order,
-                             int64_t seq_len, OverlongPolicy overlong, PackStats* stats) {
+std::vector<Row> single_rows(const SampleSet& s, const std::vector<int64_t>& order, int64_t seq_len,
+                             OverlongPolicy overlong, PackStats* stats) {
   PackStats local;
   PackStats* st = stats ? stats : &local;
   *st = {};

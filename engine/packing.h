@@ -28,9 +28,9 @@ enum class OverlongPolicy { Truncate, Drop };
 struct PackStats {
   int64_t rows = 0;
   int64_t samples = 0;
-  int64_t truncated = 0;     // samples cut to seq_len
-  int64_t dropped = 0;       // samples left out
-  int64_t pad_tokens = 0;    // row slots holding no sample token
+  int64_t truncated = 0;   // samples cut to seq_len
+  int64_t dropped = 0;     // samples left out
+  int64_t pad_tokens = 0;  // row slots holding no sample token
 };
 
 // One row: the samples in it, in order, each with the number of its tokens used.
@@ -45,8 +45,8 @@ using Row = std::vector<RowPiece>;
 std::vector<Row> pack_rows(const SampleSet& s, const std::vector<int64_t>& order, int64_t seq_len,
                            OverlongPolicy overlong, PackStats* stats);
 // One sample per row (padding the rest), same overlong handling.
-std::vector<Row> single_rows(const SampleSet& s, const std::vector<int64_t>& order,
-                             int64_t seq_len, OverlongPolicy overlong, PackStats* stats);
+std::vector<Row> single_rows(const SampleSet& s, const std::vector<int64_t>& order, int64_t seq_len,
+                             OverlongPolicy overlong, PackStats* stats);
 
 // A micro-batch from rows: each sample its own document (positions from 0), padding a document
 // of pad_id tokens with no targets. Targets are the next token inside the same sample where that

@@ -19,7 +19,7 @@ struct ParamEntry {
   size_t offset = 0;           // in floats, into the flat buffer
   size_t count = 0;
   ParamKind kind = ParamKind::Weight;
-  int layer = -1;              // -1 outside the decoder layers
+  int layer = -1;  // -1 outside the decoder layers
 };
 
 constexpr size_t kNoParam = size_t(-1);

@@ -7,8 +7,12 @@
 namespace ftune {
 
 Progress::Progress(int64_t total, int64_t start, int64_t every, std::FILE* out)
-    : total_(total), start_(start), every_(every > 0 ? every : 1), out_(out),
-      tty_(isatty(fileno(out)) != 0), t0_(std::chrono::steady_clock::now()) {}
+    : total_(total),
+      start_(start),
+      every_(every > 0 ? every : 1),
+      out_(out),
+      tty_(isatty(fileno(out)) != 0),
+      t0_(std::chrono::steady_clock::now()) {}
 
 std::string Progress::format_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "--:--";

@@ -51,8 +51,8 @@ class SafetensorsReader {
 // write() returns. Tensors are written in the order added (so layer-by-layer buffers stream).
 class SafetensorsWriter {
  public:
-  void add(const std::string& name, const std::vector<int64_t>& shape, const void* src,
-           DType src_t, DType stored_t);
+  void add(const std::string& name, const std::vector<int64_t>& shape, const void* src, DType src_t,
+           DType stored_t);
   void set_metadata(const std::string& key, const std::string& value);
   void write(const std::string& path) const;
   size_t data_bytes() const;  // bytes the data block will take

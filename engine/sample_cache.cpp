@@ -11,11 +11,14 @@ namespace {
 
 constexpr char kMagic[8] = {'F', 'T', 'S', 'A', 'M', 'P', 'L', '1'};
 
-size_t pad64(size_t n) { return (n + 63) / 64 * 64; }
+size_t pad64(size_t n) {
+  return (n + 63) / 64 * 64;
+}
 
 }  // namespace
 
-std::string sample_cache_key(const nlohmann::json& settings, const std::vector<std::string>& files) {
+std::string sample_cache_key(const nlohmann::json& settings,
+                             const std::vector<std::string>& files) {
   nlohmann::json k = {{"settings", settings}, {"files", nlohmann::json::array()}, {"format", 1}};
   for (const auto& f : files) k["files"].push_back({{"path", f}, {"sha256", sha256_file(f)}});
   return sha256_hex(k.dump());
@@ -23,8 +26,8 @@ std::string sample_cache_key(const nlohmann::json& settings, const std::vector<s
 
 void write_sample_cache(const std::string& path, const std::string& key, const SampleSet& s,
                         const nlohmann::json& meta) {
-  nlohmann::json h = {{"key", key}, {"samples", s.size()}, {"tokens", s.tokens.size()},
-                      {"meta", meta}};
+  nlohmann::json h = {
+      {"key", key}, {"samples", s.size()}, {"tokens", s.tokens.size()}, {"meta", meta}};
   const std::string header = h.dump();
   const size_t prefix = pad64(8 + 8 + header.size());
   write_file_atomic_with(path, [&](int fd) {

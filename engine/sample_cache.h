@@ -5,11 +5,10 @@
 // padding to a multiple of 64 bytes, then int64 offsets[samples+1], int32 tokens[tokens],
 // uint8 trainable[tokens]. Written atomically.
 #pragma once
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/packing.h"
 
@@ -22,7 +21,8 @@ std::string sample_cache_key(const nlohmann::json& settings, const std::vector<s
 void write_sample_cache(const std::string& path, const std::string& key, const SampleSet& s,
                         const nlohmann::json& meta);
 // The cached set when `path` exists and was written for `key`; nullopt when absent, stale or
-// damaged (a damaged cache is never trusted: the caller rebuilds it). *meta receives the header's meta.
+// damaged (a damaged cache is never trusted: the caller rebuilds it). *meta receives the header's
+// meta.
 std::optional<SampleSet> read_sample_cache(const std::string& path, const std::string& key,
                                            nlohmann::json* meta = nullptr);
 

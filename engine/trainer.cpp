@@ -6,11 +6,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <thread>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/checkpoint.h"
 #include "engine/communicator.h"
@@ -62,7 +61,8 @@ EvalResult evaluate(Model& model, const TrainData& data, int64_t max_batches, in
   ctx.threads = threads;
   double loss = 0;
   int64_t tokens = 0;
-  const int64_t n = max_batches > 0 ? std::min(max_batches, data.val_batches()) : data.val_batches();
+  const int64_t n =
+      max_batches > 0 ? std::min(max_batches, data.val_batches()) : data.val_batches();
   for (int64_t i = 0; i < n; ++i) {
     LossSum ls = model.forward_loss(ctx, data.val_batch(i));
     loss += ls.loss;
@@ -93,7 +93,8 @@ std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
   const std::string& out = r.cfg.output_dir;
   std::vector<std::string> entries, foreign;
   if (fs::exists(out)) {
-    if (!fs::is_directory(out)) throw Error("output_dir '" + out + "' exists and is not a directory");
+    if (!fs::is_directory(out))
+      throw Error("output_dir '" + out + "' exists and is not a directory");
     for (const auto& e : fs::directory_iterator(out)) {
       std::string n = e.path().filename().string();
       entries.push_back(n);
@@ -143,10 +144,16 @@ std::vector<ParamSpan> decay_spans(const ParamLayout& lay, const RecipeConfig& c
     float wd = 0.f;
     switch (e.kind) {
       case ParamKind::Weight:
-      case ParamKind::Head: wd = float(c.weight_decay); break;
+      case ParamKind::Head:
+        wd = float(c.weight_decay);
+        break;
       case ParamKind::Norm:
-      case ParamKind::Bias: wd = c.decay_norms_and_biases ? float(c.weight_decay) : 0.f; break;
-      case ParamKind::Embedding: wd = c.decay_embeddings ? float(c.weight_decay) : 0.f; break;
+      case ParamKind::Bias:
+        wd = c.decay_norms_and_biases ? float(c.weight_decay) : 0.f;
+        break;
+      case ParamKind::Embedding:
+        wd = c.decay_embeddings ? float(c.weight_decay) : 0.f;
+        break;
     }
     // Merge neighbours with the same decay (alignment padding between them is inert zeros).
     if (!spans.empty() && spans.back().weight_decay == wd) {
@@ -191,8 +198,8 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   if (!fs::is_directory(c.model_path))
     throw Error("model.path: '" + c.model_path + "' is not a directory; point it at a Hugging " +
                 "Face model directory (config.json, *.safetensors, tokenizer.json)");
-  for (const auto& [key, path] : {std::pair{"data.train", c.data_train},
-                                  {"data.validation", c.data_validation}})
+  for (const auto& [key, path] :
+       {std::pair{"data.train", c.data_train}, {"data.validation", c.data_validation}})
     if (!path.empty() && !fs::is_regular_file(path))
       throw Error(std::string(key) + ": file '" + path + "' does not exist");
   DeviceChoice dev = resolve_device(c.device);
@@ -244,8 +251,10 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   std::optional<Progress> live;  // exists while the step loop draws its line
   auto say = [&](const std::string& s) {
     if (opt.quiet) return;
-    if (live) live->message(s);
-    else std::fprintf(stderr, "%s\n", s.c_str());
+    if (live)
+      live->message(s);
+    else
+      std::fprintf(stderr, "%s\n", s.c_str());
   };
   if (!resume_from.empty()) {
     state = load_checkpoint(resume_from, model, m.get(), v.get());
@@ -266,12 +275,15 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
 
   auto eval_now = [&](const char* when) {
     EvalResult e = evaluate(model, *data, c.eval_max_batches, threads);
-    say(std::string("validation ") + when + ": " + fmt("loss %.4f  perplexity %.2f", e.loss, e.perplexity));
+    say(std::string("validation ") + when + ": " +
+        fmt("loss %.4f  perplexity %.2f", e.loss, e.perplexity));
     return e;
   };
   const bool has_val = data->val_batches() > 0;
-  if (state.step == 0 && has_val) result.val_before = eval_now("before");
-  else if (!has_val) say("validation: no validation batch of train.seq_len tokens; skipping evaluation");
+  if (state.step == 0 && has_val)
+    result.val_before = eval_now("before");
+  else if (!has_val)
+    say("validation: no validation batch of train.seq_len tokens; skipping evaluation");
 
   // ---- step loop ----
   ExecContext ctx;
@@ -303,8 +315,8 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     const double loss = loss_sum / std::max(1.0, total_targets);
     const double gnorm = std::sqrt(be->sum_squares(ctx, model.grads(), model.num_params()));
     if (!std::isfinite(loss) || !std::isfinite(gnorm))
-      throw Error("non-finite loss or gradient at step " + std::to_string(step) +
-                  " (loss " + std::to_string(loss) + "): lower optim.lr or raise schedule." +
+      throw Error("non-finite loss or gradient at step " + std::to_string(step) + " (loss " +
+                  std::to_string(loss) + "): lower optim.lr or raise schedule." +
                   "warmup_steps; the last checkpoint is intact for --resume");
     AdamWHyper h;
     h.lr = float(sched.lr_at(step));
@@ -327,15 +339,19 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     const double tps = elapsed > 0 ? double(tokens_this_run) / elapsed : 0;
     if (live) live->update(step, loss, h.lr, tps);
 
-    nlohmann::json line = {{"step", step},       {"loss", loss},
-                           {"lr", h.lr},         {"grad_norm", gnorm},
-                           {"tokens", state.tokens_seen}, {"tokens_per_s", tps},
+    nlohmann::json line = {{"step", step},
+                           {"loss", loss},
+                           {"lr", h.lr},
+                           {"grad_norm", gnorm},
+                           {"tokens", state.tokens_seen},
+                           {"tokens_per_s", tps},
                            {"elapsed_s", elapsed}};
     if (c.eval_every > 0 && step % c.eval_every == 0 && step != total_steps && has_val) {
       EvalResult e = evaluate(model, *data, c.eval_max_batches, threads);
       line["val_loss"] = e.loss;
       line["val_perplexity"] = e.perplexity;
-      say("step " + std::to_string(step) + " validation: " + fmt("loss %.4f  perplexity %.2f", e.loss, e.perplexity));
+      say("step " + std::to_string(step) +
+          " validation: " + fmt("loss %.4f  perplexity %.2f", e.loss, e.perplexity));
     }
     if (step == total_steps && has_val) {
       result.val_after = evaluate(model, *data, c.eval_max_batches, threads);
@@ -345,8 +361,8 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     metrics << line.dump() << "\n";
     metrics.flush();
     if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == total_steps) {
-      std::string dir = save_checkpoint(c.output_dir, model, m.get(), v.get(), state,
-                                        c.checkpoint_keep_last);
+      std::string dir =
+          save_checkpoint(c.output_dir, model, m.get(), v.get(), state, c.checkpoint_keep_last);
       if (c.checkpoint_every > 0 && step != total_steps) say("checkpoint: " + dir);
     }
     result.tokens_per_s = tps;
@@ -368,10 +384,10 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
                    size_t(c.export_max_shard_mb) * 1000 * 1000);
   if (has_val) {
     if (state.step > 0 && result.val_before.tokens > 0)
-      say("validation before: " + fmt("loss %.4f  perplexity %.2f", result.val_before.loss,
-                                       result.val_before.perplexity));
-    say("validation after:  " + fmt("loss %.4f  perplexity %.2f", result.val_after.loss,
-                                    result.val_after.perplexity));
+      say("validation before: " +
+          fmt("loss %.4f  perplexity %.2f", result.val_before.loss, result.val_before.perplexity));
+    say("validation after:  " +
+        fmt("loss %.4f  perplexity %.2f", result.val_after.loss, result.val_after.perplexity));
   }
   say("model written to " + result.model_dir);
 
@@ -390,9 +406,11 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
                             {"tokens_per_s", result.tokens_per_s},
                             {"model_dir", result.model_dir}};
   if (result.val_before.tokens > 0)
-    summary["val_before"] = {{"loss", result.val_before.loss}, {"perplexity", result.val_before.perplexity}};
+    summary["val_before"] = {{"loss", result.val_before.loss},
+                             {"perplexity", result.val_before.perplexity}};
   if (result.val_after.tokens > 0)
-    summary["val_after"] = {{"loss", result.val_after.loss}, {"perplexity", result.val_after.perplexity}};
+    summary["val_after"] = {{"loss", result.val_after.loss},
+                            {"perplexity", result.val_after.perplexity}};
   write_file_atomic(c.output_dir + "/summary.json", summary.dump(2) + "\n");
   return result;
 }

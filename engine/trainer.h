@@ -27,13 +27,13 @@ struct EvalResult {
 struct TrainResult {
   std::vector<double> losses;  // train loss of each step run in this process, in order
   std::vector<double> grad_norms;
-  int64_t first_step = 0;      // step number of losses[0]
+  int64_t first_step = 0;  // step number of losses[0]
   EvalResult val_before, val_after;
-  std::string model_dir;       // exported HF directory
-  std::string generation;      // sample continuation of generate.prompt (if any)
+  std::string model_dir;   // exported HF directory
+  std::string generation;  // sample continuation of generate.prompt (if any)
   double tokens_per_s = 0;
-  bool interrupted = false;    // stopped by stop_after_step
-  std::string data_summary;    // how the data was laid out (samples, rows, padding, cache)
+  bool interrupted = false;  // stopped by stop_after_step
+  std::string data_summary;  // how the data was laid out (samples, rows, padding, cache)
 };
 
 TrainResult run_training(const Recipe& recipe, const TrainOptions& opt);

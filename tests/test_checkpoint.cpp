@@ -29,7 +29,8 @@ TEST(Checkpoint, RoundTripRestoresEverything) {
   auto be = make_cpu_backend();
   Model a(be.get(), small(), 8, true);
   a.init_random(3);
-  std::vector<float> m = testing::random_vec(a.num_params(), 1), v = testing::random_vec(a.num_params(), 2, 0, 1);
+  std::vector<float> m = testing::random_vec(a.num_params(), 1),
+                     v = testing::random_vec(a.num_params(), 2, 0, 1);
   TrainState s;
   s.step = 7;
   s.total_steps = 20;
@@ -104,7 +105,8 @@ TEST(Checkpoint, ShapeMismatchNamesTheTensor) {
     load_checkpoint(dir, b, m2.data(), v2.data());
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("model.embed_tokens.weight"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("model.embed_tokens.weight"), std::string::npos)
+        << e.what();
   }
 }
 

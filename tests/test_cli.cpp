@@ -20,10 +20,12 @@ std::string recipe_file(const std::string& body) {
   return path;
 }
 
-const std::string kGood =
-    "model:\n  path: " + kSrc + "/configs/models/quickstart-base\n  init: random\n"
-    "data:\n  train: " + kSrc + "/data/quickstart/train.jsonl\n"
-    "output_dir: out\n";
+const std::string kGood = "model:\n  path: " + kSrc +
+                          "/configs/models/quickstart-base\n  init: random\n"
+                          "data:\n  train: " +
+                          kSrc +
+                          "/data/quickstart/train.jsonl\n"
+                          "output_dir: out\n";
 
 TEST(Cli, HelpListsCommandsWithExamples) {
   CliRun r = ftune("--help");
@@ -91,7 +93,8 @@ TEST(Cli, DataPreviewShowsTrainedText) {
   CliRun r = ftune("data preview " + kSrc + "/recipes/quickstart.yaml model.path=" + kSrc +
                    "/configs/models/quickstart-base -n 2");
   EXPECT_EQ(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find("[[Plant:"), std::string::npos) << "text format trains every token but the first: " << r.out;
+  EXPECT_NE(r.out.find("[[Plant:"), std::string::npos)
+      << "text format trains every token but the first: " << r.out;
   EXPECT_NE(r.out.find("--- record 2:"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("--- record 3:"), std::string::npos) << r.out;
 }

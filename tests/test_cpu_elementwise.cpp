@@ -18,13 +18,13 @@
 namespace ftune {
 namespace {
 
+using testing::bitwise_equal;
+using testing::dot;
+using testing::numeric_grad;
+using testing::random_ids;
 using testing::random_vec;
 using testing::rel_error;
 using testing::to_double;
-using testing::numeric_grad;
-using testing::dot;
-using testing::bitwise_equal;
-using testing::random_ids;
 
 // 1001 exercises the vector tails; 100003 the multi-threaded path.
 const size_t kSizes[] = {1, 1001, 100003};

@@ -15,11 +15,11 @@
 namespace ftune {
 namespace {
 
+using testing::dot;
+using testing::numeric_grad;
 using testing::random_vec;
 using testing::rel_error;
 using testing::to_double;
-using testing::numeric_grad;
-using testing::dot;
 
 std::vector<double> random_dvec(size_t n, uint64_t seed) {
   return to_double(random_vec(n, seed));

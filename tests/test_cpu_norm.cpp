@@ -15,12 +15,12 @@
 namespace ftune {
 namespace {
 
+using testing::bitwise_equal;
+using testing::dot;
+using testing::numeric_grad;
 using testing::random_vec;
 using testing::rel_error;
 using testing::to_double;
-using testing::numeric_grad;
-using testing::dot;
-using testing::bitwise_equal;
 
 // (rows, dim): odd sizes with vector tails; 33 x 1001 takes the parallel path and dim 4099 spans
 // several dw column blocks. (dim 1 is left out: there dx is the difference of two nearly equal

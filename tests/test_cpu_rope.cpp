@@ -16,11 +16,11 @@
 namespace ftune {
 namespace {
 
+using testing::dot;
+using testing::numeric_grad;
 using testing::random_vec;
 using testing::rel_error;
 using testing::to_double;
-using testing::numeric_grad;
-using testing::dot;
 
 // Llama's default frequencies: base^(-2i/D), computed the way HF does (in fp32).
 std::vector<float> llama_inv_freq(int head_dim, float base) {

@@ -10,11 +10,13 @@ namespace ftune {
 namespace {
 
 const Tokenizer& tok() {
-  static Tokenizer t = Tokenizer::load(std::string(FTUNE_SOURCE_DIR) + "/configs/models/quickstart-base");
+  static Tokenizer t =
+      Tokenizer::load(std::string(FTUNE_SOURCE_DIR) + "/configs/models/quickstart-base");
   return t;
 }
 
-std::string decode_where(const std::vector<int32_t>& ids, const std::vector<uint8_t>& m, bool want) {
+std::string decode_where(const std::vector<int32_t>& ids, const std::vector<uint8_t>& m,
+                         bool want) {
   std::vector<int32_t> pick;
   for (size_t i = 0; i < ids.size(); ++i)
     if (bool(m[i]) == want) pick.push_back(ids[i]);
@@ -38,7 +40,8 @@ TEST(DataFormat, InstructionTrainsOnlyTheResponse) {
   FormatOptions o;
   o.format = DataFormat::Instruction;
   ChatTemplate t = ChatTemplate::builtin("chatml");
-  nlohmann::json rec = {{"instruction", "Name a herb."}, {"input", "For pasta."}, {"output", "Basil."}};
+  nlohmann::json rec = {
+      {"instruction", "Name a herb."}, {"input", "For pasta."}, {"output", "Basil."}};
   std::vector<int32_t> ids;
   std::vector<uint8_t> m;
   ASSERT_EQ(format_record(rec, o, tok(), &t, &ids, &m), "");
@@ -67,8 +70,10 @@ TEST(DataFormat, MessagesWithRoleMapping) {
   o.role_map = {{"human", "user"}, {"gpt", "assistant"}};
   ChatTemplate t = ChatTemplate::builtin("chatml");
   nlohmann::json rec = {{"conversations",
-                         {{{"from", "human"}, {"value", "Hi"}}, {{"from", "gpt"}, {"value", "Hello!"}},
-                          {{"from", "human"}, {"value", "Water?"}}, {{"from", "gpt"}, {"value", "Weekly."}}}}};
+                         {{{"from", "human"}, {"value", "Hi"}},
+                          {{"from", "gpt"}, {"value", "Hello!"}},
+                          {{"from", "human"}, {"value", "Water?"}},
+                          {{"from", "gpt"}, {"value", "Weekly."}}}}};
   std::vector<int32_t> ids;
   std::vector<uint8_t> m;
   ASSERT_EQ(format_record(rec, o, tok(), &t, &ids, &m), "");
@@ -77,7 +82,8 @@ TEST(DataFormat, MessagesWithRoleMapping) {
   EXPECT_NE(trained.find("Weekly."), std::string::npos);
   EXPECT_EQ(trained.find("Water?"), std::string::npos);
   rec["conversations"][0]["from"] = "narrator";
-  EXPECT_NE(format_record(rec, o, tok(), &t, &ids, &m).find("unknown role 'narrator'"), std::string::npos);
+  EXPECT_NE(format_record(rec, o, tok(), &t, &ids, &m).find("unknown role 'narrator'"),
+            std::string::npos);
   nlohmann::json ends_with_user = {{"conversations", {{{"from", "human"}, {"value", "Hi"}}}}};
   EXPECT_NE(format_record(ends_with_user, o, tok(), &t, &ids, &m).find("chatml"), std::string::npos)
       << "a conversation the template cannot train on is rejected, naming the template";
@@ -89,26 +95,31 @@ TEST(DataFormat, PreferenceIsValidated) {
   ChatTemplate t = ChatTemplate::builtin("chatml");
   std::vector<int32_t> ids;
   std::vector<uint8_t> m;
-  EXPECT_EQ(format_record({{"prompt", "Best herb?"}, {"chosen", "Basil."}, {"rejected", "Rocks."}}, o,
-                          tok(), &t, &ids, &m), "");
+  EXPECT_EQ(format_record({{"prompt", "Best herb?"}, {"chosen", "Basil."}, {"rejected", "Rocks."}},
+                          o, tok(), &t, &ids, &m),
+            "");
   EXPECT_NE(decode_where(ids, m, true).find("Basil."), std::string::npos);
   EXPECT_EQ(decode_where(ids, m, true).find("Rocks."), std::string::npos);
   EXPECT_EQ(format_record({{"prompt", "p"}, {"chosen", "a"}}, o, tok(), &t, &ids, &m),
             "no \"rejected\" field");
-  EXPECT_NE(format_record({{"prompt", "p"}, {"chosen", "a"}, {"rejected", "a"}}, o, tok(), &t, &ids, &m)
-                .find("identical"), std::string::npos);
+  EXPECT_NE(
+      format_record({{"prompt", "p"}, {"chosen", "a"}, {"rejected", "a"}}, o, tok(), &t, &ids, &m)
+          .find("identical"),
+      std::string::npos);
 }
 
 TEST(DataFormat, AppendSamplesReportsOrSkipsBadRecords) {
   std::string path = testing::make_temp_dir("fmt") + "/d.jsonl";
-  std::ofstream(path) << "{\"text\": \"one\"}\n{\"txt\": \"two\"}\nnot json\n{\"text\": \"three\"}\n";
+  std::ofstream(path)
+      << "{\"text\": \"one\"}\n{\"txt\": \"two\"}\nnot json\n{\"text\": \"three\"}\n";
   FormatOptions o;
   SampleSet s;
   try {
     append_samples(path, o, tok(), nullptr, false, 2, &s, nullptr);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("d.jsonl:2: no \"text\" field"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("d.jsonl:2: no \"text\" field"), std::string::npos)
+        << e.what();
   }
   SampleSet s2;
   BuildStats st;

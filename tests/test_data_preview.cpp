@@ -12,8 +12,10 @@ namespace {
 TEST(DataPreview, MarksTrainedSpansAndCountsTokens) {
   const std::string src = FTUNE_SOURCE_DIR;
   std::string dir = testing::make_temp_dir("preview");
-  std::ofstream(dir + "/i.jsonl") << R"({"instruction": "Name a herb.", "output": "Basil."})" << "\n"
-                                  << R"({"instruction": "Name a tree.", "output": "Oak."})" << "\n";
+  std::ofstream(dir + "/i.jsonl") << R"({"instruction": "Name a herb.", "output": "Basil."})"
+                                  << "\n"
+                                  << R"({"instruction": "Name a tree.", "output": "Oak."})"
+                                  << "\n";
   RecipeConfig c;
   c.model_path = src + "/configs/models/quickstart-base";
   c.data_train = dir + "/i.jsonl";

@@ -62,7 +62,8 @@ TEST(Split, DeterministicDisjointAndComplete) {
 }
 
 TEST(Blocks, TargetsAreInputsShiftedByOne) {
-  Tokenizer tok = Tokenizer::load(std::string(FTUNE_SOURCE_DIR) + "/configs/models/quickstart-base");
+  Tokenizer tok =
+      Tokenizer::load(std::string(FTUNE_SOURCE_DIR) + "/configs/models/quickstart-base");
   std::vector<std::string> docs = {"Plant: Basil\nLight: full sun.", "The cat sat on the mat.",
                                    "A third document, a little longer than the others."};
   BlockDataset ds(docs, tok, 8);
@@ -70,9 +71,11 @@ TEST(Blocks, TargetsAreInputsShiftedByOne) {
   Batch b = ds.make_batch({1, 0});
   ASSERT_EQ(b.tokens(), 16);
   for (int r = 0; r < 2; ++r)
-    for (int t = 0; t + 1 < 8; ++t) EXPECT_EQ(b.targets[size_t(r * 8 + t)], b.ids[size_t(r * 8 + t + 1)]);
+    for (int t = 0; t + 1 < 8; ++t)
+      EXPECT_EQ(b.targets[size_t(r * 8 + t)], b.ids[size_t(r * 8 + t + 1)]);
   Batch b0 = ds.make_batch({0});
-  EXPECT_EQ(b0.targets[7], b.ids[0]);  // block 0's last target is block 1's first input; the block's last target is the next block's first input
+  EXPECT_EQ(b0.targets[7], b.ids[0]);  // block 0's last target is block 1's first input; the
+                                       // block's last target is the next block's first input
   // EOS closes each document.
   auto first = tok.encode(docs[0]);
   Batch all = ds.make_batch({0, 1});

@@ -99,8 +99,7 @@ TEST_P(ModelGrad, BackwardMatchesFiniteDifferences) {
     dir[i] = 1.f;
     double num = fd(dir, 1e-2);
     double ana = g[i];
-    EXPECT_NEAR(ana, num, 1e-3 * std::fabs(num) + 1e-4)
-        << e.name << " index " << i - e.offset;
+    EXPECT_NEAR(ana, num, 1e-3 * std::fabs(num) + 1e-4) << e.name << " index " << i - e.offset;
     ++checked;
   }
   EXPECT_GE(checked, 20);

@@ -11,7 +11,7 @@ namespace ftune {
 namespace {
 
 nlohmann::json base() {
-  return {{"model_type", "llama"}, {"vocab_size", 100},      {"hidden_size", 64},
+  return {{"model_type", "llama"},    {"vocab_size", 100},      {"hidden_size", 64},
           {"intermediate_size", 128}, {"num_hidden_layers", 2}, {"num_attention_heads", 4}};
 }
 
@@ -64,9 +64,9 @@ TEST(ModelConfig, ErrorsNameTheProblem) {
 
 TEST(ModelConfig, Llama3RopeScalingBands) {
   auto j = base();
-  j["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 10000.0}, {"factor", 8.0},
-                          {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
-                          {"original_max_position_embeddings", 32}};
+  j["rope_parameters"] = {{"rope_type", "llama3"},   {"rope_theta", 10000.0},
+                          {"factor", 8.0},           {"low_freq_factor", 1.0},
+                          {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 32}};
   ModelConfig c = parse_model_config(j, "cfg.json");
   auto scaled = rope_inv_freq(c);
   c.rope_scaling.type = "default";

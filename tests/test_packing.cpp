@@ -69,7 +69,9 @@ TEST(Packing, BatchTargetsStayInsideSamplesAndSkipPrompts) {
   ASSERT_EQ(b.tokens(), 16);
   EXPECT_EQ(b.doc_offsets, (std::vector<int32_t>{0, 4, 7, 8, 14, 16}));
   EXPECT_EQ(b.positions, (std::vector<int32_t>{0, 1, 2, 3, 0, 1, 2, 0, 0, 1, 2, 3, 4, 5, 0, 1}));
-  auto tok = [&](int64_t sample, int64_t t) { return s.tokens[size_t(s.offsets[size_t(sample)] + t)]; };
+  auto tok = [&](int64_t sample, int64_t t) {
+    return s.tokens[size_t(s.offsets[size_t(sample)] + t)];
+  };
   // Sample 0 (4 tokens, first token is prompt): targets t=0..2 predict tokens 1..3.
   EXPECT_EQ(b.targets[0], tok(0, 1));
   EXPECT_EQ(b.targets[2], tok(0, 3));
@@ -86,10 +88,10 @@ TEST(Packing, BatchTargetsStayInsideSamplesAndSkipPrompts) {
 }
 
 TEST(Packing, PackedBatchEqualsSamplesRunAlone) {
-  nlohmann::json j = {{"model_type", "qwen2"},     {"vocab_size", 41},
-                      {"hidden_size", 32},         {"intermediate_size", 48},
-                      {"num_hidden_layers", 2},    {"num_attention_heads", 4},
-                      {"num_key_value_heads", 2},  {"tie_word_embeddings", true},
+  nlohmann::json j = {{"model_type", "qwen2"},    {"vocab_size", 41},
+                      {"hidden_size", 32},        {"intermediate_size", 48},
+                      {"num_hidden_layers", 2},   {"num_attention_heads", 4},
+                      {"num_key_value_heads", 2}, {"tie_word_embeddings", true},
                       {"initializer_range", 0.3}};
   ModelConfig cfg = parse_model_config(j, "packing test");
   auto be = make_cpu_backend();

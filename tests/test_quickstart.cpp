@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
-
 #include <nlohmann/json.hpp>
 
 #include "engine/fs_util.h"
@@ -66,7 +65,8 @@ TEST(Bench, ReportsThroughputForASmallShape) {
   EXPECT_GT(j["tokens_per_s"].get<double>(), 0.0);
   EXPECT_GT(j["gflops_per_s"].get<double>(), 0.0);
   EXPECT_GT(j["peak_rss_mb"].get<double>(), 0.0);
-  EXPECT_EQ(j["params"].get<int64_t>(), 256 * 64 + 2 * (2 * 64 + 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 96) + 64);
+  EXPECT_EQ(j["params"].get<int64_t>(),
+            256 * 64 + 2 * (2 * 64 + 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 96) + 64);
 }
 
 }  // namespace

@@ -39,7 +39,8 @@ TEST(SampleCache, DamagedFilesAreNotTrusted) {
   write_sample_cache(path, "k", small_set(), {});
   std::string bytes = read_file(path);
   for (size_t cut : {size_t(3), size_t(20), bytes.size() - 1}) {
-    std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), std::streamsize(cut));
+    std::ofstream(path, std::ios::binary | std::ios::trunc)
+        .write(bytes.data(), std::streamsize(cut));
     EXPECT_FALSE(read_sample_cache(path, "k").has_value()) << "truncated at " << cut;
   }
   std::string bad = bytes;

@@ -21,14 +21,18 @@ const std::string kSrc = FTUNE_SOURCE_DIR;
 
 Recipe small_recipe(const std::string& out, std::vector<std::string> extra = {}) {
   std::string yaml =
-      "model:\n  path: " + kSrc + "/configs/models/quickstart-base\n  init: random\n"
-      "data:\n  train: " + kSrc + "/data/quickstart/train.jsonl\n  val_fraction: 0.02\n"
+      "model:\n  path: " + kSrc +
+      "/configs/models/quickstart-base\n  init: random\n"
+      "data:\n  train: " +
+      kSrc +
+      "/data/quickstart/train.jsonl\n  val_fraction: 0.02\n"
       "train:\n  seq_len: 32\n  micro_batch_size: 4\n  grad_accum: 1\n  max_steps: 20\n"
       "optim:\n  lr: 0.002\n  weight_decay: 0.1\n"
       "schedule:\n  kind: cosine\n  warmup_steps: 1\n"
       "eval:\n  max_batches: 2\n"
       "checkpoint:\n  every: 10\n  keep_last: 0\n"
-      "output_dir: " + out + "\nthreads: 2\nseed: 3\n";
+      "output_dir: " +
+      out + "\nthreads: 2\nseed: 3\n";
   return load_recipe_text(yaml, "test.yaml", kSrc, extra);
 }
 

@@ -57,7 +57,9 @@ std::vector<int32_t> random_ids(size_t n, int32_t vocab, uint64_t seed) {
   return ids;
 }
 
-std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+std::vector<double> to_double(const std::vector<float>& v) {
+  return {v.begin(), v.end()};
+}
 
 double dot(const std::vector<double>& a, const std::vector<double>& b) {
   double s = 0;
@@ -85,7 +87,8 @@ std::vector<double> numeric_grad(std::vector<double>& p, const std::function<dou
 }
 
 std::string make_temp_dir(const std::string& tag) {
-  std::string templ = (std::filesystem::temp_directory_path() / ("ftune-" + tag + "-XXXXXX")).string();
+  std::string templ =
+      (std::filesystem::temp_directory_path() / ("ftune-" + tag + "-XXXXXX")).string();
   if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
   return templ;
 }
@@ -109,7 +112,11 @@ CliRun ftune(const std::string& args) {
   return r;
 }
 
-std::string fixtures_dir() { return FTUNE_TEST_FIXTURES; }
-std::string ftune_binary() { return FTUNE_BINARY; }
+std::string fixtures_dir() {
+  return FTUNE_TEST_FIXTURES;
+}
+std::string ftune_binary() {
+  return FTUNE_BINARY;
+}
 
 }  // namespace ftune::testing

@@ -1,5 +1,4 @@
 #include <cstdio>
-
 #include <nlohmann/json.hpp>
 
 #include "engine/bench.h"
@@ -37,10 +36,16 @@ void add_bench(CLI::App& app, Action* action) {
       if (*json) {
         nlohmann::json j = {{"impl", "ftune"},
                             {"threads", o->threads},
-                            {"shape", {{"hidden", o->hidden}, {"layers", o->layers},
-                                       {"heads", o->heads}, {"kv_heads", o->kv_heads},
-                                       {"intermediate", o->intermediate}, {"vocab", o->vocab},
-                                       {"seq", o->seq}, {"batch", o->batch}, {"tied", o->tied}}},
+                            {"shape",
+                             {{"hidden", o->hidden},
+                              {"layers", o->layers},
+                              {"heads", o->heads},
+                              {"kv_heads", o->kv_heads},
+                              {"intermediate", o->intermediate},
+                              {"vocab", o->vocab},
+                              {"seq", o->seq},
+                              {"batch", o->batch},
+                              {"tied", o->tied}}},
                             {"params", r.params},
                             {"tokens_per_step", o->batch * o->seq},
                             {"step_s", r.step_s},

@@ -2,8 +2,8 @@
 
 #include "engine/cli/commands.h"
 #include "engine/dataset.h"
-#include "engine/error.h"
 #include "engine/device.h"
+#include "engine/error.h"
 #include "engine/safetensors.h"
 #include "engine/tokenizer.h"
 #include "engine/trainer.h"
@@ -25,7 +25,8 @@ void add_eval(CLI::App& app, Action* action) {
   cmd->add_option("--max-batches", o->max_batches, "Stop after this many batches (0: all)");
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)");
   cmd->add_option("--device", o->device, "auto, cpu or cuda");
-  cmd->footer("Example:\n  ftune eval runs/quickstart/model data/quickstart/val.jsonl --seq-len 128");
+  cmd->footer(
+      "Example:\n  ftune eval runs/quickstart/model data/quickstart/val.jsonl --seq-len 128");
   cmd->callback([o, action] {
     *action = [o] {
       auto be = make_backend(resolve_device(o->device));

@@ -6,8 +6,8 @@
 namespace ftune::cli {
 
 void add_recipe_docs(CLI::App& app, Action* action) {
-  auto* cmd = app.add_subcommand(
-      "recipe-docs", "Print the recipe reference (Markdown) generated from the schema");
+  auto* cmd = app.add_subcommand("recipe-docs",
+                                 "Print the recipe reference (Markdown) generated from the schema");
   cmd->footer("Example:\n  ftune recipe-docs > docs/recipes.md");
   cmd->callback([action] {
     *action = [] {

@@ -1,8 +1,7 @@
 // Each ftune subcommand registers itself on the CLI11 app; main() runs whichever was chosen.
 #pragma once
-#include <functional>
-
 #include <CLI/CLI.hpp>
+#include <functional>
 
 namespace ftune::cli {
 

@@ -50,8 +50,7 @@ class CpuBackend final : public Backend {
   double sum_squares(const ExecContext& c, const float* x, size_t n) override {
     return cpu::sum_squares(c.threads, x, n);
   }
-  void cast(const ExecContext&, const void* src, DType st, void* dst, DType dt,
-            size_t n) override {
+  void cast(const ExecContext&, const void* src, DType st, void* dst, DType dt, size_t n) override {
     convert(src, st, dst, dt, n);
   }
   void embedding_forward(const ExecContext& c, const int32_t* ids, const float* table, float* out,
@@ -62,8 +61,8 @@ class CpuBackend final : public Backend {
                           float* dtable, int64_t n, int64_t dim, int64_t vocab) override {
     cpu::embedding_backward(c.threads, ids, dout, dtable, n, dim, vocab);
   }
-  void rmsnorm_forward(const ExecContext& c, const float* x, const float* w, float* y,
-                       float* rstd, int64_t rows, int64_t dim, float eps) override {
+  void rmsnorm_forward(const ExecContext& c, const float* x, const float* w, float* y, float* rstd,
+                       int64_t rows, int64_t dim, float eps) override {
     cpu::rmsnorm_forward(c.threads, x, w, y, rstd, rows, dim, eps);
   }
   void rmsnorm_backward(const ExecContext& c, const float* dy, const float* x, const float* w,
@@ -109,6 +108,8 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend() {
+  return std::make_unique<CpuBackend>();
+}
 
 }  // namespace ftune

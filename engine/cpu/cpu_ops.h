@@ -23,13 +23,13 @@ void linear_backward(int threads, const float* dy, const float* x, const float* 
 void add_inplace(int threads, float* y, const float* x, size_t n);
 void scale_inplace(int threads, float* x, float s, size_t n);
 double sum_squares(int threads, const float* x, size_t n);  // fixed reduction order
-void embedding_forward(int threads, const int32_t* ids, const float* table, float* out,
-                       int64_t n, int64_t dim);
+void embedding_forward(int threads, const int32_t* ids, const float* table, float* out, int64_t n,
+                       int64_t dim);
 void embedding_backward(int threads, const int32_t* ids, const float* dout, float* dtable,
                         int64_t n, int64_t dim, int64_t vocab);
 void swiglu_forward(int threads, const float* gate, const float* up, float* h, size_t n);
-void swiglu_backward(int threads, const float* dh, const float* gate, const float* up,
-                     float* dgate, float* dup, size_t n);
+void swiglu_backward(int threads, const float* dh, const float* gate, const float* up, float* dgate,
+                     float* dup, size_t n);
 
 // cpu_norm.cpp
 void rmsnorm_forward(int threads, const float* x, const float* w, float* y, float* rstd,
@@ -38,8 +38,8 @@ void rmsnorm_backward(int threads, const float* dy, const float* x, const float*
                       const float* rstd, float* dx, float* dw, int64_t rows, int64_t dim);
 
 // cpu_rope.cpp
-void rope_forward(int threads, float* x, const int32_t* positions, const float* inv_freq,
-                  int64_t n, int heads, int head_dim);
+void rope_forward(int threads, float* x, const int32_t* positions, const float* inv_freq, int64_t n,
+                  int heads, int head_dim);
 void rope_backward(int threads, float* dx, const int32_t* positions, const float* inv_freq,
                    int64_t n, int heads, int head_dim);
 
