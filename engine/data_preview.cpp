@@ -6,8 +6,9 @@
 
 namespace ftune {
 
-std::string preview_data(const RecipeConfig& c, const PreviewOptions& opt) {
-  Tokenizer tok = Tokenizer::load(c.model_path);
+namespace {
+
+std::string preview_source(const RecipeConfig& c, const Tokenizer& tok, const PreviewOptions& opt) {
   const FormatOptions fo = recipe_format_options(c);
   std::optional<ChatTemplate> tmpl = recipe_chat_template(c, c.model_path, tok);
   // In the stream layout documents run together, so a document's first token is predicted too.
@@ -59,6 +60,19 @@ std::string preview_data(const RecipeConfig& c, const PreviewOptions& opt) {
       &st);
   if (shown == 0)
     throw Error("data.train: '" + c.data_train + "' holds no usable record to preview");
+  return out;
+}
+
+}  // namespace
+
+std::string preview_data(const RecipeConfig& c, const PreviewOptions& opt) {
+  Tokenizer tok = Tokenizer::load(c.model_path);
+  // Each training source with its own format settings, `count` records from each.
+  std::string out;
+  for (const DataSource& src : recipe_data_sources(c)) {
+    if (!out.empty()) out += "\n";
+    out += preview_source(recipe_for_source(c, src), tok, opt);
+  }
   return out;
 }
 

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <variant>
 
 #include "engine/error.h"
 #include "engine/recipe_schema.h"
@@ -95,6 +96,20 @@ std::string suggest_key(std::string_view input, bool section) {
   return "; did you mean " + quote_list(picks) + "?";
 }
 
+// "; did you mean 'format'?" for an unknown key of a data.train entry, or "".
+std::string suggest_entry_key(std::string_view input) {
+  size_t best = SIZE_MAX;
+  std::vector<std::string_view> picks;
+  for (std::string_view c : recipe::source_entry_keys()) {
+    size_t d = edit_distance(input, c);
+    if (d > typo_budget(input) || d > best) continue;
+    if (d < best) picks.clear();
+    best = d;
+    picks.push_back(c);
+  }
+  return picks.empty() ? "" : "; did you mean " + quote_list(picks) + "?";
+}
+
 std::string lower(std::string_view s) {
   std::string out(s);
   for (char& c : out) c = char(std::tolower(static_cast<unsigned char>(c)));
@@ -115,6 +130,12 @@ std::string suggest_value(const KeySpec& k, std::string_view value) {
     }
   }
   return best.empty() ? "" : "; did you mean '" + std::string(best) + "'?";
+}
+
+DataSource plain_source(const std::string& path) {
+  DataSource d;
+  d.path = path;
+  return d;
 }
 
 // ---- scalar parsing ----
@@ -172,7 +193,8 @@ std::string_view expected_text(ValueType t) {
   return "a value";
 }
 
-void check_range(const KeySpec& k, double v, const std::string& text, const std::string& where) {
+void check_range(const KeySpec& k, double v, const std::string& text, const std::string& where,
+                 const std::string& name) {
   bool ok = true;
   if (k.min) ok = ok && (k.min->inclusive ? v >= k.min->value : v > k.min->value);
   if (k.max) ok = ok && (k.max->inclusive ? v <= k.max->value : v < k.max->value);
@@ -180,7 +202,7 @@ void check_range(const KeySpec& k, double v, const std::string& text, const std:
   std::string range = recipe::constraint_text(k);
   std::string rule =
       range[0] == '[' || range[0] == '(' ? "must be in " + range : "must be " + range;
-  throw Error(where + ": " + std::string(k.key) + ": " + text + " is out of range; it " + rule);
+  throw Error(where + ": " + name + ": " + text + " is out of range; it " + rule);
 }
 
 // How a value is being set: where (for messages) and what relative paths resolve against.
@@ -199,9 +221,10 @@ fs::path normalize_path(const std::string& p, const fs::path& base) {
 }
 
 // Parses `text` with the key's type and stores it. `is_null`: YAML `key:` with no value.
+// `name`: how messages call the key when not k.key ("data.train[1].format").
 void assign(const KeySpec& k, const std::string& text, bool is_null, const Source& src,
-            RecipeConfig* cfg) {
-  const std::string key(k.key);
+            RecipeConfig* cfg, const std::string& name = "") {
+  const std::string key = name.empty() ? std::string(k.key) : name;
   auto type_error = [&]() -> Error {
     std::string got = is_null ? "an empty value" : "'" + text + "'";
     return Error(src.where + ": " + key + ": expected " + std::string(expected_text(k.type())) +
@@ -229,7 +252,7 @@ void assign(const KeySpec& k, const std::string& text, bool is_null, const Sourc
                       " is out of range; it must fit in a 64-bit integer");
         throw type_error();
       }
-      check_range(k, double(v), t, src.where);
+      check_range(k, double(v), t, src.where, key);
       cfg->*std::get<int64_t RecipeConfig::*>(k.field) = v;
       return;
     }
@@ -237,7 +260,7 @@ void assign(const KeySpec& k, const std::string& text, bool is_null, const Sourc
       double v = 0;
       std::string t = trim(text);
       if (is_null || !parse_float(t, &v)) throw type_error();
-      check_range(k, v, t, src.where);
+      check_range(k, v, t, src.where, key);
       cfg->*std::get<double RecipeConfig::*>(k.field) = v;
       return;
     }
@@ -313,14 +336,98 @@ struct Loader {
     if (prev != set_at.end())
       throw Error(at + ": duplicate key '" + key + "' (already set at " + prev->second +
                   "); keep one of them");
+    if (k.source_list && value.IsSequence()) {
+      set_sources(k, value, at);
+      set_at[key] = at;
+      return;
+    }
     if (value.IsMap() || value.IsSequence())
       throw Error(at + ": " + key + ": expected " + std::string(expected_text(k.type())) +
-                  ", got " + describe(value));
+                  (k.source_list ? " or a list of {path, weight, ...} entries" : "") + ", got " +
+                  describe(value));
     // A null value's mark points past the key; the key's position is the useful one.
     const std::string value_at = value.IsNull() ? at : where(value.Mark());
     const std::string text = value.IsNull() ? std::string() : value.Scalar();
     assign(k, text, value.IsNull(), Source{value_at, base_dir}, &cfg);
+    if (k.source_list) reset_sources();
     set_at[key] = value_at;
+  }
+
+  // A plain path stands for one dataset with weight 1 and the recipe's settings.
+  void reset_sources() {
+    cfg.data_sources.clear();
+    if (!cfg.data_train.empty()) cfg.data_sources.push_back(plain_source(cfg.data_train));
+  }
+
+  // data.train as a list: each entry a map of path, weight and per-source data.* keys.
+  void set_sources(const KeySpec& k, const YAML::Node& list, const std::string& at) {
+    const std::string key(k.key);
+    if (list.size() == 0)
+      throw Error(at + ": " + key + ": the list is empty; name at least one dataset, for " +
+                  "example - {path: train.jsonl}");
+    std::vector<DataSource> sources;
+    for (size_t i = 0; i < list.size(); ++i) {
+      const YAML::Node entry = list[i];
+      const std::string name = key + "[" + std::to_string(i) + "]";
+      const std::string entry_at = where(entry.Mark());
+      if (!entry.IsMap())
+        throw Error(entry_at + ": " + name + ": expected a map such as {path: a.jsonl, " +
+                    "weight: 2.0}, got " + describe(entry));
+      DataSource d;
+      std::map<std::string, std::string> seen;
+      for (const auto& kv : entry) {
+        const std::string kat = where(kv.first.Mark());
+        if (!kv.first.IsScalar())
+          throw Error(kat + ": " + name + ": a dataset key must be a plain name, got " +
+                      describe(kv.first));
+        const std::string ek = kv.first.Scalar();
+        const std::string full = name + "." + ek;
+        if (auto prev = seen.find(ek); prev != seen.end())
+          throw Error(kat + ": duplicate key '" + full + "' (already set at " + prev->second +
+                      "); keep one of them");
+        seen[ek] = kat;
+        const YAML::Node v = kv.second;
+        const KeySpec* sk = recipe::find_source_key(ek);
+        if (ek != "path" && ek != "weight" && !sk)
+          throw Error(kat + ": unknown key '" + full + "'; a dataset entry takes " +
+                      quote_list(recipe::source_entry_keys()) + suggest_entry_key(ek));
+        if (v.IsMap() || v.IsSequence())
+          throw Error(kat + ": " + full + ": expected a single value, got " + describe(v));
+        const std::string vat = v.IsNull() ? kat : where(v.Mark());
+        const std::string text = v.IsNull() ? std::string() : v.Scalar();
+        if (ek == "path") {
+          if (trim(text).empty())
+            throw Error(vat + ": " + full + " is empty; it must name the dataset's JSONL file");
+          d.path = normalize_path(text, base_dir).string();
+        } else if (ek == "weight") {
+          const std::string t = trim(text);
+          if (v.IsNull() || !parse_float(t, &d.weight))
+            throw Error(vat + ": " + full + ": expected a number, got " +
+                        (v.IsNull() ? std::string("an empty value") : "'" + text + "'"));
+          if (!(d.weight > 0))
+            throw Error(vat + ": " + full + ": " + t + " is out of range; it must be > 0 " +
+                        "(leave the dataset out to skip it)");
+        } else {
+          // Parse with the key's own rules (type, allowed values), then keep it as an override.
+          RecipeConfig scratch;
+          assign(*sk, text, v.IsNull(), Source{vat, base_dir}, &scratch, full);
+          std::visit(
+              [&](auto m) {
+                if constexpr (!std::is_same_v<decltype(m), std::monostate>) {
+                  using T = typename std::decay_t<decltype(d.*m)>::value_type;
+                  d.*m = scratch.*std::get<T RecipeConfig::*>(sk->field);
+                }
+              },
+              sk->per_source);
+        }
+      }
+      if (d.path.empty())
+        throw Error(entry_at + ": " + name + ": missing required key 'path' (the dataset's " +
+                    "JSONL file)");
+      sources.push_back(std::move(d));
+    }
+    cfg.data_sources = std::move(sources);
+    cfg.data_train = cfg.data_sources[0].path;
   }
 
   void apply_override(const std::string& ov) {
@@ -340,6 +447,7 @@ struct Loader {
     }
     // The shell already stripped any quoting, so the text after '=' is the value itself.
     assign(*k, value, false, Source{label_ov, fs::current_path()}, &cfg);
+    if (k->source_list) reset_sources();
     set_at[key] = label_ov;
   }
 
@@ -441,6 +549,75 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   return r;
 }
 
+bool DataSource::has_overrides() const {
+  for (const KeySpec& k : recipe::schema()) {
+    const bool set = std::visit(
+        [&](auto m) {
+          if constexpr (std::is_same_v<decltype(m), std::monostate>) {
+            return false;
+          } else {
+            return (this->*m).has_value();
+          }
+        },
+        k.per_source);
+    if (set) return true;
+  }
+  return false;
+}
+
+std::vector<DataSource> recipe_data_sources(const RecipeConfig& cfg) {
+  if (!cfg.data_sources.empty() && cfg.data_sources[0].path == cfg.data_train)
+    return cfg.data_sources;
+  return {plain_source(cfg.data_train)};
+}
+
+RecipeConfig recipe_for_source(const RecipeConfig& cfg, const DataSource& src) {
+  RecipeConfig out = cfg;
+  out.data_train = src.path;
+  out.data_sources = {src};
+  for (const KeySpec& k : recipe::schema()) {
+    std::visit(
+        [&](auto m) {
+          if constexpr (!std::is_same_v<decltype(m), std::monostate>) {
+            using T = typename std::decay_t<decltype(src.*m)>::value_type;
+            if (src.*m) out.*std::get<T RecipeConfig::*>(k.field) = *(src.*m);
+          }
+        },
+        k.per_source);
+  }
+  return out;
+}
+
+namespace {
+
+// data.train as a YAML list, one map per dataset (weight always, overrides when set).
+std::string sources_yaml(const std::vector<DataSource>& sources, const std::string& indent) {
+  std::string out;
+  for (const DataSource& d : sources) {
+    out += indent + "- path: " + yaml_string(d.path) + "\n";
+    out += indent + "  weight: " + recipe::format_double(d.weight) + "\n";
+    for (const KeySpec& k : recipe::schema()) {
+      std::visit(
+          [&](auto m) {
+            if constexpr (!std::is_same_v<decltype(m), std::monostate>) {
+              if (!(d.*m)) return;
+              const std::string_view name = k.key.substr(k.key.rfind('.') + 1);
+              std::string v;
+              if constexpr (std::is_same_v<decltype(*(d.*m)), const bool&>)
+                v = *(d.*m) ? "true" : "false";
+              else
+                v = yaml_string(*(d.*m));
+              out += indent + "  " + std::string(name) + ": " + v + "\n";
+            }
+          },
+          k.per_source);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string recipe_to_yaml(const RecipeConfig& cfg) {
   std::string out;
   std::string_view open_section;
@@ -448,6 +625,15 @@ std::string recipe_to_yaml(const RecipeConfig& cfg) {
     std::string_view sec = k.section();
     if (!sec.empty() && sec != open_section) out += std::string(sec) + ":\n";
     open_section = sec;
+    if (k.source_list) {
+      const std::vector<DataSource> sources = recipe_data_sources(cfg);
+      if (sources.size() > 1 || sources[0].weight != 1.0 || sources[0].has_overrides()) {
+        const std::string indent = sec.empty() ? "  " : "    ";
+        out += (sec.empty() ? "" : "  ") + std::string(k.key.substr(sec.size() + !sec.empty())) +
+               ":\n" + sources_yaml(sources, indent);
+        continue;
+      }
+    }
     std::string text = recipe::value_text(k, cfg);
     std::string scalar = k.type() == ValueType::kString ? yaml_string(text) : text;
     if (!sec.empty())

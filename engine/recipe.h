@@ -3,81 +3,98 @@
 // validation, --print-config, did-you-mean suggestions and docs/recipes.md all derive from it.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace ftune {
 
+// One entry of a `data.train` list: a JSONL file, its mixing weight (each epoch takes
+// round(weight x its samples) from it) and the data.* settings it overrides; unset fields take
+// the recipe's data.<same key>.
+struct DataSource {
+  std::string path;
+  double weight = 1.0;
+  std::optional<std::string> format, text_field, instruction_field, input_field, output_field,
+      messages_field, role_field, content_field, system_prompt;
+  std::optional<bool> train_on_inputs;
+
+  bool has_overrides() const;  // any field besides path and weight set
+  bool operator==(const DataSource&) const = default;
+};
+
 struct RecipeConfig {
   // model
-  std::string model_path;          // model.path: HF directory (config.json, safetensors, tokenizer.json)
-  std::string model_init = "pretrained";  // model.init: pretrained | random (pre-training from scratch)
+  std::string model_path;  // model.path: HF directory (config.json, safetensors, tokenizer.json)
+  std::string model_init = "pretrained";  // model.init: pretrained | random (from scratch)
   // data
-  std::string data_train;          // data.train: JSONL file
-  std::string data_validation;     // data.validation: JSONL file (optional)
-  double data_val_fraction = 0.05; // data.val_fraction: used when data.validation is empty
+  std::string data_train;                // data.train: JSONL file (the first source's path)
+  std::vector<DataSource> data_sources;  // the data.train entries; one for a plain path
+  std::string data_validation;           // data.validation: JSONL file (optional)
+  double data_val_fraction = 0.05;       // data.val_fraction: used when data.validation is empty
   std::string data_text_field = "text";  // data.text_field
-  bool data_shuffle = true;        // data.shuffle
+  bool data_shuffle = true;              // data.shuffle
   std::string data_format = "text";      // data.format: text | instruction | messages | preference
   std::string data_packing = "auto";     // data.packing: auto | stream | pack | pad | true | false
   std::string data_chat_template = "auto";  // data.chat_template: auto | chatml | llama3 | ...
-  bool data_train_on_inputs = false;     // data.train_on_inputs
-  std::string data_overlong = "truncate";  // data.overlong: truncate | drop
-  bool data_skip_bad_lines = false;      // data.skip_bad_lines
+  bool data_train_on_inputs = false;        // data.train_on_inputs
+  std::string data_overlong = "truncate";   // data.overlong: truncate | drop
+  bool data_skip_bad_lines = false;         // data.skip_bad_lines
   std::string data_instruction_field = "instruction";  // data.instruction_field
   std::string data_input_field = "input";              // data.input_field
   std::string data_output_field = "output";            // data.output_field
   std::string data_messages_field = "messages";        // data.messages_field
   std::string data_role_field = "role";                // data.role_field
   std::string data_content_field = "content";          // data.content_field
-  std::string data_system_prompt;        // data.system_prompt
-  bool data_cache = true;                // data.cache
-  std::string data_cache_dir;            // data.cache_dir (empty: $XDG_CACHE_HOME/ftune/data)
+  std::string data_system_prompt;                      // data.system_prompt
+  bool data_cache = true;                              // data.cache
+  std::string data_cache_dir;  // data.cache_dir (empty: $XDG_CACHE_HOME/ftune/data)
   // train
-  int64_t seq_len = 256;           // train.seq_len
-  int64_t micro_batch_size = 4;    // train.micro_batch_size
-  int64_t grad_accum = 1;          // train.grad_accum
-  int64_t max_steps = 0;           // train.max_steps (0: run train.epochs)
-  double epochs = 1.0;             // train.epochs
+  int64_t seq_len = 256;         // train.seq_len
+  int64_t micro_batch_size = 4;  // train.micro_batch_size
+  int64_t grad_accum = 1;        // train.grad_accum
+  int64_t max_steps = 0;         // train.max_steps (0: run train.epochs)
+  double epochs = 1.0;           // train.epochs
   // optim
-  double lr = 3e-4;                // optim.lr
-  double beta1 = 0.9;              // optim.beta1
-  double beta2 = 0.95;             // optim.beta2
-  double eps = 1e-8;               // optim.eps
-  double weight_decay = 0.0;       // optim.weight_decay
-  double clip = 1.0;               // optim.clip (0: off)
+  double lr = 3e-4;                     // optim.lr
+  double beta1 = 0.9;                   // optim.beta1
+  double beta2 = 0.95;                  // optim.beta2
+  double eps = 1e-8;                    // optim.eps
+  double weight_decay = 0.0;            // optim.weight_decay
+  double clip = 1.0;                    // optim.clip (0: off)
   bool decay_norms_and_biases = false;  // optim.decay_norms_and_biases
-  bool decay_embeddings = false;   // optim.decay_embeddings
+  bool decay_embeddings = false;        // optim.decay_embeddings
   // schedule
   std::string schedule_kind = "cosine";  // schedule.kind: constant | linear | cosine
-  int64_t warmup_steps = 0;        // schedule.warmup_steps
-  double min_lr_ratio = 0.0;       // schedule.min_lr_ratio
+  int64_t warmup_steps = 0;              // schedule.warmup_steps
+  double min_lr_ratio = 0.0;             // schedule.min_lr_ratio
   // eval
-  int64_t eval_every = 0;          // eval.every (0: only before and after training)
-  int64_t eval_max_batches = 0;    // eval.max_batches (0: whole validation set)
+  int64_t eval_every = 0;        // eval.every (0: only before and after training)
+  int64_t eval_max_batches = 0;  // eval.max_batches (0: whole validation set)
   // checkpoint
-  int64_t checkpoint_every = 0;    // checkpoint.every (0: only at the end)
+  int64_t checkpoint_every = 0;      // checkpoint.every (0: only at the end)
   int64_t checkpoint_keep_last = 2;  // checkpoint.keep_last
   // export
-  std::string export_dtype = "auto";  // export.dtype: auto | f32 | bf16 | f16 (auto: base model's)
+  std::string export_dtype = "auto";   // export.dtype: auto | f32 | bf16 | f16 (auto: base model's)
   int64_t export_max_shard_mb = 5000;  // export.max_shard_mb
   // generation shown after training
-  std::string generate_prompt;     // generate.prompt (empty: none)
+  std::string generate_prompt;           // generate.prompt (empty: none)
   int64_t generate_max_new_tokens = 48;  // generate.max_new_tokens
   double generate_temperature = 0.0;     // generate.temperature (0: greedy)
   double generate_top_p = 1.0;           // generate.top_p
   // job
-  std::string output_dir;          // output_dir
-  int64_t seed = 42;               // seed
-  std::string device = "auto";     // device: auto | cpu | cuda
-  int64_t threads = 0;             // threads (0: all cores)
-  int64_t log_every = 10;          // log.every: plain progress line period when not a TTY
+  std::string output_dir;       // output_dir
+  int64_t seed = 42;            // seed
+  std::string device = "auto";  // device: auto | cpu | cuda
+  int64_t threads = 0;          // threads (0: all cores)
+  int64_t log_every = 10;       // log.every: plain progress line period when not a TTY
 };
 
 struct Recipe {
   RecipeConfig cfg;
-  std::string source;          // recipe file path ("" when built from a string)
-  std::string resolved_yaml;   // canonical YAML of every key after overrides (print-config, manifests)
+  std::string source;  // recipe file path ("" when built from a string)
+  std::string
+      resolved_yaml;  // canonical YAML of every key after overrides (print-config, manifests)
 };
 
 // Loads a recipe file and applies overrides ("train.max_steps=20"). Relative paths inside the
@@ -88,6 +105,11 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
 Recipe load_recipe_text(const std::string& yaml, const std::string& label,
                         const std::string& base_dir,
                         const std::vector<std::string>& overrides = {});
+// The training sources to read: cfg.data_sources, or one source of cfg.data_train when the list
+// is empty or no longer starts with data_train (code that sets data_train directly).
+std::vector<DataSource> recipe_data_sources(const RecipeConfig& cfg);
+// `cfg` with the source's overrides applied to the data.* fields and data_train set to its path.
+RecipeConfig recipe_for_source(const RecipeConfig& cfg, const DataSource& src);
 // Canonical YAML of a config (every schema key, grouped by section, in schema order).
 std::string recipe_to_yaml(const RecipeConfig& cfg);
 // The schema as a Markdown reference (docs/recipes.md is generated from this).

@@ -22,6 +22,7 @@ std::optional<Limit> lt(double v) {
 }
 
 using C = RecipeConfig;
+using D = DataSource;
 
 std::vector<KeySpec> build_schema() {
   return {
@@ -57,9 +58,11 @@ std::vector<KeySpec> build_schema() {
       // data
       {.key = "data.train",
        .field = &C::data_train,
-       .doc = "the training set: a JSONL file with one document per line",
+       .doc = "the training set: a JSONL file with one document per line, or a list of "
+              "weighted datasets",
        .required = true,
-       .is_path = true},
+       .is_path = true,
+       .source_list = true},
       {.key = "data.validation",
        .field = &C::data_validation,
        .doc =
@@ -72,7 +75,8 @@ std::vector<KeySpec> build_schema() {
        .max = lt(1)},
       {.key = "data.text_field",
        .field = &C::data_text_field,
-       .doc = "the JSON field of each line that holds the document text"},
+       .doc = "the JSON field of each line that holds the document text",
+       .per_source = &D::text_field},
       {.key = "data.shuffle",
        .field = &C::data_shuffle,
        .doc = "shuffle the training documents every epoch"},
@@ -80,7 +84,8 @@ std::vector<KeySpec> build_schema() {
        .field = &C::data_format,
        .doc = "record format: text (completion), instruction (instruction/input/output), "
               "messages (chat), preference (prompt/chosen/rejected; trained on chosen for now)",
-       .allowed = {"text", "instruction", "messages", "preference"}},
+       .allowed = {"text", "instruction", "messages", "preference"},
+       .per_source = &D::format},
       {.key = "data.packing",
        .field = &C::data_packing,
        .doc = "stream cuts concatenated text into blocks; pack (or true) packs whole samples into "
@@ -94,7 +99,8 @@ std::vector<KeySpec> build_schema() {
        .allowed = {"auto", "chatml", "llama3", "llama2", "mistral", "alpaca", "plain"}},
       {.key = "data.train_on_inputs",
        .field = &C::data_train_on_inputs,
-       .doc = "also train on prompts and user turns (by default only responses are trained)"},
+       .doc = "also train on prompts and user turns (by default only responses are trained)",
+       .per_source = &D::train_on_inputs},
       {.key = "data.overlong",
        .field = &C::data_overlong,
        .doc = "samples longer than train.seq_len are truncated or dropped (counts are reported)",
@@ -104,25 +110,32 @@ std::vector<KeySpec> build_schema() {
        .doc = "skip and count malformed lines and records instead of stopping at the first"},
       {.key = "data.instruction_field",
        .field = &C::data_instruction_field,
-       .doc = "instruction format: the field holding the instruction"},
+       .doc = "instruction format: the field holding the instruction",
+       .per_source = &D::instruction_field},
       {.key = "data.input_field",
        .field = &C::data_input_field,
-       .doc = "instruction format: the optional field holding extra input"},
+       .doc = "instruction format: the optional field holding extra input",
+       .per_source = &D::input_field},
       {.key = "data.output_field",
        .field = &C::data_output_field,
-       .doc = "instruction format: the field holding the response"},
+       .doc = "instruction format: the field holding the response",
+       .per_source = &D::output_field},
       {.key = "data.messages_field",
        .field = &C::data_messages_field,
-       .doc = "messages format: the field holding the list of messages"},
+       .doc = "messages format: the field holding the list of messages",
+       .per_source = &D::messages_field},
       {.key = "data.role_field",
        .field = &C::data_role_field,
-       .doc = "messages format: the field of each message holding its role"},
+       .doc = "messages format: the field of each message holding its role",
+       .per_source = &D::role_field},
       {.key = "data.content_field",
        .field = &C::data_content_field,
-       .doc = "messages format: the field of each message holding its text"},
+       .doc = "messages format: the field of each message holding its text",
+       .per_source = &D::content_field},
       {.key = "data.system_prompt",
        .field = &C::data_system_prompt,
-       .doc = "a system message put before every instruction/messages/preference sample"},
+       .doc = "a system message put before every instruction/messages/preference sample",
+       .per_source = &D::system_prompt},
       {.key = "data.cache",
        .field = &C::data_cache,
        .doc = "keep tokenized samples on disk, reused while data, tokenizer and settings match"},
@@ -300,6 +313,19 @@ const KeySpec* find_key(std::string_view key) {
   return nullptr;
 }
 
+const KeySpec* find_source_key(std::string_view name) {
+  for (const KeySpec& k : schema())
+    if (k.per_source.index() != 0 && k.key.substr(k.key.rfind('.') + 1) == name) return &k;
+  return nullptr;
+}
+
+std::vector<std::string_view> source_entry_keys() {
+  std::vector<std::string_view> names = {"path", "weight"};
+  for (const KeySpec& k : schema())
+    if (k.per_source.index() != 0) names.push_back(k.key.substr(k.key.rfind('.') + 1));
+  return names;
+}
+
 bool is_section(std::string_view name) {
   if (name.empty()) return false;
   for (const SectionSpec& s : sections())
@@ -310,6 +336,7 @@ bool is_section(std::string_view name) {
 std::string_view type_name(const KeySpec& k) {
   switch (k.type()) {
     case ValueType::kString:
+      if (k.source_list) return "path or list";
       return k.is_path ? "path" : "string";
     case ValueType::kInt:
       return "int";
@@ -431,6 +458,23 @@ std::string recipe_schema_markdown() {
       }
       md << "| " << recipe::md_code(k.key) << " | " << recipe::type_name(k) << " | " << def_cell
          << " | " << range << " | " << recipe::md_cell(k.doc) << " |\n";
+    }
+    for (const KeySpec& k : recipe::schema()) {
+      if (k.section() != sec.name || !k.source_list) continue;
+      std::string keys;
+      const std::vector<std::string_view> names = recipe::source_entry_keys();
+      for (size_t i = 2; i < names.size(); ++i)
+        keys += (i > 2 ? ", " : "") + recipe::md_code(names[i]);
+      md << "\n`" << k.key << "` may also be a list of datasets, each a map with a required "
+         << "`path`, an optional `weight` (> 0, default 1.0) and any of " << keys
+         << ", which default to the `data.*` key of the same name. Every epoch takes "
+            "round(weight x samples) samples from each dataset: the whole set once per unit of "
+            "weight, plus a subset for the fraction, drawn anew each epoch from the seed. "
+            "`data.val_fraction` is held out of each dataset. The `stream` layout concatenates "
+            "the documents of every dataset, each repeated by its weight, so it needs whole-number "
+            "weights (use `pack` or `pad` for fractions).\n\n"
+            "```yaml\ndata:\n  train:\n    - {path: chat.jsonl, format: messages, weight: 2.0}\n"
+            "    - {path: notes.jsonl, format: text}\n```\n";
     }
   }
   return md.str();

@@ -18,6 +18,10 @@ enum class ValueType { kString, kInt, kFloat, kBool };
 using FieldRef = std::variant<std::string RecipeConfig::*, int64_t RecipeConfig::*,
                               double RecipeConfig::*, bool RecipeConfig::*>;
 
+// The DataSource member a data.* key can be overridden by in a `data.train` list entry.
+using SourceFieldRef = std::variant<std::monostate, std::optional<std::string> DataSource::*,
+                                    std::optional<bool> DataSource::*>;
+
 struct Limit {
   double value = 0.0;
   bool inclusive = true;
@@ -32,6 +36,11 @@ struct KeySpec {
   std::vector<std::string_view> allowed = {};  // non-empty: the value must be one of these
   std::optional<Limit> min = {};
   std::optional<Limit> max = {};
+  // The key also takes a YAML list of dataset entries ({path, weight, per-source keys}), kept in
+  // RecipeConfig::data_sources; `field` then holds the first entry's path.
+  bool source_list = false;
+  // Set: a data.train list entry may override this key under its last component ("format").
+  SourceFieldRef per_source = {};
 
   ValueType type() const { return static_cast<ValueType>(field.index()); }
   std::string_view section() const;  // "train" for "train.seq_len", "" for top-level keys
@@ -48,9 +57,13 @@ const std::vector<KeySpec>& schema();
 // One entry per section of schema(), same order.
 const std::vector<SectionSpec>& sections();
 const KeySpec* find_key(std::string_view key);
+// The key a data.train entry overrides by `name` ("format" -> data.format), or null.
+const KeySpec* find_source_key(std::string_view name);
+// Names a data.train entry accepts: path, weight, then the per-source keys in schema order.
+std::vector<std::string_view> source_entry_keys();
 bool is_section(std::string_view name);
 
-// "string", "path", "int", "float", "bool".
+// "string", "path", "int", "float", "bool"; "path or list" for a source_list key.
 std::string_view type_name(const KeySpec& k);
 // The field's value as plain text (no YAML quoting); floats round-trip exactly.
 std::string value_text(const KeySpec& k, const RecipeConfig& cfg);

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -12,6 +13,7 @@
 #include "engine/data_format.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/recipe_schema.h"
 #include "engine/sample_cache.h"
 #include "engine/sample_loader.h"
 
@@ -20,18 +22,53 @@ namespace fs = std::filesystem;
 namespace ftune {
 namespace {
 
+// The sources are mixed (rather than read once each) when there are several or a weight is set.
+bool is_mix(const std::vector<DataSource>& sources) {
+  return sources.size() > 1 || sources[0].weight != 1.0;
+}
+
+// How messages name a source: its key in a list, else plain data.train.
+std::string source_key(const std::vector<DataSource>& sources, size_t i) {
+  return sources.size() > 1 ? "data.train[" + std::to_string(i) + "]" : "data.train";
+}
+
+// The trainer checks data.train (the first source) up front; the others are checked here.
+void check_sources_exist(const std::vector<DataSource>& sources) {
+  for (size_t i = 0; i < sources.size(); ++i)
+    if (!fs::is_regular_file(sources[i].path))
+      throw Error(source_key(sources, i) + ": file '" + sources[i].path + "' does not exist");
+}
+
+std::string source_name(const DataSource& d) {
+  return fs::path(d.path).filename().string();
+}
+
 // Pre-training layout: the existing block dataset and sampler.
 class StreamData final : public TrainData {
  public:
   StreamData(const RecipeConfig& c, const Tokenizer& tok) : rows_(c.micro_batch_size) {
     std::vector<std::string> train_docs, val_docs;
-    std::vector<std::string> all = read_jsonl_texts(c.data_train, c.data_text_field);
-    if (!c.data_validation.empty()) {
-      train_docs = std::move(all);
-      val_docs = read_jsonl_texts(c.data_validation, c.data_text_field);
-    } else {
-      split_documents(all, c.data_val_fraction, uint64_t(c.seed), &train_docs, &val_docs);
+    const std::vector<DataSource> sources = recipe_data_sources(c);
+    // Each source's documents go in once per unit of its (whole) weight; the held-out share is
+    // taken per source, before the repetition, so no validation document is trained on.
+    for (size_t i = 0; i < sources.size(); ++i) {
+      const RecipeConfig sc = recipe_for_source(c, sources[i]);
+      std::vector<std::string> all = read_jsonl_texts(sc.data_train, sc.data_text_field);
+      std::vector<std::string> tr, va;
+      if (!c.data_validation.empty())
+        tr = std::move(all);
+      else
+        split_documents(all, c.data_val_fraction, uint64_t(c.seed) + i, &tr, &va);
+      const int64_t copies = int64_t(sources[i].weight);
+      for (int64_t k = 0; k < copies; ++k)
+        train_docs.insert(train_docs.end(), tr.begin(), tr.end());
+      val_docs.insert(val_docs.end(), va.begin(), va.end());
+      if (is_mix(sources))
+        mix_ += std::string(mix_.empty() ? "" : ", ") + source_name(sources[i]) + " " +
+                std::to_string(tr.size()) + " documents x" + std::to_string(copies);
     }
+    if (!c.data_validation.empty())
+      val_docs = read_jsonl_texts(c.data_validation, c.data_text_field);
     train_ = BlockDataset(train_docs, tok, c.seq_len);
     val_ = BlockDataset(val_docs, tok, c.seq_len);
     sampler_ = std::make_unique<BlockSampler>(train_.num_blocks(), rows_, c.data_shuffle,
@@ -44,16 +81,18 @@ class StreamData final : public TrainData {
   int64_t val_batches() const override { return (val_.num_blocks() + rows_ - 1) / rows_; }
   Batch val_batch(int64_t i) const override {
     std::vector<int64_t> ids;
-    for (int64_t b = i * rows_; b < std::min((i + 1) * rows_, val_.num_blocks()); ++b) ids.push_back(b);
+    for (int64_t b = i * rows_; b < std::min((i + 1) * rows_, val_.num_blocks()); ++b)
+      ids.push_back(b);
     return val_.make_batch(ids);
   }
   std::string describe() const override {
     return "stream layout: " + std::to_string(train_.num_tokens()) + " train tokens in " +
            std::to_string(train_.num_blocks()) + " blocks, " + std::to_string(val_.num_tokens()) +
-           " validation tokens";
+           " validation tokens" + (mix_.empty() ? "" : "; mix: " + mix_);
   }
 
  private:
+  std::string mix_;
   int64_t rows_;
   BlockDataset train_, val_;
   std::unique_ptr<BlockSampler> sampler_;
@@ -70,20 +109,41 @@ class SampleData final : public TrainData {
  public:
   SampleData(const RecipeConfig& c, const std::string& tok_dir, const Tokenizer& tok, int threads,
              int rank, int world, bool show_progress)
-      : seq_(c.seq_len), rows_(c.micro_batch_size), pad_(std::max(tok.eos_id(), 0)),
+      : seq_(c.seq_len),
+        rows_(c.micro_batch_size),
+        pad_(std::max(tok.eos_id(), 0)),
         progress_(show_progress) {
-    const FormatOptions fo = recipe_format_options(c);
-    std::optional<ChatTemplate> tmpl = recipe_chat_template(c, tok_dir, tok);
+    sources_ = recipe_data_sources(c);
+    // One template for every source: chosen as if the recipe's format were the most
+    // template-hungry one among the sources (messages/preference need the model's or a named one).
+    // data.validation is read with the recipe's own data.format, so that format counts too.
+    RecipeConfig tc = c;
+    tc.data_format = c.data_validation.empty() ? "text" : c.data_format;
+    for (const DataSource& d : sources_) {
+      const std::string f = recipe_for_source(c, d).data_format;
+      if (f != "text" && (tc.data_format == "text" || tc.data_format == "instruction"))
+        tc.data_format = f;
+    }
+    std::optional<ChatTemplate> tmpl = recipe_chat_template(tc, tok_dir, tok);
     const ChatTemplate* t = tmpl ? &*tmpl : nullptr;
 
-    SampleSet all = load(c, c.data_train, fo, tok, t, threads, &train_stats_);
-    if (!c.data_validation.empty()) {
-      train_ = std::move(all);
-      val_ = load(c, c.data_validation, fo, tok, t, threads, &val_stats_);
-    } else {
-      split(all, c.data_val_fraction, uint64_t(c.seed));
+    std::vector<SourceRange> ranges;
+    for (size_t i = 0; i < sources_.size(); ++i) {
+      const RecipeConfig sc = recipe_for_source(c, sources_[i]);
+      const FormatOptions fo = recipe_format_options(sc);
+      BuildStats stats;
+      SampleSet all = load(sc, sc.data_train, fo, tok, fo.format == DataFormat::Text ? nullptr : t,
+                           threads, &stats);
+      train_stats_.jsonl.skipped += stats.jsonl.skipped;
+      const int64_t begin = train_.size();
+      // Held out per source, so each one is represented in validation as in training.
+      split(all, c.data_validation.empty() ? c.data_val_fraction : 0.0, uint64_t(c.seed) + i);
+      if (train_.size() == begin)
+        throw Error(source_key(sources_, i) + ": '" + sources_[i].path + "' gives no samples");
+      ranges.push_back({begin, train_.size(), sources_[i].weight});
     }
-    if (train_.size() == 0) throw Error("data.train: '" + c.data_train + "' gives no samples");
+    if (!c.data_validation.empty())
+      val_ = load(c, c.data_validation, recipe_format_options(c), tok, t, threads, &val_stats_);
     // Count what training will actually see: tokens past the first of each sample, within
     // train.seq_len (truncation keeps the start), dropped samples excluded.
     int64_t trainable = 0;
@@ -92,7 +152,8 @@ class SampleData final : public TrainData {
       const int64_t len = train_.length(i);
       if (drop && len > seq_) continue;
       const int64_t b = train_.offsets[size_t(i)];
-      for (int64_t k = b + 1; k < b + std::min(len, seq_); ++k) trainable += train_.trainable[size_t(k)];
+      for (int64_t k = b + 1; k < b + std::min(len, seq_); ++k)
+        trainable += train_.trainable[size_t(k)];
     }
     if (trainable == 0)
       throw Error("data.train: '" + c.data_train + "' leaves no tokens to train on within " +
@@ -108,6 +169,8 @@ class SampleData final : public TrainData {
     lo.seed = uint64_t(c.seed);
     lo.rank = rank;
     lo.world = world;
+    if (is_mix(sources_)) lo.sources = ranges;
+    ranges_ = ranges;
     loader_ = std::make_unique<SampleLoader>(train_, lo);
     std::vector<int64_t> order(size_t(val_.size()));
     std::iota(order.begin(), order.end(), int64_t(0));
@@ -121,9 +184,7 @@ class SampleData final : public TrainData {
   DataPosition position() const override { return loader_->position(); }
   void set_position(const DataPosition& p) override { loader_->set_position(p); }
   int64_t batches_per_epoch() const override { return loader_->batches_per_epoch(); }
-  int64_t val_batches() const override {
-    return (int64_t(val_rows_.size()) + rows_ - 1) / rows_;
-  }
+  int64_t val_batches() const override { return (int64_t(val_rows_.size()) + rows_ - 1) / rows_; }
   Batch val_batch(int64_t i) const override {
     auto first = val_rows_.begin() + i * rows_;
     auto last = val_rows_.begin() + std::min<int64_t>((i + 1) * rows_, int64_t(val_rows_.size()));
@@ -131,19 +192,27 @@ class SampleData final : public TrainData {
   }
   std::string describe() const override {
     const PackStats& p = loader_->stats();
-    std::string s = std::string(packing_ ? "packed" : "padded") + " samples" +
-                    (template_name_.empty() ? "" : " (chat template " + template_name_ + ")") +
-                    ": " + std::to_string(train_.size()) + " train / " +
-                    std::to_string(val_.size()) + " validation samples, " +
-                    std::to_string(train_.tokens.size()) + " train tokens in " +
-                    std::to_string(p.rows) + " rows (" +
-                    std::to_string(p.rows > 0 ? 100 * p.pad_tokens / (p.rows * seq_) : 0) +
-                    "% padding)";
+    std::string s =
+        std::string(packing_ ? "packed" : "padded") + " samples" +
+        (template_name_.empty() ? "" : " (chat template " + template_name_ + ")") + ": " +
+        std::to_string(train_.size()) + " train / " + std::to_string(val_.size()) +
+        " validation samples, " + std::to_string(train_.tokens.size()) + " train tokens in " +
+        std::to_string(p.rows) + " rows (" +
+        std::to_string(p.rows > 0 ? 100 * p.pad_tokens / (p.rows * seq_) : 0) + "% padding)";
     if (p.truncated) s += ", " + std::to_string(p.truncated) + " truncated";
     if (p.dropped) s += ", " + std::to_string(p.dropped) + " dropped";
     const int64_t skipped = train_stats_.jsonl.skipped + val_stats_.jsonl.skipped;
     if (skipped) s += ", " + std::to_string(skipped) + " bad lines skipped";
     if (cache_hits_) s += ", from cache";
+    if (is_mix(sources_)) {
+      s += "; mix per epoch:";
+      for (size_t i = 0; i < sources_.size(); ++i) {
+        const int64_t n = ranges_[i].end - ranges_[i].begin;
+        s += std::string(i ? "," : "") + " " + source_name(sources_[i]) + " " + std::to_string(n) +
+             " samples x" + recipe::format_double(sources_[i].weight) + " = " +
+             std::to_string(weighted_count(n, sources_[i].weight));
+      }
+    }
     return s;
   }
 
@@ -152,13 +221,18 @@ class SampleData final : public TrainData {
                  const Tokenizer& tok, const ChatTemplate* t, int threads, BuildStats* stats) {
     std::string key, file;
     if (c.data_cache) {
-      nlohmann::json settings = {
-          {"format", c.data_format},           {"text_field", c.data_text_field},
-          {"instruction_field", c.data_instruction_field}, {"input_field", c.data_input_field},
-          {"output_field", c.data_output_field}, {"messages_field", c.data_messages_field},
-          {"role_field", c.data_role_field},   {"content_field", c.data_content_field},
-          {"system_prompt", c.data_system_prompt}, {"train_on_inputs", c.data_train_on_inputs},
-          {"template", t ? t->describe() : ""}, {"skip_bad", c.data_skip_bad_lines}};
+      nlohmann::json settings = {{"format", c.data_format},
+                                 {"text_field", c.data_text_field},
+                                 {"instruction_field", c.data_instruction_field},
+                                 {"input_field", c.data_input_field},
+                                 {"output_field", c.data_output_field},
+                                 {"messages_field", c.data_messages_field},
+                                 {"role_field", c.data_role_field},
+                                 {"content_field", c.data_content_field},
+                                 {"system_prompt", c.data_system_prompt},
+                                 {"train_on_inputs", c.data_train_on_inputs},
+                                 {"template", t ? t->describe() : ""},
+                                 {"skip_bad", c.data_skip_bad_lines}};
       std::vector<std::string> files = {path};
       for (const char* f : {"/tokenizer.json", "/tokenizer_config.json", "/chat_template.jinja"})
         if (path_exists(c.model_path + f)) files.push_back(c.model_path + f);
@@ -200,6 +274,7 @@ class SampleData final : public TrainData {
     return s;
   }
 
+  // Appends `all` to train_ and val_, holding `fraction` of it out for validation.
   void split(const SampleSet& all, double fraction, uint64_t seed) {
     const std::vector<uint8_t> is_val = validation_mask(size_t(all.size()), fraction, seed);
     for (int64_t i = 0; i < all.size(); ++i) {
@@ -210,6 +285,8 @@ class SampleData final : public TrainData {
     }
   }
 
+  std::vector<DataSource> sources_;
+  std::vector<SourceRange> ranges_;  // each source's samples in train_
   int64_t seq_, rows_;
   int32_t pad_;
   SampleSet train_, val_;
@@ -261,11 +338,21 @@ std::optional<ChatTemplate> recipe_chat_template(const RecipeConfig& c, const st
 std::unique_ptr<TrainData> make_train_data(const RecipeConfig& c, const std::string& tokenizer_dir,
                                            const Tokenizer& tok, int threads, int rank, int world,
                                            bool show_progress) {
-  const bool stream = c.data_packing == "stream" ||
-                      (c.data_packing == "auto" && c.data_format == "text");
+  const std::vector<DataSource> sources = recipe_data_sources(c);
+  check_sources_exist(sources);
+  bool all_text = true;
+  for (const DataSource& d : sources)
+    all_text = all_text && recipe_for_source(c, d).data_format == "text";
+  const bool stream = c.data_packing == "stream" || (c.data_packing == "auto" && all_text);
   if (stream) {
-    if (c.data_format != "text")
+    if (!all_text)
       throw Error("data.packing: stream works only with data.format: text (use pack or pad)");
+    for (size_t i = 0; i < sources.size(); ++i)
+      if (sources[i].weight != std::floor(sources[i].weight))
+        throw Error(source_key(sources, i) + ".weight: " +
+                    recipe::format_double(sources[i].weight) + " is fractional, but the stream " +
+                    "layout repeats documents whole; use a whole-number weight, or set " +
+                    "data.packing: pack or pad to sample a fraction each epoch");
     if (world != 1) throw Error("the stream layout is single-rank for now; use data.packing: pack");
     return std::make_unique<StreamData>(c, tok);
   }

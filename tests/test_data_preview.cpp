@@ -4,6 +4,7 @@
 
 #include "engine/data_preview.h"
 #include "engine/error.h"
+#include "engine/recipe.h"
 #include "tests/test_util.h"
 
 namespace ftune {
@@ -42,6 +43,27 @@ TEST(DataPreview, MarksTrainedSpansAndCountsTokens) {
     EXPECT_NE(std::string(e.what()).find("i.jsonl:1: no \"messages\" field"), std::string::npos)
         << e.what();
   }
+}
+
+TEST(DataPreview, ShowsEverySourceWithItsOwnFormat) {
+  const std::string src = FTUNE_SOURCE_DIR;
+  std::string dir = testing::make_temp_dir("preview");
+  std::ofstream(dir + "/i.jsonl") << R"({"instruction": "Name a herb.", "output": "Basil."})"
+                                  << "\n";
+  std::ofstream(dir + "/t.jsonl") << R"({"body": "Plain notes about soil."})"
+                                  << "\n";
+  Recipe r = load_recipe_text("model: {path: " + src + "/configs/models/quickstart-base}\n" +
+                                  "data:\n  format: instruction\n  chat_template: chatml\n"
+                                  "  train:\n    - {path: i.jsonl, weight: 2}\n"
+                                  "    - {path: t.jsonl, format: text, text_field: body}\n" +
+                                  "output_dir: out\n",
+                              "p.yaml", dir);
+  std::string out = preview_data(r.cfg, PreviewOptions{});
+  EXPECT_NE(out.find("i.jsonl  (format instruction, chat template chatml)"), std::string::npos)
+      << out;
+  EXPECT_NE(out.find("t.jsonl  (format text)"), std::string::npos) << out;
+  EXPECT_NE(out.find("[[Basil.<|im_end|>]]"), std::string::npos) << out;
+  EXPECT_NE(out.find("soil."), std::string::npos) << out;
 }
 
 }  // namespace

@@ -341,7 +341,7 @@ TEST(Recipe, MissingRequiredKeyNamesItAndSaysWhatItIs) {
             "fine-tune)");
   EXPECT_EQ(text_error("model: {path: m}\noutput_dir: out\n"),
             "r.yaml: missing required key 'data.train' (the training set: a JSONL file with one "
-            "document per line)");
+            "document per line, or a list of weighted datasets)");
   EXPECT_EQ(text_error("model:\n  path: \"\"\ndata: {train: t}\noutput_dir: o\n"),
             "r.yaml:2:9: model.path is empty; it must name the Hugging Face model directory to "
             "fine-tune");
@@ -533,6 +533,141 @@ TEST(Recipe, ToYamlRoundTripsNonDefaultAndAwkwardValues) {
   }
 }
 
+// ---------------------------------------------------------------- data.train as a list
+
+const char kMix[] =
+    "model: {path: /m}\noutput_dir: /out\n"
+    "data:\n"
+    "  format: instruction\n"
+    "  train:\n"
+    "    - path: a.jsonl\n"
+    "      weight: 2\n"
+    "    - {path: /abs/b.jsonl, format: text, weight: 0.5, text_field: body, "
+    "train_on_inputs: yes, system_prompt: Be brief.}\n";
+
+TEST(RecipeDataMix, ListFormLoadsEntriesAndMergesSettings) {
+  RecipeConfig c = load_text(kMix);
+  EXPECT_EQ(c.data_train, "/base/a.jsonl");  // relative to the recipe's directory
+  ASSERT_EQ(c.data_sources.size(), 2u);
+  EXPECT_EQ(c.data_sources[0].path, "/base/a.jsonl");
+  EXPECT_EQ(c.data_sources[0].weight, 2.0);
+  EXPECT_FALSE(c.data_sources[0].has_overrides());
+  const DataSource& b = c.data_sources[1];
+  EXPECT_EQ(b.path, "/abs/b.jsonl");
+  EXPECT_EQ(b.weight, 0.5);
+  EXPECT_EQ(b.format, std::optional<std::string>("text"));
+  EXPECT_EQ(b.text_field, std::optional<std::string>("body"));
+  EXPECT_EQ(b.train_on_inputs, std::optional<bool>(true));
+  EXPECT_EQ(b.system_prompt, std::optional<std::string>("Be brief."));
+  EXPECT_FALSE(b.instruction_field.has_value());
+  EXPECT_TRUE(b.has_overrides());
+  EXPECT_EQ(recipe_data_sources(c), c.data_sources);
+
+  // Unset entry keys take the recipe's data.* value, set ones replace it.
+  RecipeConfig a_cfg = recipe_for_source(c, c.data_sources[0]);
+  EXPECT_EQ(a_cfg.data_format, "instruction");
+  EXPECT_EQ(a_cfg.data_text_field, "text");
+  EXPECT_FALSE(a_cfg.data_train_on_inputs);
+  RecipeConfig b_cfg = recipe_for_source(c, b);
+  EXPECT_EQ(b_cfg.data_train, "/abs/b.jsonl");
+  EXPECT_EQ(b_cfg.data_format, "text");
+  EXPECT_EQ(b_cfg.data_text_field, "body");
+  EXPECT_TRUE(b_cfg.data_train_on_inputs);
+  EXPECT_EQ(b_cfg.data_system_prompt, "Be brief.");
+  EXPECT_EQ(b_cfg.data_instruction_field, "instruction");
+}
+
+TEST(RecipeDataMix, PlainPathAndOverrideGiveOneSource) {
+  RecipeConfig c = load_text(kRequired);
+  ASSERT_EQ(c.data_sources.size(), 1u);
+  EXPECT_EQ(c.data_sources[0].path, "/d/train.jsonl");
+  EXPECT_EQ(c.data_sources[0].weight, 1.0);
+  // A command-line path replaces the whole list.
+  RecipeConfig o = load_text(kMix, {"data.train=/x/y.jsonl"});
+  EXPECT_EQ(o.data_train, "/x/y.jsonl");
+  ASSERT_EQ(o.data_sources.size(), 1u);
+  EXPECT_EQ(o.data_sources[0].path, "/x/y.jsonl");
+  // A config whose data_train was set in code reads as that one file.
+  RecipeConfig m = load_text(kMix);
+  m.data_train = "/other.jsonl";
+  ASSERT_EQ(recipe_data_sources(m).size(), 1u);
+  EXPECT_EQ(recipe_data_sources(m)[0].path, "/other.jsonl");
+}
+
+TEST(RecipeDataMix, EntryErrorsNameTheEntryAndItsPlace) {
+  const std::string head = "model: {path: /m}\noutput_dir: /out\ndata:\n  train:\n";
+  EXPECT_EQ(text_error(head + "    - path: a.jsonl\n    - path: b.jsonl\n      formt: text\n"),
+            "r.yaml:7:7: unknown key 'data.train[1].formt'; a dataset entry takes 'path', "
+            "'weight', 'text_field', 'format', 'train_on_inputs', 'instruction_field', "
+            "'input_field', 'output_field', 'messages_field', 'role_field', 'content_field' or "
+            "'system_prompt'; did you mean 'format'?");
+  EXPECT_EQ(text_error(head + "    - path: a.jsonl\n    - {path: b.jsonl, weight: 0}\n"),
+            "r.yaml:6:31: data.train[1].weight: 0 is out of range; it must be > 0 (leave the "
+            "dataset out to skip it)");
+  EXPECT_EQ(text_error(head + "    - {path: a.jsonl, weight: -1.5}\n"),
+            "r.yaml:5:31: data.train[0].weight: -1.5 is out of range; it must be > 0 (leave the "
+            "dataset out to skip it)");
+  EXPECT_EQ(text_error(head + "    - {path: a.jsonl, weight: heavy}\n"),
+            "r.yaml:5:31: data.train[0].weight: expected a number, got 'heavy'");
+  EXPECT_EQ(text_error(head + "    - path: a.jsonl\n    - weight: 2\n"),
+            "r.yaml:6:7: data.train[1]: missing required key 'path' (the dataset's JSONL file)");
+  EXPECT_EQ(text_error(head + "    - {path: a.jsonl, format: chat}\n"),
+            "r.yaml:5:31: data.train[0].format: 'chat' is not one of text, instruction, "
+            "messages, preference");
+  EXPECT_EQ(text_error(head + "    - {path: a.jsonl, train_on_inputs: maybe}\n"),
+            "r.yaml:5:40: data.train[0].train_on_inputs: expected true or false, got 'maybe'");
+  EXPECT_EQ(text_error(head + "    - a.jsonl\n"),
+            "r.yaml:5:7: data.train[0]: expected a map such as {path: a.jsonl, weight: 2.0}, got "
+            "'a.jsonl'");
+  EXPECT_EQ(text_error(head + "    - {path: a.jsonl, path: b.jsonl}\n"),
+            "r.yaml:5:23: duplicate key 'data.train[0].path' (already set at r.yaml:5:8); keep "
+            "one of them");
+  EXPECT_EQ(text_error("model: {path: /m}\noutput_dir: /out\ndata: {train: []}\n"),
+            "r.yaml:3:8: data.train: the list is empty; name at least one dataset, for example "
+            "- {path: train.jsonl}");
+  EXPECT_EQ(text_error(head + "    - {path: a.jsonl, window: 3}\n"),
+            "r.yaml:5:23: unknown key 'data.train[0].window'; a dataset entry takes 'path', "
+            "'weight', 'text_field', 'format', 'train_on_inputs', 'instruction_field', "
+            "'input_field', 'output_field', 'messages_field', 'role_field', 'content_field' or "
+            "'system_prompt'");
+  // A map where a path or a list belongs says both forms.
+  EXPECT_EQ(text_error("model: {path: /m}\noutput_dir: /out\ndata: {train: {path: a}}\n"),
+            "r.yaml:3:8: data.train: expected a string or a list of {path, weight, ...} entries, "
+            "got a map");
+}
+
+TEST(RecipeDataMix, ResolvedYamlPrintsTheListAndRoundTrips) {
+  Recipe r = load_recipe_text(kMix, "r.yaml", "/base");
+  EXPECT_TRUE(Contains(r.resolved_yaml,
+                       "\n  train:\n    - path: /base/a.jsonl\n      weight: 2.0\n"
+                       "    - path: /abs/b.jsonl\n      weight: 0.5\n      text_field: body\n"
+                       "      format: text\n      train_on_inputs: true\n"
+                       "      system_prompt: Be brief.\n  validation:"));
+  Recipe back = load_recipe_text(r.resolved_yaml, "resolved", "/somewhere/else");
+  EXPECT_EQ(back.cfg.data_sources, r.cfg.data_sources);
+  expect_same_config(r.cfg, back.cfg);
+  EXPECT_EQ(back.resolved_yaml, r.resolved_yaml);
+
+  // One source keeps the list form only when it carries a weight or an override.
+  Recipe one = load_recipe_text(std::string(kRequired), "r.yaml", "/");
+  EXPECT_TRUE(Contains(one.resolved_yaml, "\n  train: /d/train.jsonl\n"));
+  Recipe weighted = load_recipe_text(
+      "model: {path: /m}\noutput_dir: /out\ndata: {train: [{path: /a, weight: 3}]}\n", "r.yaml",
+      "/");
+  EXPECT_TRUE(Contains(weighted.resolved_yaml, "\n  train:\n    - path: /a\n      weight: 3.0\n"));
+  EXPECT_EQ(load_recipe_text(weighted.resolved_yaml, "back", "/").cfg.data_sources,
+            weighted.cfg.data_sources);
+
+  // Awkward strings inside entries survive the trip too.
+  RecipeConfig cfg = r.cfg;
+  cfg.data_sources[1].system_prompt = "yes: no # [x]";
+  cfg.data_sources[1].text_field = "123";
+  cfg.data_sources[0].path = "/dir with space/#a";
+  cfg.data_train = cfg.data_sources[0].path;
+  RecipeConfig again = load_recipe_text(recipe_to_yaml(cfg), "again", "/").cfg;
+  EXPECT_EQ(again.data_sources, cfg.data_sources);
+}
+
 // ---------------------------------------------------------------- schema, header, docs
 
 TEST(RecipeSchema, CoversEveryHeaderField) {
@@ -630,6 +765,10 @@ TEST(RecipeSchema, MarkdownDocumentsEveryKey) {
                        "| `model.path` | path | *required* |  | the Hugging Face model "
                        "directory to fine-tune |"));
   EXPECT_TRUE(Contains(md, "| `data.val_fraction` | float | `0.05` | [0, 1) | "));
+  EXPECT_TRUE(Contains(md, "| `data.train` | path or list | *required* |  | "));
+  EXPECT_TRUE(Contains(md, "`data.train` may also be a list of datasets"));
+  for (std::string_view name : recipe::source_entry_keys())
+    EXPECT_TRUE(Contains(md, "`" + std::string(name) + "`")) << name;
 }
 
 TEST(RecipeSchema, DocsFileIsUpToDate) {

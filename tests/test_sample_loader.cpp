@@ -46,7 +46,8 @@ TEST(SampleLoader, EpochVisitsEachSampleOnce) {
       seen.insert(m.begin(), m.end());
     }
     for (int64_t id : seen) EXPECT_EQ(seen.count(id), 1u) << "sample " << id;
-    EXPECT_GE(int64_t(seen.size()), s.size() - 2 * (packing ? 4 : 1)) << "only a remainder left out";
+    EXPECT_GE(int64_t(seen.size()), s.size() - 2 * (packing ? 4 : 1))
+        << "only a remainder left out";
     EXPECT_EQ(l.position().epoch, 0);
     l.next();
     EXPECT_EQ(l.position().epoch, 1);

@@ -40,16 +40,22 @@ std::string instruction_file() {
   return path;
 }
 
-Recipe recipe(const std::string& out, const std::string& cache, std::vector<std::string> extra = {}) {
-  std::string yaml =
-      "model:\n  path: " + kSrc + "/configs/models/quickstart-base\n  init: random\n"
-      "data:\n  train: " + instruction_file() + "\n  format: instruction\n  val_fraction: 0.1\n"
-      "  cache_dir: " + cache + "\n"
-      "train:\n  seq_len: 96\n  micro_batch_size: 4\n  max_steps: 16\n"
-      "optim:\n  lr: 0.003\n"
-      "schedule:\n  warmup_steps: 2\n"
-      "checkpoint:\n  every: 8\n  keep_last: 0\n"
-      "output_dir: " + out + "\nthreads: 2\nseed: 5\n";
+Recipe recipe(const std::string& out, const std::string& cache,
+              std::vector<std::string> extra = {}) {
+  std::string yaml = "model:\n  path: " + kSrc +
+                     "/configs/models/quickstart-base\n  init: random\n"
+                     "data:\n  train: " +
+                     instruction_file() +
+                     "\n  format: instruction\n  val_fraction: 0.1\n"
+                     "  cache_dir: " +
+                     cache +
+                     "\n"
+                     "train:\n  seq_len: 96\n  micro_batch_size: 4\n  max_steps: 16\n"
+                     "optim:\n  lr: 0.003\n"
+                     "schedule:\n  warmup_steps: 2\n"
+                     "checkpoint:\n  every: 8\n  keep_last: 0\n"
+                     "output_dir: " +
+                     out + "\nthreads: 2\nseed: 5\n";
   return load_recipe_text(yaml, "instr.yaml", kSrc, extra);
 }
 
@@ -72,9 +78,9 @@ TEST(TrainData, InstructionDataTrainsPackedAndCaches) {
   EXPECT_NE(b.data_summary.find("from cache"), std::string::npos) << b.data_summary;
   EXPECT_EQ(a.losses, b.losses);
   // A setting that changes the samples invalidates it.
-  TrainResult c = run_training(
-      recipe(testing::make_temp_dir("run"), cache, {"data.train_on_inputs=true", "train.max_steps=3"}),
-      quiet());
+  TrainResult c = run_training(recipe(testing::make_temp_dir("run"), cache,
+                                      {"data.train_on_inputs=true", "train.max_steps=3"}),
+                               quiet());
   EXPECT_EQ(c.data_summary.find("from cache"), std::string::npos) << c.data_summary;
 }
 
@@ -95,8 +101,9 @@ TEST(TrainData, PaddedLayoutAndResume) {
 
 TEST(TrainData, MessagesWithoutTemplateIsAClearError) {
   std::string dir = testing::make_temp_dir("msg");
-  std::ofstream(dir + "/m.jsonl") << R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})"
-                                  << "\n";
+  std::ofstream(dir + "/m.jsonl")
+      << R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})"
+      << "\n";
   try {
     run_training(recipe(testing::make_temp_dir("run"), dir,
                         {"data.format=messages", "data.train=" + dir + "/m.jsonl"}),
@@ -113,16 +120,18 @@ TEST(TrainData, NothingTrainableIsAClearError) {
   // Every prompt is longer than train.seq_len, so truncation cuts every response off.
   for (int i = 0; i < 50; ++i)
     f << R"({"instruction": "Describe, at great length and in many words, the whole history of )"
-         R"(gardening in every country.", "output": "Gardens."})" << "\n";
+         R"(gardening in every country.", "output": "Gardens."})"
+      << "\n";
   f.close();
   try {
-    run_training(recipe(testing::make_temp_dir("run"), dir,
-                        {"data.train=" + dir + "/t.jsonl", "train.seq_len=12",
-                         "train.micro_batch_size=1"}),
-                 quiet());
+    run_training(
+        recipe(testing::make_temp_dir("run"), dir,
+               {"data.train=" + dir + "/t.jsonl", "train.seq_len=12", "train.micro_batch_size=1"}),
+        quiet());
     FAIL() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("leaves no tokens to train on"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("leaves no tokens to train on"), std::string::npos)
+        << e.what();
   }
 }
 
