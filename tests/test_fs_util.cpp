@@ -34,17 +34,7 @@ std::vector<std::string> list_dir(const std::string& dir) {
   return names;
 }
 
-// Runs f, requires an ftune::Error whose message contains every needle.
-template <class F>
-void expect_error(F f, std::initializer_list<std::string> needles) {
-  try {
-    f();
-    ADD_FAILURE() << "expected ftune::Error";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << msg;
-  }
-}
+using testing::expect_error;
 
 std::string pattern_bytes(size_t n, uint32_t seed) {
   std::string s(n, '\0');

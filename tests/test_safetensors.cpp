@@ -31,16 +31,7 @@ std::string fixture(const std::string& name) {
   return ftune::testing::fixtures_dir() + "/safetensors/" + name;
 }
 
-template <class F>
-void expect_error(F f, std::initializer_list<std::string> needles) {
-  try {
-    f();
-    ADD_FAILURE() << "expected ftune::Error";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << msg;
-  }
-}
+using testing::expect_error;
 
 // Raw file bytes: u64 LE header length, header text as given (no padding), then data.
 std::string make_file(const std::string& header, const std::string& data) {

@@ -1,11 +1,28 @@
 // Shared helpers for the test executables.
 #pragma once
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
+#include "engine/error.h"
+
 namespace ftune::testing {
+
+// Runs f and requires an ftune::Error whose message contains every needle.
+template <class F>
+void expect_error(F f, std::initializer_list<std::string> needles) {
+  try {
+    f();
+    ADD_FAILURE() << "expected ftune::Error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << msg;
+  }
+}
 
 // ||a-b|| / ||b|| (returns ||a|| when b is all zeros).
 double rel_error(const float* a, const float* b, size_t n);
