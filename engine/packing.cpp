@@ -1,5 +1,6 @@
 #include "engine/packing.h"
 
+#include <algorithm>
 #include <map>
 
 #include "engine/error.h"
@@ -77,6 +78,16 @@ std::vector<Row> single_rows(const SampleSet& s, const std::vector<int64_t>& ord
   }
   st->rows = int64_t(rows.size());
   return rows;
+}
+
+int64_t batch_row_length(const std::vector<Row>& rows, int64_t seq_len) {
+  int64_t longest = 1;
+  for (const Row& r : rows) {
+    int64_t used = 0;
+    for (const RowPiece& p : r) used += p.length;
+    longest = std::max(longest, used);
+  }
+  return std::min(seq_len, (longest + 7) / 8 * 8);
 }
 
 Batch make_row_batch(const SampleSet& s, const std::vector<Row>& rows, int64_t seq_len,

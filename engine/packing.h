@@ -48,6 +48,10 @@ std::vector<Row> pack_rows(const SampleSet& s, const std::vector<int64_t>& order
 std::vector<Row> single_rows(const SampleSet& s, const std::vector<int64_t>& order, int64_t seq_len,
                              OverlongPolicy overlong, PackStats* stats);
 
+// Row length a batch of these rows needs: the longest row's tokens rounded up to a multiple of 8,
+// at most seq_len (padded layouts pad each batch only that far).
+int64_t batch_row_length(const std::vector<Row>& rows, int64_t seq_len);
+
 // A micro-batch from rows: each sample its own document (positions from 0), padding a document
 // of pad_id tokens with no targets. Targets are the next token inside the same sample where that
 // token is trainable, kIgnoreIndex elsewhere.

@@ -40,6 +40,7 @@ struct RecipeConfig {
   bool data_train_on_inputs = false;        // data.train_on_inputs
   std::string data_overlong = "truncate";   // data.overlong: truncate | drop
   bool data_skip_bad_lines = false;         // data.skip_bad_lines
+  bool data_bucket = true;                  // data.bucket
   std::string data_instruction_field = "instruction";  // data.instruction_field
   std::string data_input_field = "input";              // data.input_field
   std::string data_output_field = "output";            // data.output_field

@@ -105,6 +105,10 @@ std::vector<KeySpec> build_schema() {
        .field = &C::data_overlong,
        .doc = "samples longer than train.seq_len are truncated or dropped (counts are reported)",
        .allowed = {"truncate", "drop"}},
+      {.key = "data.bucket",
+       .field = &C::data_bucket,
+       .doc = "padded layout: batch samples of similar length and pad each batch only to its "
+              "longest sample"},
       {.key = "data.skip_bad_lines",
        .field = &C::data_skip_bad_lines,
        .doc = "skip and count malformed lines and records instead of stopping at the first"},

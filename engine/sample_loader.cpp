@@ -63,7 +63,32 @@ void SampleLoader::build_epoch(int64_t epoch) {
   const std::vector<int64_t> order = epoch_order(epoch);
   rows_ = o_.packing ? pack_rows(s_, order, o_.seq_len, o_.overlong, &stats_)
                      : single_rows(s_, order, o_.seq_len, o_.overlong, &stats_);
+  if (!o_.packing && o_.bucket) bucket_rows(epoch);
   built_epoch_ = epoch;
+}
+
+void SampleLoader::bucket_rows(int64_t epoch) {
+  const size_t per = size_t(o_.rows_per_batch);
+  const size_t window = per * 64;
+  for (size_t w = 0; w < rows_.size(); w += window) {
+    auto end = rows_.begin() + long(std::min(rows_.size(), w + window));
+    std::stable_sort(rows_.begin() + long(w), end,
+                     [](const Row& a, const Row& b) { return a[0].length < b[0].length; });
+  }
+  // Shuffle whole batches so the epoch does not run from short to long samples.
+  const size_t batches = rows_.size() / per;
+  std::vector<size_t> perm(batches);
+  std::iota(perm.begin(), perm.end(), size_t(0));
+  if (o_.shuffle) {
+    std::mt19937_64 rng(o_.seed * 0xd1b54a32d192ed03ull + uint64_t(epoch) + 7);
+    std::shuffle(perm.begin(), perm.end(), rng);
+  }
+  std::vector<Row> out;
+  out.reserve(rows_.size());
+  for (size_t b : perm)
+    for (size_t r = 0; r < per; ++r) out.push_back(std::move(rows_[b * per + r]));
+  for (size_t r = batches * per; r < rows_.size(); ++r) out.push_back(std::move(rows_[r]));
+  rows_ = std::move(out);
 }
 
 int64_t SampleLoader::batches_per_epoch() const {

@@ -32,6 +32,9 @@ struct LoaderOptions {
   int rank = 0;
   int world = 1;
   std::vector<SourceRange> sources;  // empty: every sample once per epoch
+  // Padded layout only: put samples of similar length in the same batch (sorted within windows
+  // of 64 batches, batch order then shuffled) so dynamic padding wastes little.
+  bool bucket = true;
 };
 
 class SampleLoader {
@@ -49,6 +52,7 @@ class SampleLoader {
 
  private:
   void build_epoch(int64_t epoch);
+  void bucket_rows(int64_t epoch);
   const SampleSet& s_;
   LoaderOptions o_;
   DataPosition pos_;

@@ -166,6 +166,7 @@ class SampleData final : public TrainData {
     lo.packing = c.data_packing != "pad" && c.data_packing != "false";
     lo.shuffle = c.data_shuffle;
     lo.overlong = c.data_overlong == "drop" ? OverlongPolicy::Drop : OverlongPolicy::Truncate;
+    lo.bucket = c.data_bucket;
     lo.seed = uint64_t(c.seed);
     lo.rank = rank;
     lo.world = world;
@@ -180,7 +181,11 @@ class SampleData final : public TrainData {
     packing_ = lo.packing;
   }
 
-  Batch next() override { return make_row_batch(train_, loader_->next(), seq_, pad_); }
+  // Packed rows fill seq_len; padded rows stop at the batch's longest sample (dynamic padding).
+  Batch batch_of(const SampleSet& s, const std::vector<Row>& rows) const {
+    return make_row_batch(s, rows, packing_ ? seq_ : batch_row_length(rows, seq_), pad_);
+  }
+  Batch next() override { return batch_of(train_, loader_->next()); }
   DataPosition position() const override { return loader_->position(); }
   void set_position(const DataPosition& p) override { loader_->set_position(p); }
   int64_t batches_per_epoch() const override { return loader_->batches_per_epoch(); }
@@ -188,7 +193,7 @@ class SampleData final : public TrainData {
   Batch val_batch(int64_t i) const override {
     auto first = val_rows_.begin() + i * rows_;
     auto last = val_rows_.begin() + std::min<int64_t>((i + 1) * rows_, int64_t(val_rows_.size()));
-    return make_row_batch(val_, std::vector<Row>(first, last), seq_, pad_);
+    return batch_of(val_, std::vector<Row>(first, last));
   }
   std::string describe() const override {
     const PackStats& p = loader_->stats();

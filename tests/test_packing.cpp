@@ -123,5 +123,30 @@ TEST(Packing, PackedBatchEqualsSamplesRunAlone) {
   EXPECT_NEAR(packed_loss, alone_loss, 1e-5 * alone_loss);
 }
 
+TEST(Packing, DynamicPaddingChangesNothingButLength) {
+  nlohmann::json j = {{"model_type", "llama"},    {"vocab_size", 41},
+                      {"hidden_size", 32},        {"intermediate_size", 48},
+                      {"num_hidden_layers", 2},   {"num_attention_heads", 4},
+                      {"num_key_value_heads", 2}, {"initializer_range", 0.3}};
+  auto be = make_cpu_backend();
+  Model model(be.get(), parse_model_config(j, "dyn"), 3 * 32, false);
+  model.init_random(4);
+  SampleSet s = random_samples({5, 11, 3}, 41, 8);
+  auto rows = single_rows(s, iota_order(s.size()), 32, OverlongPolicy::Truncate, nullptr);
+  ASSERT_EQ(batch_row_length(rows, 32), 16);  // longest 11, rounded up to 8s
+  Batch full = make_row_batch(s, rows, 32, 0), tight = make_row_batch(s, rows, 16, 0);
+  ExecContext ctx;
+  std::vector<float> a = model.logits(ctx, full), b = model.logits(ctx, tight);
+  const size_t V = 41;
+  for (size_t r = 0; r < rows.size(); ++r)
+    EXPECT_LT(testing::rel_error(b.data() + r * 16 * V, a.data() + r * 32 * V,
+                                 size_t(rows[r][0].length) * V),
+              1e-6)
+        << "row " << r;
+  LossSum la = model.forward_loss(ctx, full), lb = model.forward_loss(ctx, tight);
+  EXPECT_EQ(la.tokens, lb.tokens);
+  EXPECT_NEAR(la.loss, lb.loss, 1e-6 * la.loss);
+}
+
 }  // namespace
 }  // namespace ftune
