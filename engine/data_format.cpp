@@ -72,7 +72,7 @@ std::string format_record(const nlohmann::json& rec, const FormatOptions& o, con
     std::string text;
     if (auto why = get_string(rec, o.text_field, true, &text); !why.empty())
       return why + "; set data.text_field to the field holding the text";
-    *ids = tok.encode(text, true);
+    *ids = tok.encode(text, o.text_specials);
     if (tok.eos_id() >= 0) ids->push_back(tok.eos_id());
     trainable->assign(ids->size(), 1);
     return "";
@@ -116,7 +116,7 @@ std::string format_record(const nlohmann::json& rec, const FormatOptions& o, con
 }
 
 void append_samples(const std::string& path, const FormatOptions& opt, const Tokenizer& tok,
-                    const ChatTemplate* tmpl, bool skip_bad, int threads, SampleSet* out,
+                    const ChatTemplate* tmpl, bool skip_bad, int threads, SampleSink* out,
                     BuildStats* stats, const BuildProgress& on_progress) {
   BuildStats local;
   BuildStats& st = stats ? *stats : local;

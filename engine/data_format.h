@@ -30,6 +30,9 @@ struct FormatOptions {
   std::string system_prompt;                    // prepended as a system turn when not empty
   std::map<std::string, std::string> role_map;  // dataset role name -> system/user/assistant
   bool train_on_inputs = false;                 // also train on prompts / user turns
+  // text: add the post-processor's special tokens (BOS) to each document. The stream layout
+  // turns this off: it concatenates documents with only EOS between them.
+  bool text_specials = true;
 };
 
 // Encodes one record. Returns "" on success, else why the record cannot be used (a missing or
@@ -50,7 +53,7 @@ struct BuildStats {
 // on_progress, when given, is called after each batch with the stats so far and the bytes read.
 using BuildProgress = std::function<void(const BuildStats& stats, int64_t bytes_read)>;
 void append_samples(const std::string& path, const FormatOptions& opt, const Tokenizer& tok,
-                    const ChatTemplate* tmpl, bool skip_bad, int threads, SampleSet* out,
+                    const ChatTemplate* tmpl, bool skip_bad, int threads, SampleSink* out,
                     BuildStats* stats, const BuildProgress& on_progress = nullptr);
 
 }  // namespace ftune

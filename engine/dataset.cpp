@@ -30,21 +30,51 @@ std::vector<std::string> read_jsonl_texts(const std::string& path, const std::st
 
 BlockDataset::BlockDataset(const std::vector<std::string>& docs, const Tokenizer& tok, int64_t seq)
     : seq_(seq) {
+  auto set = std::make_shared<SampleSet>();
   const int32_t eos = tok.eos_id();
   for (const auto& d : docs) {
     auto ids = tok.encode(d, false);
-    tokens_.insert(tokens_.end(), ids.begin(), ids.end());
-    if (eos >= 0) tokens_.push_back(eos);  // the model learns where documents end
+    if (eos >= 0) ids.push_back(eos);  // the model learns where documents end
+    set->add(ids, std::vector<uint8_t>(ids.size(), 1));
+  }
+  *this = BlockDataset(std::move(set), seq);
+}
+
+BlockDataset::BlockDataset(std::shared_ptr<const Samples> docs, int64_t seq)
+    : docs_(std::move(docs)), seq_(seq) {
+  starts_.reserve(size_t(docs_->size()) + 1);
+  starts_.push_back(0);
+  for (int64_t i = 0; i < docs_->size(); ++i) starts_.push_back(starts_.back() + docs_->length(i));
+}
+
+void BlockDataset::copy_stream(int64_t from, int64_t n, int32_t* dst) const {
+  // The document holding `from`: the last start at or before it (empty documents are skipped
+  // because upper_bound lands past every equal start).
+  auto it = std::upper_bound(starts_.begin(), starts_.end() - 1, from);
+  int64_t doc = int64_t(it - starts_.begin()) - 1;
+  while (n > 0) {
+    const int64_t off = from - starts_[size_t(doc)];
+    const int64_t take = std::min(n, docs_->length(doc) - off);
+    if (take > 0) {
+      std::copy_n(docs_->tokens_of(doc) + off, take, dst);
+      dst += take;
+      from += take;
+      n -= take;
+    }
+    ++doc;
   }
 }
 
 Batch BlockDataset::make_batch(const std::vector<int64_t>& block_ids) const {
   const int64_t rows = int64_t(block_ids.size());
   std::vector<int32_t> ids(size_t(rows * seq_)), targets(size_t(rows * seq_));
+  std::vector<int32_t> block(size_t(seq_ + 1));
   for (int64_t r = 0; r < rows; ++r) {
-    const int32_t* src = tokens_.data() + block_ids[size_t(r)] * seq_;
-    std::copy(src, src + seq_, ids.begin() + r * seq_);
-    std::copy(src + 1, src + seq_ + 1, targets.begin() + r * seq_);
+    const int64_t b = block_ids[size_t(r)];
+    FTUNE_CHECK(b >= 0 && b < num_blocks(), "block id out of range");
+    copy_stream(b * seq_, seq_ + 1, block.data());
+    std::copy(block.begin(), block.end() - 1, ids.begin() + r * seq_);
+    std::copy(block.begin() + 1, block.end(), targets.begin() + r * seq_);
   }
   return Batch::from_rows(rows, seq_, std::move(ids), std::move(targets));
 }

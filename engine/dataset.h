@@ -3,10 +3,12 @@
 // blocks; train/validation split by document; a seeded, resumable block order.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "engine/model.h"
+#include "engine/samples.h"
 
 namespace ftune {
 
@@ -17,20 +19,25 @@ class Tokenizer;
 std::vector<std::string> read_jsonl_texts(const std::string& path, const std::string& field);
 
 // Token stream cut into blocks of seq+1 tokens overlapping by one (inputs and shifted targets).
+// The stream is the concatenation of documents' tokens, read in place (a mapped cache in real
+// runs), so only 8 bytes per document are held here.
 class BlockDataset {
  public:
   BlockDataset() = default;
+  // Documents tokenized here, EOS after each (eval, tests).
   BlockDataset(const std::vector<std::string>& docs, const Tokenizer& tok, int64_t seq);
-  int64_t num_blocks() const {
-    return int64_t(tokens_.size() > 0 ? (tokens_.size() - 1) / seq_ : 0);
-  }
-  int64_t num_tokens() const { return int64_t(tokens_.size()); }
+  // Documents already tokenized (EOS included), in stream order.
+  BlockDataset(std::shared_ptr<const Samples> docs, int64_t seq);
+  int64_t num_blocks() const { return num_tokens() > 0 ? (num_tokens() - 1) / seq_ : 0; }
+  int64_t num_tokens() const { return starts_.empty() ? 0 : starts_.back(); }
   int64_t seq() const { return seq_; }
   // Rows are blocks `block_ids` (each row one document for attention, positions 0..seq-1).
   Batch make_batch(const std::vector<int64_t>& block_ids) const;
 
  private:
-  std::vector<int32_t> tokens_;
+  void copy_stream(int64_t from, int64_t n, int32_t* dst) const;
+  std::shared_ptr<const Samples> docs_;
+  std::vector<int64_t> starts_;  // stream offset of each document, then the total
   int64_t seq_ = 0;
 };
 

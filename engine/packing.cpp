@@ -7,17 +7,10 @@
 
 namespace ftune {
 
-void SampleSet::add(const std::vector<int32_t>& ids, const std::vector<uint8_t>& train) {
-  FTUNE_CHECK(ids.size() == train.size(), "sample tokens and mask differ in length");
-  tokens.insert(tokens.end(), ids.begin(), ids.end());
-  trainable.insert(trainable.end(), train.begin(), train.end());
-  offsets.push_back(int64_t(tokens.size()));
-}
-
 namespace {
 
 // Length a sample takes in a row after the overlong policy; 0 means leave it out.
-int64_t fitted_length(const SampleSet& s, int64_t i, int64_t seq_len, OverlongPolicy p,
+int64_t fitted_length(const Samples& s, int64_t i, int64_t seq_len, OverlongPolicy p,
                       PackStats* st) {
   const int64_t n = s.length(i);
   if (n == 0) return 0;
@@ -32,7 +25,7 @@ int64_t fitted_length(const SampleSet& s, int64_t i, int64_t seq_len, OverlongPo
 
 }  // namespace
 
-std::vector<Row> pack_rows(const SampleSet& s, const std::vector<int64_t>& order, int64_t seq_len,
+std::vector<Row> pack_rows(const Samples& s, const std::vector<int64_t>& order, int64_t seq_len,
                            OverlongPolicy overlong, PackStats* stats) {
   PackStats local;
   PackStats* st = stats ? stats : &local;
@@ -63,7 +56,7 @@ std::vector<Row> pack_rows(const SampleSet& s, const std::vector<int64_t>& order
   return rows;
 }
 
-std::vector<Row> single_rows(const SampleSet& s, const std::vector<int64_t>& order, int64_t seq_len,
+std::vector<Row> single_rows(const Samples& s, const std::vector<int64_t>& order, int64_t seq_len,
                              OverlongPolicy overlong, PackStats* stats) {
   PackStats local;
   PackStats* st = stats ? stats : &local;
@@ -90,7 +83,7 @@ int64_t batch_row_length(const std::vector<Row>& rows, int64_t seq_len) {
   return std::min(seq_len, (longest + 7) / 8 * 8);
 }
 
-Batch make_row_batch(const SampleSet& s, const std::vector<Row>& rows, int64_t seq_len,
+Batch make_row_batch(const Samples& s, const std::vector<Row>& rows, int64_t seq_len,
                      int32_t pad_id) {
   Batch b;
   b.rows = int64_t(rows.size());
@@ -105,12 +98,12 @@ Batch make_row_batch(const SampleSet& s, const std::vector<Row>& rows, int64_t s
     const int64_t row_end = at + seq_len;
     for (const RowPiece& p : rows[size_t(r)]) {
       FTUNE_CHECK(at + p.length <= row_end, "row overfull");
-      const int64_t src = s.offsets[size_t(p.sample)];
+      const int32_t* tok = s.tokens_of(p.sample);
+      const uint8_t* train = s.trainable_of(p.sample);
       for (int64_t t = 0; t < p.length; ++t) {
-        b.ids[size_t(at + t)] = s.tokens[size_t(src + t)];
+        b.ids[size_t(at + t)] = tok[t];
         b.positions[size_t(at + t)] = int32_t(t);
-        if (t + 1 < p.length && s.trainable[size_t(src + t + 1)])
-          b.targets[size_t(at + t)] = s.tokens[size_t(src + t + 1)];
+        if (t + 1 < p.length && train[t + 1]) b.targets[size_t(at + t)] = tok[t + 1];
       }
       at += p.length;
       b.doc_offsets.push_back(int32_t(at));

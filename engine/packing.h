@@ -8,20 +8,9 @@
 #include <vector>
 
 #include "engine/model.h"
+#include "engine/samples.h"
 
 namespace ftune {
-
-// Samples stored back to back. trainable[i] says whether predicting tokens[i] counts in the loss
-// (prompt tokens of an instruction sample are not trained on, for example).
-struct SampleSet {
-  std::vector<int32_t> tokens;
-  std::vector<uint8_t> trainable;
-  std::vector<int64_t> offsets{0};  // sample i is [offsets[i], offsets[i+1])
-
-  int64_t size() const { return int64_t(offsets.size()) - 1; }
-  int64_t length(int64_t i) const { return offsets[size_t(i) + 1] - offsets[size_t(i)]; }
-  void add(const std::vector<int32_t>& ids, const std::vector<uint8_t>& train);
-};
 
 enum class OverlongPolicy { Truncate, Drop };
 
@@ -42,10 +31,10 @@ using Row = std::vector<RowPiece>;
 
 // Best-fit packing of samples (visited in `order`) into rows of seq_len tokens: each sample goes
 // into the open row with the least room that still holds it, else a new row. Deterministic.
-std::vector<Row> pack_rows(const SampleSet& s, const std::vector<int64_t>& order, int64_t seq_len,
+std::vector<Row> pack_rows(const Samples& s, const std::vector<int64_t>& order, int64_t seq_len,
                            OverlongPolicy overlong, PackStats* stats);
 // One sample per row (padding the rest), same overlong handling.
-std::vector<Row> single_rows(const SampleSet& s, const std::vector<int64_t>& order, int64_t seq_len,
+std::vector<Row> single_rows(const Samples& s, const std::vector<int64_t>& order, int64_t seq_len,
                              OverlongPolicy overlong, PackStats* stats);
 
 // Row length a batch of these rows needs: the longest row's tokens rounded up to a multiple of 8,
@@ -55,7 +44,7 @@ int64_t batch_row_length(const std::vector<Row>& rows, int64_t seq_len);
 // A micro-batch from rows: each sample its own document (positions from 0), padding a document
 // of pad_id tokens with no targets. Targets are the next token inside the same sample where that
 // token is trainable, kIgnoreIndex elsewhere.
-Batch make_row_batch(const SampleSet& s, const std::vector<Row>& rows, int64_t seq_len,
+Batch make_row_batch(const Samples& s, const std::vector<Row>& rows, int64_t seq_len,
                      int32_t pad_id);
 
 }  // namespace ftune

@@ -13,7 +13,7 @@ int64_t weighted_count(int64_t n, double weight) {
   return std::llround(weight * double(n));
 }
 
-SampleLoader::SampleLoader(const SampleSet& samples, LoaderOptions opt) : s_(samples), o_(opt) {
+SampleLoader::SampleLoader(const Samples& samples, LoaderOptions opt) : s_(samples), o_(opt) {
   FTUNE_CHECK(o_.world >= 1 && o_.rank >= 0 && o_.rank < o_.world, "bad rank/world");
   for (const SourceRange& r : o_.sources)
     FTUNE_CHECK(r.begin >= 0 && r.begin <= r.end && r.end <= s_.size() && r.weight > 0,

@@ -1,4 +1,4 @@
-// Yields micro-batches of rows built from a SampleSet: each epoch shuffles the samples with a
+// Yields micro-batches of rows built from samples: each epoch shuffles the samples with a
 // stream keyed by (seed, epoch), packs them (or pads one per row), and deals the epoch's
 // batches round-robin to ranks. The position (epoch, batch index) is all a checkpoint needs.
 // Samples may come from several sources mixed by weight: each epoch takes round(w x n) samples
@@ -13,7 +13,7 @@
 
 namespace ftune {
 
-// Samples [begin, end) of the SampleSet form one source, mixed in with this weight (> 0).
+// Samples [begin, end) of the samples form one source, mixed in with this weight (> 0).
 struct SourceRange {
   int64_t begin = 0, end = 0;
   double weight = 1.0;
@@ -40,7 +40,7 @@ struct LoaderOptions {
 class SampleLoader {
  public:
   // Throws ftune::Error when the samples give no batch at all for this rank.
-  SampleLoader(const SampleSet& samples, LoaderOptions opt);
+  SampleLoader(const Samples& samples, LoaderOptions opt);
   // Rows of this rank's next micro-batch; moves into the next epoch when this one is used up.
   std::vector<Row> next();
   const DataPosition& position() const { return pos_; }
@@ -53,7 +53,7 @@ class SampleLoader {
  private:
   void build_epoch(int64_t epoch);
   void bucket_rows(int64_t epoch);
-  const SampleSet& s_;
+  const Samples& s_;
   LoaderOptions o_;
   DataPosition pos_;
   int64_t built_epoch_ = -1;

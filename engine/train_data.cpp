@@ -43,34 +43,129 @@ std::string source_name(const DataSource& d) {
   return fs::path(d.path).filename().string();
 }
 
+std::string default_cache_dir() {
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/ftune/data";
+  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.cache/ftune/data";
+  return (fs::temp_directory_path() / "ftune-data").string();
+}
+
+// One data file tokenized into samples, mapped from its cache file (built first when absent or
+// stale). With data.cache off the file is still written, so nothing large is held in memory,
+// but under a private name and unlinked once mapped.
+struct Loaded {
+  std::shared_ptr<const MappedSamples> samples;
+  BuildStats stats;
+  bool from_cache = false;
+};
+
+Loaded load_samples(const RecipeConfig& c, const std::string& path, const FormatOptions& fo,
+                    const Tokenizer& tok, const ChatTemplate* t, int threads, bool progress) {
+  Loaded out;
+  const nlohmann::json settings = {{"format", c.data_format},
+                                   {"text_field", c.data_text_field},
+                                   {"text_specials", fo.text_specials},
+                                   {"instruction_field", c.data_instruction_field},
+                                   {"input_field", c.data_input_field},
+                                   {"output_field", c.data_output_field},
+                                   {"messages_field", c.data_messages_field},
+                                   {"role_field", c.data_role_field},
+                                   {"content_field", c.data_content_field},
+                                   {"system_prompt", c.data_system_prompt},
+                                   {"train_on_inputs", c.data_train_on_inputs},
+                                   {"template", t ? t->describe() : ""},
+                                   {"skip_bad", c.data_skip_bad_lines}};
+  const std::string dir = c.data_cache_dir.empty() ? default_cache_dir() : c.data_cache_dir;
+  std::string key = "uncached", file;
+  if (c.data_cache) {
+    std::vector<std::string> files = {path};
+    for (const char* f : {"/tokenizer.json", "/tokenizer_config.json", "/chat_template.jinja"})
+      if (path_exists(c.model_path + f)) files.push_back(c.model_path + f);
+    key = sample_cache_key(settings, files);
+    file = dir + "/" + key.substr(0, 32) + ".samples";
+    if (auto hit = open_sample_cache(file, key)) {
+      out.stats.jsonl.skipped = hit->meta().value("skipped", int64_t(0));
+      out.stats.samples = hit->size();
+      out.stats.tokens = hit->num_tokens();
+      out.samples = std::move(hit);
+      out.from_cache = true;
+      return out;
+    }
+  } else {
+    file = dir + "/uncached-" + std::to_string(::getpid()) + "-" +
+           sha256_hex(path + settings.dump()).substr(0, 16) + ".samples";
+  }
+  try {
+    fs::create_directories(dir);
+  } catch (const fs::filesystem_error& e) {
+    throw Error("data.cache_dir: cannot create '" + dir + "': " + e.code().message() +
+                " (set data.cache_dir to a writable directory)");
+  }
+  const bool tty = isatty(fileno(stderr)) != 0;
+  const double total = double(fs::file_size(path));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto seconds = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  BuildProgress report = nullptr;
+  if (progress && tty)
+    report = [&](const BuildStats& b, int64_t bytes) {
+      std::fprintf(stderr, "\r\033[Ktokenizing %s: %lld records, %.0f%%, %.1f MB/s",
+                   fs::path(path).filename().c_str(), static_cast<long long>(b.samples),
+                   total > 0 ? 100.0 * double(bytes) / total : 100.0,
+                   double(bytes) / 1e6 / std::max(seconds(), 1e-6));
+    };
+  {
+    SampleCacheWriter w(file);
+    append_samples(path, fo, tok, t, c.data_skip_bad_lines, threads, &w, &out.stats, report);
+    w.finish(key, {{"skipped", out.stats.jsonl.skipped}, {"source", path}});
+  }
+  if (progress)
+    std::fprintf(stderr, "%stokenized %s: %lld samples, %lld tokens in %.2f s (%.1f MB/s)\n",
+                 tty ? "\r\033[K" : "", path.c_str(), static_cast<long long>(out.stats.samples),
+                 static_cast<long long>(out.stats.tokens), seconds(),
+                 total / 1e6 / std::max(seconds(), 1e-6));
+  out.samples = open_sample_cache(file, key);
+  if (!c.data_cache) ::unlink(file.c_str());  // the mapping keeps the data until the run ends
+  if (!out.samples) throw Error("cannot read back the data cache '" + file + "' just written");
+  return out;
+}
+
 // Pre-training layout: the existing block dataset and sampler.
 class StreamData final : public TrainData {
  public:
-  StreamData(const RecipeConfig& c, const Tokenizer& tok) : rows_(c.micro_batch_size) {
-    std::vector<std::string> train_docs, val_docs;
+  StreamData(const RecipeConfig& c, const Tokenizer& tok, int threads, bool progress)
+      : rows_(c.micro_batch_size) {
+    auto train = std::make_shared<SampleSelection>(), val = std::make_shared<SampleSelection>();
     const std::vector<DataSource> sources = recipe_data_sources(c);
     // Each source's documents go in once per unit of its (whole) weight; the held-out share is
     // taken per source, before the repetition, so no validation document is trained on.
     for (size_t i = 0; i < sources.size(); ++i) {
       const RecipeConfig sc = recipe_for_source(c, sources[i]);
-      std::vector<std::string> all = read_jsonl_texts(sc.data_train, sc.data_text_field);
-      std::vector<std::string> tr, va;
-      if (!c.data_validation.empty())
-        tr = std::move(all);
-      else
-        split_documents(all, c.data_val_fraction, uint64_t(c.seed) + i, &tr, &va);
+      Loaded l = load(sc, sc.data_train, tok, threads, progress);
+      const int part = train->part_index(l.samples), vpart = val->part_index(l.samples);
+      const size_t n = size_t(l.samples->size());
+      const std::vector<uint8_t> is_val =
+          c.data_validation.empty() ? validation_mask(n, c.data_val_fraction, uint64_t(c.seed) + i)
+                                    : std::vector<uint8_t>(n, 0);
       const int64_t copies = int64_t(sources[i].weight);
       for (int64_t k = 0; k < copies; ++k)
-        train_docs.insert(train_docs.end(), tr.begin(), tr.end());
-      val_docs.insert(val_docs.end(), va.begin(), va.end());
+        for (size_t j = 0; j < n; ++j)
+          if (!is_val[j]) train->add(part, int64_t(j));
+      int64_t n_train = 0;
+      for (size_t j = 0; j < n; ++j) {
+        if (is_val[j])
+          val->add(vpart, int64_t(j));
+        else
+          n_train++;
+      }
       if (is_mix(sources))
         mix_ += std::string(mix_.empty() ? "" : ", ") + source_name(sources[i]) + " " +
-                std::to_string(tr.size()) + " documents x" + std::to_string(copies);
+                std::to_string(n_train) + " documents x" + std::to_string(copies);
     }
     if (!c.data_validation.empty())
-      val_docs = read_jsonl_texts(c.data_validation, c.data_text_field);
-    train_ = BlockDataset(train_docs, tok, c.seq_len);
-    val_ = BlockDataset(val_docs, tok, c.seq_len);
+      val->add_all(val->part_index(load(c, c.data_validation, tok, threads, progress).samples));
+    train_ = BlockDataset(train, c.seq_len);
+    val_ = BlockDataset(val, c.seq_len);
     sampler_ = std::make_unique<BlockSampler>(train_.num_blocks(), rows_, c.data_shuffle,
                                               uint64_t(c.seed));
   }
@@ -88,21 +183,31 @@ class StreamData final : public TrainData {
   std::string describe() const override {
     return "stream layout: " + std::to_string(train_.num_tokens()) + " train tokens in " +
            std::to_string(train_.num_blocks()) + " blocks, " + std::to_string(val_.num_tokens()) +
-           " validation tokens" + (mix_.empty() ? "" : "; mix: " + mix_);
+           " validation tokens" + (mix_.empty() ? "" : "; mix: " + mix_) +
+           (skipped_ ? ", " + std::to_string(skipped_) + " bad lines skipped" : "") +
+           (cache_hits_ ? ", from cache" : "");
   }
 
  private:
+  // Documents as they are: text with EOS after each, no BOS, nothing masked.
+  Loaded load(const RecipeConfig& c, const std::string& path, const Tokenizer& tok, int threads,
+              bool progress) {
+    FormatOptions fo = recipe_format_options(c);
+    fo.text_specials = false;
+    Loaded l = load_samples(c, path, fo, tok, nullptr, threads, progress);
+    if (l.samples->size() == 0) throw Error("data file '" + path + "' holds no documents");
+    skipped_ += l.stats.jsonl.skipped;
+    cache_hits_ += l.from_cache;
+    return l;
+  }
+
   std::string mix_;
   int64_t rows_;
+  int64_t skipped_ = 0;
+  int cache_hits_ = 0;
   BlockDataset train_, val_;
   std::unique_ptr<BlockSampler> sampler_;
 };
-
-std::string default_cache_dir() {
-  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/ftune/data";
-  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.cache/ftune/data";
-  return (fs::temp_directory_path() / "ftune-data").string();
-}
 
 // Sample layout: records formatted into masked samples, cached, then packed or padded.
 class SampleData final : public TrainData {
@@ -131,19 +236,25 @@ class SampleData final : public TrainData {
     for (size_t i = 0; i < sources_.size(); ++i) {
       const RecipeConfig sc = recipe_for_source(c, sources_[i]);
       const FormatOptions fo = recipe_format_options(sc);
-      BuildStats stats;
-      SampleSet all = load(sc, sc.data_train, fo, tok, fo.format == DataFormat::Text ? nullptr : t,
-                           threads, &stats);
-      train_stats_.jsonl.skipped += stats.jsonl.skipped;
+      Loaded all = load_samples(sc, sc.data_train, fo, tok,
+                                fo.format == DataFormat::Text ? nullptr : t, threads, progress_);
+      train_stats_.jsonl.skipped += all.stats.jsonl.skipped;
+      cache_hits_ += all.from_cache;
       const int64_t begin = train_.size();
       // Held out per source, so each one is represented in validation as in training.
-      split(all, c.data_validation.empty() ? c.data_val_fraction : 0.0, uint64_t(c.seed) + i);
+      split(all.samples, c.data_validation.empty() ? c.data_val_fraction : 0.0,
+            uint64_t(c.seed) + i);
       if (train_.size() == begin)
         throw Error(source_key(sources_, i) + ": '" + sources_[i].path + "' gives no samples");
       ranges.push_back({begin, train_.size(), sources_[i].weight});
     }
-    if (!c.data_validation.empty())
-      val_ = load(c, c.data_validation, recipe_format_options(c), tok, t, threads, &val_stats_);
+    if (!c.data_validation.empty()) {
+      Loaded v =
+          load_samples(c, c.data_validation, recipe_format_options(c), tok, t, threads, progress_);
+      val_stats_ = v.stats;
+      cache_hits_ += v.from_cache;
+      val_.add_all(val_.part_index(v.samples));
+    }
     // Count what training will actually see: tokens past the first of each sample, within
     // train.seq_len (truncation keeps the start), dropped samples excluded.
     int64_t trainable = 0;
@@ -151,9 +262,8 @@ class SampleData final : public TrainData {
     for (int64_t i = 0; i < train_.size(); ++i) {
       const int64_t len = train_.length(i);
       if (drop && len > seq_) continue;
-      const int64_t b = train_.offsets[size_t(i)];
-      for (int64_t k = b + 1; k < b + std::min(len, seq_); ++k)
-        trainable += train_.trainable[size_t(k)];
+      const uint8_t* m = train_.trainable_of(i);
+      for (int64_t k = 1; k < std::min(len, seq_); ++k) trainable += m[k];
     }
     if (trainable == 0)
       throw Error("data.train: '" + c.data_train + "' leaves no tokens to train on within " +
@@ -182,7 +292,7 @@ class SampleData final : public TrainData {
   }
 
   // Packed rows fill seq_len; padded rows stop at the batch's longest sample (dynamic padding).
-  Batch batch_of(const SampleSet& s, const std::vector<Row>& rows) const {
+  Batch batch_of(const Samples& s, const std::vector<Row>& rows) const {
     return make_row_batch(s, rows, packing_ ? seq_ : batch_row_length(rows, seq_), pad_);
   }
   Batch next() override { return batch_of(train_, loader_->next()); }
@@ -201,7 +311,7 @@ class SampleData final : public TrainData {
         std::string(packing_ ? "packed" : "padded") + " samples" +
         (template_name_.empty() ? "" : " (chat template " + template_name_ + ")") + ": " +
         std::to_string(train_.size()) + " train / " + std::to_string(val_.size()) +
-        " validation samples, " + std::to_string(train_.tokens.size()) + " train tokens in " +
+        " validation samples, " + std::to_string(train_.num_tokens()) + " train tokens in " +
         std::to_string(p.rows) + " rows (" +
         std::to_string(p.rows > 0 ? 100 * p.pad_tokens / (p.rows * seq_) : 0) + "% padding)";
     if (p.truncated) s += ", " + std::to_string(p.truncated) + " truncated";
@@ -222,79 +332,22 @@ class SampleData final : public TrainData {
   }
 
  private:
-  SampleSet load(const RecipeConfig& c, const std::string& path, const FormatOptions& fo,
-                 const Tokenizer& tok, const ChatTemplate* t, int threads, BuildStats* stats) {
-    std::string key, file;
-    if (c.data_cache) {
-      nlohmann::json settings = {{"format", c.data_format},
-                                 {"text_field", c.data_text_field},
-                                 {"instruction_field", c.data_instruction_field},
-                                 {"input_field", c.data_input_field},
-                                 {"output_field", c.data_output_field},
-                                 {"messages_field", c.data_messages_field},
-                                 {"role_field", c.data_role_field},
-                                 {"content_field", c.data_content_field},
-                                 {"system_prompt", c.data_system_prompt},
-                                 {"train_on_inputs", c.data_train_on_inputs},
-                                 {"template", t ? t->describe() : ""},
-                                 {"skip_bad", c.data_skip_bad_lines}};
-      std::vector<std::string> files = {path};
-      for (const char* f : {"/tokenizer.json", "/tokenizer_config.json", "/chat_template.jinja"})
-        if (path_exists(c.model_path + f)) files.push_back(c.model_path + f);
-      key = sample_cache_key(settings, files);
-      const std::string dir = c.data_cache_dir.empty() ? default_cache_dir() : c.data_cache_dir;
-      file = dir + "/" + key.substr(0, 32) + ".samples";
-      nlohmann::json meta;
-      if (auto hit = read_sample_cache(file, key, &meta)) {
-        stats->jsonl.skipped = meta.value("skipped", int64_t(0));
-        cache_hits_++;
-        return std::move(*hit);
-      }
-    }
-    SampleSet s;
-    const bool tty = isatty(fileno(stderr)) != 0;
-    const double total = double(fs::file_size(path));
-    const auto t0 = std::chrono::steady_clock::now();
-    auto seconds = [&] {
-      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    };
-    BuildProgress report = nullptr;
-    if (progress_ && tty)
-      report = [&](const BuildStats& b, int64_t bytes) {
-        std::fprintf(stderr, "\r\033[Ktokenizing %s: %lld records, %.0f%%, %.1f MB/s",
-                     fs::path(path).filename().c_str(), static_cast<long long>(b.samples),
-                     total > 0 ? 100.0 * double(bytes) / total : 100.0,
-                     double(bytes) / 1e6 / std::max(seconds(), 1e-6));
-      };
-    append_samples(path, fo, tok, t, c.data_skip_bad_lines, threads, &s, stats, report);
-    if (progress_)
-      std::fprintf(stderr, "%stokenized %s: %lld samples, %lld tokens in %.1f s (%.1f MB/s)\n",
-                   tty ? "\r\033[K" : "", path.c_str(), static_cast<long long>(stats->samples),
-                   static_cast<long long>(stats->tokens), seconds(),
-                   total / 1e6 / std::max(seconds(), 1e-6));
-    if (c.data_cache) {
-      fs::create_directories(fs::path(file).parent_path());
-      write_sample_cache(file, key, s, {{"skipped", stats->jsonl.skipped}, {"source", path}});
-    }
-    return s;
-  }
-
-  // Appends `all` to train_ and val_, holding `fraction` of it out for validation.
-  void split(const SampleSet& all, double fraction, uint64_t seed) {
-    const std::vector<uint8_t> is_val = validation_mask(size_t(all.size()), fraction, seed);
-    for (int64_t i = 0; i < all.size(); ++i) {
-      const auto b = all.offsets[size_t(i)], e = all.offsets[size_t(i) + 1];
-      std::vector<int32_t> ids(all.tokens.begin() + b, all.tokens.begin() + e);
-      std::vector<uint8_t> m(all.trainable.begin() + b, all.trainable.begin() + e);
-      (is_val[size_t(i)] ? val_ : train_).add(ids, m);
-    }
+  // Adds the samples of `all` to train_ and val_, holding `fraction` of them out for validation.
+  void split(const std::shared_ptr<const MappedSamples>& all, double fraction, uint64_t seed) {
+    const std::vector<uint8_t> is_val = validation_mask(size_t(all->size()), fraction, seed);
+    const int tp = train_.part_index(all), vp = val_.part_index(all);
+    for (int64_t i = 0; i < all->size(); ++i)
+      if (is_val[size_t(i)])
+        val_.add(vp, i);
+      else
+        train_.add(tp, i);
   }
 
   std::vector<DataSource> sources_;
   std::vector<SourceRange> ranges_;  // each source's samples in train_
   int64_t seq_, rows_;
   int32_t pad_;
-  SampleSet train_, val_;
+  SampleSelection train_, val_;
   BuildStats train_stats_, val_stats_;
   std::unique_ptr<SampleLoader> loader_;
   std::vector<Row> val_rows_;
@@ -359,7 +412,7 @@ std::unique_ptr<TrainData> make_train_data(const RecipeConfig& c, const std::str
                     "layout repeats documents whole; use a whole-number weight, or set " +
                     "data.packing: pack or pad to sample a fraction each epoch");
     if (world != 1) throw Error("the stream layout is single-rank for now; use data.packing: pack");
-    return std::make_unique<StreamData>(c, tok);
+    return std::make_unique<StreamData>(c, tok, threads, show_progress);
   }
   return std::make_unique<SampleData>(c, tokenizer_dir, tok, threads, rank, world, show_progress);
 }

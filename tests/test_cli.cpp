@@ -1,6 +1,7 @@
 // The ftune binary as a user meets it: help, recipe errors with locations, exit codes.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include "tests/test_util.h"
@@ -97,6 +98,19 @@ TEST(Cli, DataPreviewShowsTrainedText) {
       << "text format trains every token but the first: " << r.out;
   EXPECT_NE(r.out.find("--- record 2:"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("--- record 3:"), std::string::npos) << r.out;
+}
+
+TEST(Cli, DataPrepareFillsTheCache) {
+  std::string cache = testing::make_temp_dir("prep");
+  const std::string args = "data prepare " + kSrc + "/recipes/quickstart.yaml model.path=" + kSrc +
+                           "/configs/models/quickstart-base data.cache_dir=" + cache;
+  CliRun r = ftune(args);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("batches per epoch"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("from cache"), std::string::npos) << r.out;
+  EXPECT_FALSE(std::filesystem::is_empty(cache));
+  CliRun again = ftune(args);
+  EXPECT_NE(again.out.find("from cache"), std::string::npos) << again.out;
 }
 
 TEST(Cli, CudaWithoutGpuIsRefusedCleanly) {

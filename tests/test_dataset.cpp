@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <random>
 #include <set>
 
 #include "engine/dataset.h"
@@ -80,6 +81,34 @@ TEST(Blocks, TargetsAreInputsShiftedByOne) {
   auto first = tok.encode(docs[0]);
   Batch all = ds.make_batch({0, 1});
   EXPECT_EQ(all.ids[first.size()], tok.eos_id());
+}
+
+// Blocks read across document boundaries (and past empty documents) straight from the stored
+// samples; they must equal the same cut of the plain concatenation.
+TEST(Blocks, StreamOverStoredDocumentsMatchesConcatenation) {
+  auto docs = std::make_shared<SampleSet>();
+  std::vector<int32_t> flat;
+  std::mt19937 rng(3);
+  for (int d = 0; d < 40; ++d) {
+    std::vector<int32_t> ids(d % 7 == 3 ? 0 : rng() % 23);
+    for (auto& t : ids) t = int32_t(rng() % 1000);
+    docs->add(ids, std::vector<uint8_t>(ids.size(), 1));
+    flat.insert(flat.end(), ids.begin(), ids.end());
+  }
+  const int64_t seq = 9;
+  BlockDataset ds(docs, seq);
+  ASSERT_EQ(ds.num_tokens(), int64_t(flat.size()));
+  ASSERT_EQ(ds.num_blocks(), int64_t(flat.size() - 1) / seq);
+  std::vector<int64_t> all(size_t(ds.num_blocks()));
+  for (size_t i = 0; i < all.size(); ++i) all[i] = int64_t(all.size() - 1 - i);  // reversed
+  Batch b = ds.make_batch(all);
+  for (size_t r = 0; r < all.size(); ++r)
+    for (int64_t t = 0; t < seq; ++t) {
+      const size_t at = size_t(all[r] * seq + t);
+      ASSERT_EQ(b.ids[r * size_t(seq) + size_t(t)], flat[at]) << "block " << all[r];
+      ASSERT_EQ(b.targets[r * size_t(seq) + size_t(t)], flat[at + 1]) << "block " << all[r];
+    }
+  testing::expect_error([&] { ds.make_batch({ds.num_blocks()}); }, {"out of range"});
 }
 
 TEST(Sampler, PositionRestoresTheSameOrder) {

@@ -2,6 +2,7 @@
 // or padded, cached, trained on responses only, resumable bit for bit.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -97,6 +98,38 @@ TEST(TrainData, PaddedLayoutAndResume) {
   TrainResult rest = run_training(recipe(part, cache, {"data.packing=pad"}), resume);
   ASSERT_EQ(rest.losses.size(), 8u);
   for (size_t i = 0; i < 8; ++i) EXPECT_EQ(rest.losses[i], a.losses[8 + i]) << "step " << 9 + i;
+}
+
+// With data.cache off nothing is kept on disk: the samples are still spilled to a file (so a
+// big dataset never sits in memory) but it is unlinked once mapped.
+TEST(TrainData, CacheOffLeavesNoFiles) {
+  std::string cache = testing::make_temp_dir("cache");
+  TrainResult a = run_training(
+      recipe(testing::make_temp_dir("run"), cache, {"data.cache=false", "train.max_steps=4"}),
+      quiet());
+  ASSERT_EQ(a.losses.size(), 4u);
+  EXPECT_TRUE(std::filesystem::is_empty(cache)) << "data.cache=false left files in " << cache;
+  TrainResult b = run_training(
+      recipe(testing::make_temp_dir("run"), cache, {"data.cache=false", "train.max_steps=4"}),
+      quiet());
+  EXPECT_EQ(b.data_summary.find("from cache"), std::string::npos) << b.data_summary;
+  EXPECT_EQ(a.losses, b.losses);
+}
+
+// The stream layout (plain text pre-training) goes through the same cache.
+TEST(TrainData, StreamLayoutCaches) {
+  std::string cache = testing::make_temp_dir("cache");
+  auto text = [&](const std::string& out) {
+    return recipe(out, cache,
+                  {"data.train=" + kSrc + "/data/quickstart/train.jsonl", "data.format=text",
+                   "data.packing=stream", "train.max_steps=4"});
+  };
+  TrainResult a = run_training(text(testing::make_temp_dir("run")), quiet());
+  EXPECT_NE(a.data_summary.find("stream layout"), std::string::npos) << a.data_summary;
+  EXPECT_EQ(a.data_summary.find("from cache"), std::string::npos) << a.data_summary;
+  TrainResult b = run_training(text(testing::make_temp_dir("run")), quiet());
+  EXPECT_NE(b.data_summary.find("from cache"), std::string::npos) << b.data_summary;
+  EXPECT_EQ(a.losses, b.losses);
 }
 
 TEST(TrainData, MessagesWithoutTemplateIsAClearError) {

@@ -4,6 +4,9 @@
 
 #include "engine/cli/commands.h"
 #include "engine/data_preview.h"
+#include "engine/tokenizer.h"
+#include "engine/train_data.h"
+#include "engine/trainer.h"
 
 namespace ftune::cli {
 
@@ -31,6 +34,28 @@ void add_data(CLI::App& app, Action* action) {
       p.count = o->count;
       p.color = isatty(fileno(stdout)) != 0;
       std::fputs(preview_data(load_recipe(o->recipe, o->overrides).cfg, p).c_str(), stdout);
+      return 0;
+    };
+  });
+
+  // Tokenizing a big dataset can take a while; doing it ahead (on a CPU node, say) means the
+  // training job finds the cache and starts at once.
+  auto* prepare = cmd->add_subcommand(
+      "prepare", "Tokenize a recipe's data into the cache ahead of training, and summarize it");
+  auto p = std::make_shared<Opts>();
+  prepare->add_option("recipe", p->recipe, "Recipe YAML file")->required();
+  prepare->add_option("overrides", p->overrides, "Overrides as key=value");
+  prepare->footer(
+      "Examples:\n"
+      "  ftune data prepare recipes/quickstart.yaml\n"
+      "  ftune data prepare my.yaml data.cache_dir=/scratch/ftune-cache threads=32");
+  prepare->callback([p, action] {
+    *action = [p] {
+      const RecipeConfig c = load_recipe(p->recipe, p->overrides).cfg;
+      const Tokenizer tok = Tokenizer::load(c.model_path);
+      auto data = make_train_data(c, c.model_path, tok, resolve_threads(c.threads), 0, 1, true);
+      std::printf("%s; %lld batches per epoch\n", data->describe().c_str(),
+                  static_cast<long long>(data->batches_per_epoch()));
       return 0;
     };
   });
