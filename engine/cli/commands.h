@@ -15,5 +15,9 @@ void add_bench(CLI::App& app, Action* action);
 void add_recipe_docs(CLI::App& app, Action* action);
 void add_data(CLI::App& app, Action* action);
 void add_tokenize(CLI::App& app, Action* action);
+void add_merge(CLI::App& app, Action* action);
+void add_verify(CLI::App& app, Action* action);
+void add_keygen(CLI::App& app, Action* action);
+void add_decrypt(CLI::App& app, Action* action);
 
 }  // namespace ftune::cli

@@ -40,6 +40,10 @@ int main(int argc, char** argv) {
   ftune::cli::add_data(app, &action);
   ftune::cli::add_recipe_docs(app, &action);
   ftune::cli::add_tokenize(app, &action);
+  ftune::cli::add_merge(app, &action);
+  ftune::cli::add_verify(app, &action);
+  ftune::cli::add_keygen(app, &action);
+  ftune::cli::add_decrypt(app, &action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

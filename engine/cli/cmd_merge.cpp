@@ -1,0 +1,8 @@
+#include "engine/cli/commands.h"
+
+namespace ftune::cli {
+
+// Registered once implemented (issue #4).
+void add_merge(CLI::App&, Action*) {}
+
+}  // namespace ftune::cli
