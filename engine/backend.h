@@ -86,6 +86,10 @@ class Backend {
   // ---- elementwise / reductions ----
   virtual void add_inplace(const ExecContext& ctx, float* y, const float* x, size_t n) = 0;
   virtual void scale_inplace(const ExecContext& ctx, float* x, float s, size_t n) = 0;
+  // y (= or +=, per accumulate) x * keep_i / (1 - p), keep_i a pure function of (seed, i) so
+  // backward recomputes the mask (see ref::dropout_keep; every backend must draw the same one).
+  virtual void dropout(const ExecContext& ctx, const float* x, float* y, size_t n, float p,
+                       uint64_t seed, bool accumulate) = 0;
   virtual double sum_squares(const ExecContext& ctx, const float* x, size_t n) = 0;
   virtual void cast(const ExecContext& ctx, const void* src, DType src_t, void* dst, DType dst_t,
                     size_t n) = 0;
@@ -100,7 +104,7 @@ class Backend {
   // ---- RMSNorm: y = x * rstd * w, rstd = 1/sqrt(mean(x^2)+eps) saved per row ----
   virtual void rmsnorm_forward(const ExecContext& ctx, const float* x, const float* w, float* y,
                                float* rstd, int64_t rows, int64_t dim, float eps) = 0;
-  // dx = (not +=) input gradient; dw += weight gradient.
+  // dx = (not +=) input gradient; dw += weight gradient (dw may be null for a frozen norm).
   virtual void rmsnorm_backward(const ExecContext& ctx, const float* dy, const float* x,
                                 const float* w, const float* rstd, float* dx, float* dw,
                                 int64_t rows, int64_t dim) = 0;

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "engine/adapter.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
 #include "engine/safetensors.h"
@@ -67,7 +68,8 @@ void prune(const std::string& ckpt_root, int64_t keep_last) {
 }  // namespace
 
 std::string save_checkpoint(const std::string& run_dir, const Model& model, const float* m,
-                            const float* v, const TrainState& state, int64_t keep_last) {
+                            const float* v, const TrainState& state, int64_t keep_last,
+                            const std::string& base_model) {
   const std::string root = run_dir + "/checkpoints";
   fs::create_directories(root);
   const std::string name = step_name(state.step);
@@ -77,26 +79,31 @@ std::string save_checkpoint(const std::string& run_dir, const Model& model, cons
   fs::create_directories(tmp_dir);
 
   Backend* be = model.backend();
-  const ParamLayout& lay = model.layout();
-  const size_t total = lay.total();
-  std::vector<float> p(total), hm(total), hv(total);
-  be->download(p.data(), model.params(), total * sizeof(float));
+  const size_t total = model.num_train_params();
+  std::vector<float> hm(total), hv(total);
   be->download(hm.data(), m, total * sizeof(float));
   be->download(hv.data(), v, total * sizeof(float));
 
-  // Weights under their HF names (the checkpoint directory loads like a model directory);
-  // moments as two flat tensors: a checkpoint is a few large writes.
-  SafetensorsWriter w;
-  for (const auto& e : lay.entries())
-    w.add(e.name, e.shape, p.data() + e.offset, DType::F32, DType::F32);
-  w.set_metadata("format", "pt");
-  w.write(tmp_dir + "/model.safetensors");
+  if (model.has_lora()) {
+    // Only the adapters change; the checkpoint is a PEFT adapter directory of its own.
+    write_adapter_files(model, tmp_dir, base_model, DType::F32);
+  } else {
+    // Weights under their HF names (the checkpoint directory loads like a model directory);
+    // moments as two flat tensors: a checkpoint is a few large writes.
+    const ParamLayout& lay = model.layout();
+    std::vector<float> p = model.params_to_host();
+    SafetensorsWriter w;
+    for (const auto& e : lay.entries())
+      w.add(e.name, e.shape, p.data() + e.offset, DType::F32, DType::F32);
+    w.set_metadata("format", "pt");
+    w.write(tmp_dir + "/model.safetensors");
+    write_file_atomic(tmp_dir + "/config.json",
+                      model_config_json(model.config(), DType::F32).dump(2));
+  }
   SafetensorsWriter o;
   o.add("adamw.exp_avg", {int64_t(total)}, hm.data(), DType::F32, DType::F32);
   o.add("adamw.exp_avg_sq", {int64_t(total)}, hv.data(), DType::F32, DType::F32);
   o.write(tmp_dir + "/optimizer.safetensors");
-  write_file_atomic(tmp_dir + "/config.json",
-                    model_config_json(model.config(), DType::F32).dump(2));
   write_file_atomic(tmp_dir + "/state.json", train_state_to_json(state).dump(2));
   fsync_dir(tmp_dir);
 
@@ -124,9 +131,18 @@ std::optional<std::string> latest_checkpoint(const std::string& run_dir) {
 }
 
 TrainState load_checkpoint(const std::string& dir, Model& model, float* m, float* v) {
-  WeightStore store = WeightStore::open_dir(dir);
-  model.load_weights(store);
-  const size_t total = model.layout().total();
+  if (model.has_lora()) {
+    if (!is_adapter_dir(dir))
+      throw Error(dir + ": holds full weights, not adapters: it was written by a run with " +
+                  "method: full");
+    load_adapter(model, dir);
+  } else {
+    if (is_adapter_dir(dir))
+      throw Error(dir + ": holds LoRA adapters, not full weights: it was written by a run " +
+                  "with method: lora");
+    model.load_weights(WeightStore::open_dir(dir));
+  }
+  const size_t total = model.num_train_params();
   SafetensorsReader opt = SafetensorsReader::open(dir + "/optimizer.safetensors");
   std::vector<float> host(total);
   for (auto [name, dst] : {std::pair{"adamw.exp_avg", m}, {"adamw.exp_avg_sq", v}}) {

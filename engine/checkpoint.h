@@ -27,13 +27,17 @@ struct TrainState {
 nlohmann::json train_state_to_json(const TrainState& s);
 TrainState train_state_from_json(const nlohmann::json& j, const std::string& label);
 
-// Writes checkpoint `state.step`; m and v are the AdamW moment buffers (same layout as params).
+// Writes checkpoint `state.step`; m and v are the AdamW moment buffers (laid out as the trained
+// parameters). Full runs store model.safetensors + config.json; LoRA runs store the adapters as
+// a PEFT directory (base_model names the base) since the base never changes.
 // Keeps the newest keep_last checkpoints (0 keeps all). Returns the checkpoint directory.
 std::string save_checkpoint(const std::string& run_dir, const Model& model, const float* m,
-                            const float* v, const TrainState& state, int64_t keep_last);
+                            const float* v, const TrainState& state, int64_t keep_last,
+                            const std::string& base_model = "");
 // The directory `latest` names, if any.
 std::optional<std::string> latest_checkpoint(const std::string& run_dir);
-// Restores parameters, moments and state. Mismatched shapes are errors naming the tensor.
+// Restores parameters (LoRA: the adapters, over a base the caller loaded), moments and state.
+// Mismatched shapes are errors naming the tensor.
 TrainState load_checkpoint(const std::string& ckpt_dir, Model& model, float* m, float* v);
 
 }  // namespace ftune

@@ -85,10 +85,25 @@ struct Model::Acts {
   }
 };
 
-Model::Model(Backend* be, ModelConfig cfg, int64_t max_tokens, bool with_grads)
+Model::Model(Backend* be, ModelConfig cfg, int64_t max_tokens, bool with_grads,
+             const LoraConfig* lora)
     : be_(be), cfg_(std::move(cfg)), layout_(cfg_), max_tokens_(max_tokens) {
   params_ = DeviceBuffer<float>(be_, layout_.total());
-  if (with_grads) grads_ = DeviceBuffer<float>(be_, layout_.total());
+  if (with_grads && !lora) grads_ = DeviceBuffer<float>(be_, layout_.total());
+  if (lora) {
+    lora_on_ = true;
+    lora_cfg_ = *lora;
+    lora_layout_ = LoraLayout(cfg_, lora_cfg_);
+    lora_params_ = DeviceBuffer<float>(be_, lora_layout_.total());
+    if (with_grads) lora_grads_ = DeviceBuffer<float>(be_, lora_layout_.total());
+    const int64_t r = lora_cfg_.rank;
+    lora_xa_ = DeviceBuffer<float>(be_, size_t(cfg_.num_layers * kLoraTargets * max_tokens * r));
+    if (with_grads) lora_dxa_ = DeviceBuffer<float>(be_, size_t(max_tokens * r));
+    if (lora_cfg_.dropout > 0) {
+      const int64_t widest = std::max({cfg_.hidden_size, cfg_.intermediate_size, cfg_.q_dim()});
+      lora_xd_ = DeviceBuffer<float>(be_, size_t(max_tokens * widest));
+    }
+  }
   std::vector<float> inv = rope_inv_freq(cfg_);
   inv_freq_ = DeviceBuffer<float>(be_, inv.size());
   be_->upload(inv_freq_.get(), inv.data(), inv.size() * sizeof(float));
@@ -149,6 +164,84 @@ void Model::params_from_host(const std::vector<float>& host) {
   be_->upload(params_.get(), host.data(), host.size() * sizeof(float));
 }
 
+void Model::init_lora(uint64_t seed) {
+  FTUNE_CHECK(lora_on_, "model has no adapters");
+  std::vector<float> host(lora_layout_.total(), 0.f);
+  for (const auto& e : lora_layout_.entries()) {
+    if (e.name.find(".lora_A.") == std::string::npos) continue;  // B starts at zero
+    std::mt19937_64 rng(seed * 1000003ull + e.offset + 0x10a);
+    float* p = host.data() + e.offset;
+    if (lora_cfg_.init == "gaussian") {
+      std::normal_distribution<float> nd(0.f, float(1.0 / double(lora_cfg_.rank)));
+      for (size_t i = 0; i < e.count; ++i) p[i] = nd(rng);
+    } else {
+      // Kaiming-uniform with a = sqrt(5): bound sqrt(6 / ((1 + a^2) fan_in)) = 1 / sqrt(fan_in).
+      const float bound = float(1.0 / std::sqrt(double(e.shape[1])));
+      std::uniform_real_distribution<float> ud(-bound, bound);
+      for (size_t i = 0; i < e.count; ++i) p[i] = ud(rng);
+    }
+  }
+  lora_from_host(host);
+}
+
+void Model::load_lora(const SafetensorsReader& r) {
+  FTUNE_CHECK(lora_on_, "model has no adapters");
+  std::vector<float> host(lora_layout_.total(), 0.f);
+  for (const auto& e : lora_layout_.entries()) {
+    const TensorInfo* t = r.find(e.name);
+    if (!t)
+      throw Error(r.path() + ": adapter tensor '" + e.name + "' is missing (does " +
+                  "adapter_config.json list the same target_modules and the model the same " +
+                  "number of layers?)");
+    if (t->shape != e.shape)
+      throw Error(r.path() + ": adapter tensor '" + e.name + "' has shape " + shape_str(t->shape) +
+                  " but rank and model imply " + shape_str(e.shape));
+    r.read_as(*t, DType::F32, host.data() + e.offset);
+  }
+  for (const auto& t : r.tensors())
+    if (!lora_layout_.find(t.name))
+      throw Error(r.path() + ": unexpected tensor '" + t.name + "' (not an adapter of this " +
+                  "model with these target_modules)");
+  lora_from_host(host);
+}
+
+std::vector<float> Model::lora_to_host() const {
+  std::vector<float> host(lora_layout_.total());
+  be_->download(host.data(), lora_params_.get(), host.size() * sizeof(float));
+  return host;
+}
+
+void Model::lora_from_host(const std::vector<float>& host) {
+  FTUNE_CHECK(host.size() == lora_layout_.total(), "adapter parameter count mismatch");
+  be_->upload(lora_params_.get(), host.data(), host.size() * sizeof(float));
+}
+
+void Model::merge_lora() {
+  FTUNE_CHECK(lora_on_, "model has no adapters");
+  ExecContext ctx;
+  const float s = lora_cfg_.scale();
+  const int64_t r = lora_cfg_.rank;
+  float* P = params_.get();
+  const float* AP = lora_params_.get();
+  for (int l = 0; l < lora_layout_.num_layers(); ++l) {
+    const LayerOffsets& o = layout_.layer(l);
+    const size_t w[kLoraTargets] = {o.q_w, o.k_w, o.v_w, o.o_w, o.gate_w, o.up_w, o.down_w};
+    for (int t = 0; t < kLoraTargets; ++t) {
+      const LoraSlot& sl = lora_layout_.slot(l, LoraTarget(t));
+      if (!sl.active()) continue;
+      // W[out, in] += s * B[out, r] A[r, in]
+      be_->gemm(ctx, false, false, sl.out, sl.in, r, s, AP + sl.b, r, AP + sl.a, sl.in, 1.f,
+                P + w[t], sl.in);
+    }
+  }
+  lora_on_ = false;
+  lora_params_.reset();
+  lora_grads_.reset();
+  lora_xa_.reset();
+  lora_dxa_.reset();
+  lora_xd_.reset();
+}
+
 void Model::upload_batch(const Batch& b) {
   const int64_t n = b.tokens();
   if (n > max_tokens_)
@@ -183,25 +276,115 @@ namespace {
 struct LinearRef {
   size_t w, b;  // offsets into the flat buffers; b may be kNoParam
   int64_t in, out;
+  int layer;
+  LoraTarget target;
 };
 
-void linear_fwd(Backend* be, const ExecContext& ctx, const float* params, const LinearRef& l,
-                const float* x, float* y, int64_t n) {
+}  // namespace
+
+// What a linear call needs to apply adapters: buffers, sizes, and the dropout stream.
+struct LoraRun {
+  const LoraLayout* layout = nullptr;  // null: no adapters
+  const float* params = nullptr;
+  float* grads = nullptr;
+  float* xa = nullptr;   // saved x A^T, [layer][target][N x r]
+  float* dxa = nullptr;  // backward scratch [N x r]
+  float* xd = nullptr;   // dropped-out input scratch
+  int64_t rank = 0, max_tokens = 0;
+  float scale = 1.f, dropout = 0.f;
+  uint64_t seed = 0;
+  bool training = false;
+
+  const LoraSlot* slot(const LinearRef& l) const {
+    if (!layout) return nullptr;
+    const LoraSlot& s = layout->slot(l.layer, l.target);
+    return s.active() ? &s : nullptr;
+  }
+  float* saved(const LinearRef& l) const {
+    return xa + (size_t(l.layer) * kLoraTargets + size_t(l.target)) * size_t(max_tokens * rank);
+  }
+  bool drops() const { return training && dropout > 0.f; }
+  // One dropout stream per (micro-batch seed, layer, target), recomputed in backward.
+  uint64_t drop_seed(const LinearRef& l) const {
+    return seed * 0x100000001b3ull + uint64_t(l.layer) * kLoraTargets + uint64_t(l.target) + 1;
+  }
+};
+
+namespace {
+
+void linear_fwd(Backend* be, const ExecContext& ctx, const float* params, const LoraRun& lr,
+                const LinearRef& l, const float* x, float* y, int64_t n) {
   be->linear_forward(ctx, x, params + l.w, l.b == kNoParam ? nullptr : params + l.b, y, n, l.in,
                      l.out);
+  const LoraSlot* s = lr.slot(l);
+  if (!s) return;
+  // y += scale * (drop(x) A^T) B^T, never forming B A.
+  const float* xin = x;
+  if (lr.drops()) {
+    be->dropout(ctx, x, lr.xd, size_t(n * l.in), lr.dropout, lr.drop_seed(l), false);
+    xin = lr.xd;
+  }
+  float* xa = lr.saved(l);
+  be->linear_forward(ctx, xin, lr.params + s->a, nullptr, xa, n, l.in, lr.rank);
+  be->gemm(ctx, false, true, n, l.out, lr.rank, lr.scale, xa, lr.rank, lr.params + s->b, lr.rank,
+           1.f, y, l.out);
 }
 
+// grads may be null (a frozen base): then only dx (and adapter gradients) are computed.
 void linear_bwd(Backend* be, const ExecContext& ctx, const float* params, float* grads,
-                const LinearRef& l, const float* dy, const float* x, float* dx, int64_t n,
-                bool accumulate_dx) {
-  be->linear_backward(ctx, dy, x, params + l.w, dx, grads + l.w,
-                      l.b == kNoParam ? nullptr : grads + l.b, n, l.in, l.out, accumulate_dx);
+                const LoraRun& lr, const LinearRef& l, const float* dy, const float* x, float* dx,
+                int64_t n, bool accumulate_dx) {
+  be->linear_backward(ctx, dy, x, params + l.w, dx, grads ? grads + l.w : nullptr,
+                      grads && l.b != kNoParam ? grads + l.b : nullptr, n, l.in, l.out,
+                      accumulate_dx);
+  const LoraSlot* s = lr.slot(l);
+  if (!s) return;
+  const int64_t r = lr.rank;
+  const float* A = lr.params + s->a;
+  const float* B = lr.params + s->b;
+  const float* xa = lr.saved(l);
+  // dB += scale * dy^T (xA^T);  d(xA^T) = scale * dy B
+  be->gemm(ctx, true, false, l.out, r, n, lr.scale, dy, l.out, xa, r, 1.f, lr.grads + s->b, r);
+  be->gemm(ctx, false, false, n, r, l.out, lr.scale, dy, l.out, B, r, 0.f, lr.dxa, r);
+  // dA += d(xA^T)^T drop(x)
+  const float* xin = x;
+  if (lr.drops()) {
+    be->dropout(ctx, x, lr.xd, size_t(n * l.in), lr.dropout, lr.drop_seed(l), false);
+    xin = lr.xd;
+  }
+  be->gemm(ctx, true, false, r, l.in, n, 1.f, lr.dxa, r, xin, l.in, 1.f, lr.grads + s->a, l.in);
+  // dx += drop'(d(xA^T) A): the mask applies to the gradient as it did to the input.
+  if (lr.drops()) {
+    be->gemm(ctx, false, false, n, l.in, r, 1.f, lr.dxa, r, A, l.in, 0.f, lr.xd, l.in);
+    be->dropout(ctx, lr.xd, dx, size_t(n * l.in), lr.dropout, lr.drop_seed(l), true);
+  } else {
+    be->gemm(ctx, false, false, n, l.in, r, 1.f, lr.dxa, r, A, l.in, 1.f, dx, l.in);
+  }
 }
 
 }  // namespace
 
-void Model::forward(const ExecContext& ctx, const Batch& b) {
+LoraRun Model::lora_run(const ExecContext& ctx, bool training) const {
+  LoraRun r;
+  if (!lora_on_) return r;
+  r.layout = &lora_layout_;
+  r.params = lora_params_.get();
+  r.grads = lora_grads_.get();
+  r.xa = lora_xa_.get();
+  r.dxa = lora_dxa_.get();
+  r.xd = lora_xd_.get();
+  r.rank = lora_cfg_.rank;
+  r.max_tokens = max_tokens_;
+  r.scale = lora_cfg_.scale();
+  r.dropout = float(lora_cfg_.dropout);
+  r.seed = ctx.seed;
+  r.training = training;
+  return r;
+}
+
+void Model::forward(const ExecContext& ctx, const Batch& b, bool training) {
   upload_batch(b);
+  const LoraRun lr = lora_run(ctx, training);
   Acts& a = *a_;
   const int64_t N = b.tokens(), d = a.d, f = a.f, q = a.q, kv = a.kv;
   const float* P = params_.get();
@@ -226,20 +409,20 @@ void Model::forward(const ExecContext& ctx, const Batch& b) {
     float* next = l + 1 < a.L ? a.at(a.resid, l + 1, d) : a.final_resid.get();
 
     be_->rmsnorm_forward(ctx, x, P + o.attn_norm, xn1, a.at(a.rstd1, l, 1), N, d, eps);
-    linear_fwd(be_, ctx, P, {o.q_w, o.q_b, d, q}, xn1, qb, N);
-    linear_fwd(be_, ctx, P, {o.k_w, o.k_b, d, kv}, xn1, kb, N);
-    linear_fwd(be_, ctx, P, {o.v_w, o.v_b, d, kv}, xn1, vb, N);
+    linear_fwd(be_, ctx, P, lr, {o.q_w, o.q_b, d, q, l, LoraTarget::Q}, xn1, qb, N);
+    linear_fwd(be_, ctx, P, lr, {o.k_w, o.k_b, d, kv, l, LoraTarget::K}, xn1, kb, N);
+    linear_fwd(be_, ctx, P, lr, {o.v_w, o.v_b, d, kv, l, LoraTarget::V}, xn1, vb, N);
     be_->rope_forward(ctx, qb, a.positions.get(), inv_freq_.get(), N, hq, hd);
     be_->rope_forward(ctx, kb, a.positions.get(), inv_freq_.get(), N, hkv, hd);
     be_->attention_forward(ctx, as, qb, kb, vb, att, a.at(a.lse, l, hq));
-    linear_fwd(be_, ctx, P, {o.o_w, o.o_b, q, d}, att, mid, N);
+    linear_fwd(be_, ctx, P, lr, {o.o_w, o.o_b, q, d, l, LoraTarget::O}, att, mid, N);
     be_->add_inplace(ctx, mid, x, size_t(N * d));
 
     be_->rmsnorm_forward(ctx, mid, P + o.mlp_norm, xn2, a.at(a.rstd2, l, 1), N, d, eps);
-    linear_fwd(be_, ctx, P, {o.gate_w, o.gate_b, d, f}, xn2, gate, N);
-    linear_fwd(be_, ctx, P, {o.up_w, o.up_b, d, f}, xn2, up, N);
+    linear_fwd(be_, ctx, P, lr, {o.gate_w, o.gate_b, d, f, l, LoraTarget::Gate}, xn2, gate, N);
+    linear_fwd(be_, ctx, P, lr, {o.up_w, o.up_b, d, f, l, LoraTarget::Up}, xn2, up, N);
     be_->swiglu_forward(ctx, gate, up, h, size_t(N * f));
-    linear_fwd(be_, ctx, P, {o.down_w, o.down_b, f, d}, h, next, N);
+    linear_fwd(be_, ctx, P, lr, {o.down_w, o.down_b, f, d, l, LoraTarget::Down}, h, next, N);
     be_->add_inplace(ctx, next, mid, size_t(N * d));
   }
   be_->rmsnorm_forward(ctx, a.final_resid.get(), P + layout_.final_norm(), a.xf.get(),
@@ -248,9 +431,11 @@ void Model::forward(const ExecContext& ctx, const Batch& b) {
 
 void Model::backward(const ExecContext& ctx, const Batch& b) {
   Acts& a = *a_;
+  const LoraRun lr = lora_run(ctx, true);
   const int64_t N = b.tokens(), d = a.d, f = a.f, q = a.q, kv = a.kv;
   const float* P = params_.get();
-  float* G = grads_.get();
+  float* G = grads_.get();  // null when the base is frozen (LoRA)
+  auto g = [G](size_t off) { return G ? G + off : nullptr; };
   const AttentionShape as = attn_shape(b);
   const int hq = int(cfg_.num_heads), hkv = int(cfg_.num_kv_heads), hd = int(cfg_.head_dim);
   float* dres = a.dres.get();  // gradient w.r.t. the residual stream, carried down the layers
@@ -258,60 +443,66 @@ void Model::backward(const ExecContext& ctx, const Batch& b) {
 
   // a.dxn holds d(loss)/d(xf) from lm_head_loss; through the final norm into the stream.
   be_->rmsnorm_backward(ctx, a.dxn.get(), a.final_resid.get(), P + layout_.final_norm(),
-                        a.rstdf.get(), dres, G + layout_.final_norm(), N, d);
+                        a.rstdf.get(), dres, g(layout_.final_norm()), N, d);
   for (int l = int(a.L) - 1; l >= 0; --l) {
     const LayerOffsets& o = layout_.layer(l);
     // MLP block: next = mid + down(swiglu(gate(xn2), up(xn2)))
-    linear_bwd(be_, ctx, P, G, {o.down_w, o.down_b, f, d}, dres, a.at(a.h, l, f), a.dh.get(), N,
-               false);
+    linear_bwd(be_, ctx, P, G, lr, {o.down_w, o.down_b, f, d, l, LoraTarget::Down}, dres,
+               a.at(a.h, l, f), a.dh.get(), N, false);
     be_->swiglu_backward(ctx, a.dh.get(), a.at(a.gate, l, f), a.at(a.up, l, f), a.dgate.get(),
                          a.dup.get(), size_t(N * f));
-    linear_bwd(be_, ctx, P, G, {o.gate_w, o.gate_b, d, f}, a.dgate.get(), a.at(a.xn2, l, d),
-               a.dxn.get(), N, false);
-    linear_bwd(be_, ctx, P, G, {o.up_w, o.up_b, d, f}, a.dup.get(), a.at(a.xn2, l, d), a.dxn.get(),
-               N, true);
+    linear_bwd(be_, ctx, P, G, lr, {o.gate_w, o.gate_b, d, f, l, LoraTarget::Gate}, a.dgate.get(),
+               a.at(a.xn2, l, d), a.dxn.get(), N, false);
+    linear_bwd(be_, ctx, P, G, lr, {o.up_w, o.up_b, d, f, l, LoraTarget::Up}, a.dup.get(),
+               a.at(a.xn2, l, d), a.dxn.get(), N, true);
     be_->rmsnorm_backward(ctx, a.dxn.get(), a.at(a.resid_mid, l, d), P + o.mlp_norm,
-                          a.at(a.rstd2, l, 1), tmp, G + o.mlp_norm, N, d);
+                          a.at(a.rstd2, l, 1), tmp, g(o.mlp_norm), N, d);
     be_->add_inplace(ctx, dres, tmp, size_t(N * d));
 
     // Attention block: mid = x + o_proj(attn(rope(q(xn1)), rope(k(xn1)), v(xn1)))
-    linear_bwd(be_, ctx, P, G, {o.o_w, o.o_b, q, d}, dres, a.at(a.att, l, q), a.datt.get(), N,
-               false);
+    linear_bwd(be_, ctx, P, G, lr, {o.o_w, o.o_b, q, d, l, LoraTarget::O}, dres, a.at(a.att, l, q),
+               a.datt.get(), N, false);
     be_->attention_backward(ctx, as, a.datt.get(), a.at(a.qb, l, q), a.at(a.kb, l, kv),
                             a.at(a.vb, l, kv), a.at(a.att, l, q), a.at(a.lse, l, hq), a.dq.get(),
                             a.dk.get(), a.dv.get());
     be_->rope_backward(ctx, a.dq.get(), a.positions.get(), inv_freq_.get(), N, hq, hd);
     be_->rope_backward(ctx, a.dk.get(), a.positions.get(), inv_freq_.get(), N, hkv, hd);
     const float* xn1 = a.at(a.xn1, l, d);
-    linear_bwd(be_, ctx, P, G, {o.q_w, o.q_b, d, q}, a.dq.get(), xn1, a.dxn.get(), N, false);
-    linear_bwd(be_, ctx, P, G, {o.k_w, o.k_b, d, kv}, a.dk.get(), xn1, a.dxn.get(), N, true);
-    linear_bwd(be_, ctx, P, G, {o.v_w, o.v_b, d, kv}, a.dv.get(), xn1, a.dxn.get(), N, true);
+    linear_bwd(be_, ctx, P, G, lr, {o.q_w, o.q_b, d, q, l, LoraTarget::Q}, a.dq.get(), xn1,
+               a.dxn.get(), N, false);
+    linear_bwd(be_, ctx, P, G, lr, {o.k_w, o.k_b, d, kv, l, LoraTarget::K}, a.dk.get(), xn1,
+               a.dxn.get(), N, true);
+    linear_bwd(be_, ctx, P, G, lr, {o.v_w, o.v_b, d, kv, l, LoraTarget::V}, a.dv.get(), xn1,
+               a.dxn.get(), N, true);
     be_->rmsnorm_backward(ctx, a.dxn.get(), a.at(a.resid, l, d), P + o.attn_norm,
-                          a.at(a.rstd1, l, 1), tmp, G + o.attn_norm, N, d);
+                          a.at(a.rstd1, l, 1), tmp, g(o.attn_norm), N, d);
     be_->add_inplace(ctx, dres, tmp, size_t(N * d));
   }
-  be_->embedding_backward(ctx, a.ids.get(), dres, G + layout_.embed(), N, d, cfg_.vocab_size);
+  if (G)
+    be_->embedding_backward(ctx, a.ids.get(), dres, G + layout_.embed(), N, d, cfg_.vocab_size);
 }
 
 LossSum Model::forward_backward(const ExecContext& ctx, const Batch& b, float grad_scale) {
-  FTUNE_CHECK(grads_.get() != nullptr, "model was built without gradients");
-  forward(ctx, b);
+  FTUNE_CHECK(grads_.get() != nullptr || lora_grads_.get() != nullptr,
+              "model was built without gradients");
+  forward(ctx, b, true);
   const float* P = params_.get();
-  LossSum ls = be_->lm_head_loss(ctx, a_->xf.get(), P + layout_.head(), a_->targets.get(),
-                                 b.tokens(), cfg_.hidden_size, cfg_.vocab_size, grad_scale,
-                                 a_->dxn.get(), grads_.get() + layout_.head());
+  LossSum ls =
+      be_->lm_head_loss(ctx, a_->xf.get(), P + layout_.head(), a_->targets.get(), b.tokens(),
+                        cfg_.hidden_size, cfg_.vocab_size, grad_scale, a_->dxn.get(),
+                        grads_.get() ? grads_.get() + layout_.head() : nullptr);
   backward(ctx, b);
   return ls;
 }
 
 LossSum Model::forward_loss(const ExecContext& ctx, const Batch& b) {
-  forward(ctx, b);
+  forward(ctx, b, false);
   return be_->lm_head_loss(ctx, a_->xf.get(), params_.get() + layout_.head(), a_->targets.get(),
                            b.tokens(), cfg_.hidden_size, cfg_.vocab_size, 1.f, nullptr, nullptr);
 }
 
 std::vector<float> Model::logits(const ExecContext& ctx, const Batch& b) {
-  forward(ctx, b);
+  forward(ctx, b, false);
   const int64_t N = b.tokens(), V = cfg_.vocab_size;
   DeviceBuffer<float> out(be_, size_t(N * V));
   be_->linear_forward(ctx, a_->xf.get(), params_.get() + layout_.head(), nullptr, out.get(), N,
@@ -322,7 +513,7 @@ std::vector<float> Model::logits(const ExecContext& ctx, const Batch& b) {
 }
 
 std::vector<float> Model::last_logits(const ExecContext& ctx, const Batch& b) {
-  forward(ctx, b);
+  forward(ctx, b, false);
   const int64_t d = cfg_.hidden_size, V = cfg_.vocab_size;
   const int64_t last = b.doc_offsets.size() > 1 ? b.doc_offsets[1] - 1 : b.tokens() - 1;
   DeviceBuffer<float> logits(be_, size_t(V));

@@ -7,12 +7,15 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/lora.h"
 #include "engine/model_config.h"
 #include "engine/param_layout.h"
 
 namespace ftune {
 
 class WeightStore;
+class SafetensorsReader;
+struct LoraRun;
 
 // One micro-batch, host side: N = rows*seq tokens, row-major. targets[i] is the token that
 // should follow ids[i], or kIgnoreIndex. doc_offsets are cu_seqlens-style over the N tokens;
@@ -30,16 +33,42 @@ struct Batch {
 class Model {
  public:
   // Allocates parameters (zero), gradients and activation buffers for up to max_tokens tokens
-  // per forward. Gradients can be skipped (eval/generate) with with_grads=false.
-  Model(Backend* be, ModelConfig cfg, int64_t max_tokens, bool with_grads);
+  // per forward. Gradients can be skipped (eval/generate) with with_grads=false. With `lora`
+  // every targeted linear carries an adapter (zero until init_lora/load_lora) and the base
+  // weights are frozen: gradients exist only for the adapters.
+  Model(Backend* be, ModelConfig cfg, int64_t max_tokens, bool with_grads,
+        const LoraConfig* lora = nullptr);
   ~Model();
 
   const ModelConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
   Backend* backend() const { return be_; }
   float* params() const { return params_.get(); }
-  float* grads() const { return grads_.get(); }
+  float* grads() const { return grads_.get(); }  // null when the base is frozen
   size_t num_params() const { return layout_.total(); }
+
+  // LoRA adapters, when the model was built with them.
+  bool has_lora() const { return lora_on_; }
+  const LoraConfig& lora_config() const { return lora_cfg_; }
+  const LoraLayout& lora_layout() const { return lora_layout_; }
+  float* lora_params() const { return lora_params_.get(); }
+  float* lora_grads() const { return lora_grads_.get(); }
+  // A Kaiming-uniform (bound 1/sqrt(in), as PEFT) or N(0, 1/r) per lora.init; B zero, so the
+  // model starts exactly as the base.
+  void init_lora(uint64_t seed);
+  // Adapter tensors by their PEFT names (adapter_model.safetensors); every tensor must be there
+  // with the right shape and nothing else may be.
+  void load_lora(const SafetensorsReader& r);
+  std::vector<float> lora_to_host() const;
+  void lora_from_host(const std::vector<float>& host);
+  // Folds s * B A into each adapted base weight and drops the adapters: the merged model gives
+  // the same outputs up to fp32 rounding.
+  void merge_lora();
+
+  // What the optimizer updates: the adapters with LoRA, else every parameter.
+  float* train_params() const { return lora_on_ ? lora_params() : params(); }
+  float* train_grads() const { return lora_on_ ? lora_grads() : grads(); }
+  size_t num_train_params() const { return lora_on_ ? lora_layout_.total() : layout_.total(); }
   int64_t max_tokens() const { return max_tokens_; }
 
   // Weights from a model directory (any float dtype on disk; converted to fp32). Missing or
@@ -65,9 +94,11 @@ class Model {
  private:
   struct Acts;
   void upload_batch(const Batch& b);
-  void forward(const ExecContext& ctx, const Batch& b);  // fills acts up to the final norm
+  // Fills acts up to the final norm; `training` turns adapter dropout on.
+  void forward(const ExecContext& ctx, const Batch& b, bool training);
   void backward(const ExecContext& ctx, const Batch& b);
   AttentionShape attn_shape(const Batch& b) const;
+  LoraRun lora_run(const ExecContext& ctx, bool training) const;
 
   Backend* be_;
   ModelConfig cfg_;
@@ -75,6 +106,13 @@ class Model {
   int64_t max_tokens_;
   DeviceBuffer<float> params_, grads_, inv_freq_;
   std::unique_ptr<Acts> a_;
+  bool lora_on_ = false;
+  LoraConfig lora_cfg_;
+  LoraLayout lora_layout_;
+  DeviceBuffer<float> lora_params_, lora_grads_;
+  // Saved x A^T of every adapter ([layer][target][N x r]), backward scratch d(xA^T) [N x r], and
+  // the dropped-out input [N x max(in)] when lora.dropout > 0.
+  DeviceBuffer<float> lora_xa_, lora_dxa_, lora_xd_;
 };
 
 }  // namespace ftune

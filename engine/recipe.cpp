@@ -341,6 +341,18 @@ struct Loader {
       set_at[key] = at;
       return;
     }
+    if (k.name_list && value.IsSequence()) {  // [q_proj, v_proj] is the text "q_proj,v_proj"
+      std::string joined;
+      for (size_t i = 0; i < value.size(); ++i) {
+        if (!value[i].IsScalar())
+          throw Error(where(value[i].Mark()) + ": " + key + ": list entries must be names, got " +
+                      describe(value[i]));
+        joined += (i ? "," : "") + value[i].Scalar();
+      }
+      assign(k, joined, false, Source{where(value.Mark()), base_dir}, &cfg);
+      set_at[key] = at;
+      return;
+    }
     if (value.IsMap() || value.IsSequence())
       throw Error(at + ": " + key + ": expected " + std::string(expected_text(k.type())) +
                   (k.source_list ? " or a list of {path, weight, ...} entries" : "") + ", got " +

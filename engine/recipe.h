@@ -27,6 +27,14 @@ struct RecipeConfig {
   // model
   std::string model_path;  // model.path: HF directory (config.json, safetensors, tokenizer.json)
   std::string model_init = "pretrained";  // model.init: pretrained | random (from scratch)
+  std::string method = "full";            // method: full | lora
+  // lora (method: lora)
+  int64_t lora_rank = 8;                                     // lora.rank
+  double lora_alpha = 16.0;                                  // lora.alpha
+  double lora_dropout = 0.0;                                 // lora.dropout
+  std::string lora_targets = "q_proj,k_proj,v_proj,o_proj";  // lora.targets (list or a,b,c)
+  std::string lora_init = "kaiming";                         // lora.init: kaiming | gaussian
+  bool lora_rslora = false;                                  // lora.rslora
   // data
   std::string data_train;                // data.train: JSONL file (the first source's path)
   std::vector<DataSource> data_sources;  // the data.train entries; one for a plain path
@@ -78,6 +86,10 @@ struct RecipeConfig {
   // export
   std::string export_dtype = "auto";   // export.dtype: auto | f32 | bf16 | f16 (auto: base model's)
   int64_t export_max_shard_mb = 5000;  // export.max_shard_mb
+  bool export_merge = false;           // export.merge: LoRA also writes the merged model
+  std::string export_sign_key;         // export.sign_key: Ed25519 private key (PEM) signing
+  std::string export_encrypt_key_file;  // export.encrypt.key_file: AES-256 key (64 hex chars)
+  std::string export_encrypt_key_env;   // export.encrypt.key_env: variable holding that key
   // generation shown after training
   std::string generate_prompt;           // generate.prompt (empty: none)
   int64_t generate_max_new_tokens = 48;  // generate.max_new_tokens

@@ -39,6 +39,8 @@ struct KeySpec {
   // The key also takes a YAML list of dataset entries ({path, weight, per-source keys}), kept in
   // RecipeConfig::data_sources; `field` then holds the first entry's path.
   bool source_list = false;
+  // A string key that also takes a YAML list of names, stored comma-separated.
+  bool name_list = false;
   // Set: a data.train list entry may override this key under its last component ("format").
   SourceFieldRef per_source = {};
 

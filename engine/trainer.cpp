@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "engine/adapter.h"
 #include "engine/checkpoint.h"
 #include "engine/communicator.h"
 #include "engine/device.h"
@@ -78,8 +79,8 @@ EvalResult evaluate(Model& model, const TrainData& data, int64_t max_batches, in
 namespace {
 
 // Files and folders a run writes into output_dir; --force removes only these.
-const char* const kRunEntries[] = {"checkpoints", "model", "metrics.jsonl", "recipe.yaml",
-                                   "summary.json"};
+const char* const kRunEntries[] = {"checkpoints",   "model",       "adapter",
+                                   "metrics.jsonl", "recipe.yaml", "summary.json"};
 
 bool is_run_entry(const std::string& name) {
   for (const char* e : kRunEntries)
@@ -98,7 +99,8 @@ std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
     for (const auto& e : fs::directory_iterator(out)) {
       std::string n = e.path().filename().string();
       entries.push_back(n);
-      if (!is_run_entry(n) && n.rfind("model.", 0) != 0) foreign.push_back(n);
+      if (!is_run_entry(n) && n.rfind("model.", 0) != 0 && n.rfind("adapter.", 0) != 0)
+        foreign.push_back(n);
     }
   }
   const bool empty = entries.empty();
@@ -138,7 +140,10 @@ std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
   return "";
 }
 
-std::vector<ParamSpan> decay_spans(const ParamLayout& lay, const RecipeConfig& c) {
+std::vector<ParamSpan> decay_spans(const Model& model, const RecipeConfig& c) {
+  // Adapters are all matrices: one span, decayed like weights.
+  if (model.has_lora()) return {{0, model.num_train_params(), float(c.weight_decay)}};
+  const ParamLayout& lay = model.layout();
   std::vector<ParamSpan> spans;
   for (const auto& e : lay.entries()) {
     float wd = 0.f;
@@ -182,6 +187,12 @@ void trim_metrics(const std::string& path, int64_t keep_through_step) {
   write_file_atomic(path, kept);
 }
 
+size_t lora_param_count(const Model& m) {
+  size_t n = 0;
+  for (const auto& e : m.lora_layout().entries()) n += e.count;
+  return n;
+}
+
 std::string fmt(const char* f, double a, double b) {
   char buf[128];
   std::snprintf(buf, sizeof buf, f, a, b);
@@ -189,6 +200,29 @@ std::string fmt(const char* f, double a, double b) {
 }
 
 }  // namespace
+
+std::optional<LoraConfig> recipe_lora_config(const RecipeConfig& c) {
+  if (c.method != "lora") return std::nullopt;
+  LoraConfig lc;
+  lc.rank = c.lora_rank;
+  lc.alpha = c.lora_alpha;
+  lc.dropout = c.lora_dropout;
+  lc.rslora = c.lora_rslora;
+  lc.init = c.lora_init;
+  std::vector<std::string> names;
+  std::string cur;
+  for (char ch : c.lora_targets + ",") {
+    if (ch == ',') {
+      while (!cur.empty() && cur.back() == ' ') cur.pop_back();
+      if (!cur.empty()) names.push_back(cur);
+      cur.clear();
+    } else if (ch != ' ' || !cur.empty()) {
+      cur += ch;
+    }
+  }
+  lc.targets = parse_lora_targets(names, "lora.targets");
+  return lc;
+}
 
 TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   const RecipeConfig& c = recipe.cfg;
@@ -221,7 +255,8 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   if (tok.vocab_size() > mc.vocab_size)
     throw Error("the tokenizer in '" + c.model_path + "' has " + std::to_string(tok.vocab_size()) +
                 " tokens but config.json vocab_size is " + std::to_string(mc.vocab_size));
-  Model model(be.get(), mc, c.micro_batch_size * c.seq_len, true);
+  const std::optional<LoraConfig> lora = recipe_lora_config(c);
+  Model model(be.get(), mc, c.micro_batch_size * c.seq_len, true, lora ? &*lora : nullptr);
   DType base_dtype = DType::F32;
   if (c.model_init == "pretrained") {
     base_dtype = model.load_weights(WeightStore::open_dir(c.model_path));
@@ -229,6 +264,7 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     model.init_random(uint64_t(c.seed));
     base_dtype = mc.dtype;
   }
+  if (lora) model.init_lora(uint64_t(c.seed));
 
   std::unique_ptr<TrainData> data =
       make_train_data(c, c.model_path, tok, threads, comm->rank(), comm->world_size(), !opt.quiet);
@@ -241,8 +277,10 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   Schedule sched{c.schedule_kind, c.lr, c.warmup_steps, total_steps, c.min_lr_ratio};
 
   // ---- optimizer state and resume ----
-  DeviceBuffer<float> m(be.get(), model.num_params()), v(be.get(), model.num_params());
-  const std::vector<ParamSpan> spans = decay_spans(model.layout(), c);
+  // Optimizer state exists only for what is trained (the adapters under LoRA).
+  const size_t n_train = model.num_train_params();
+  DeviceBuffer<float> m(be.get(), n_train), v(be.get(), n_train);
+  const std::vector<ParamSpan> spans = decay_spans(model, c);
   TrainState state;
   state.total_steps = total_steps;
   state.seed = uint64_t(c.seed);
@@ -269,7 +307,8 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   }
   std::ofstream metrics(metrics_path, std::ios::app);
 
-  say("ftune: " + mc.model_type + " " + std::to_string(model.num_params()) + " parameters on " +
+  say("ftune: " + mc.model_type + " " + std::to_string(model.num_params()) + " parameters" +
+      (lora ? " (LoRA: " + std::to_string(lora_param_count(model)) + " trained)" : "") + " on " +
       dev.detail + " (" + std::to_string(threads) + " threads); " + data->describe() + "; " +
       std::to_string(total_steps) + " steps");
 
@@ -304,16 +343,18 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     // Normalise by the step's target tokens, not per micro-batch: accumulation of k
     // micro-batches then equals one batch k times larger.
     const float grad_scale = float(1.0 / std::max(1.0, total_targets));
-    be->zero(model.grads(), model.num_params() * sizeof(float));
+    be->zero(model.train_grads(), n_train * sizeof(float));
     double loss_sum = 0;
-    for (const Batch& b : micro) {
-      loss_sum += model.forward_backward(ctx, b, grad_scale).loss;
-      tokens_this_run += b.tokens();
+    for (size_t k = 0; k < micro.size(); ++k) {
+      // Dropout draws from a stream fixed by (seed, step, micro-batch): resume replays it.
+      ctx.seed = (uint64_t(c.seed) * 0x9e3779b97f4a7c15ull) ^ (uint64_t(step) << 16) ^ k;
+      loss_sum += model.forward_backward(ctx, micro[k], grad_scale).loss;
+      tokens_this_run += micro[k].tokens();
     }
     comm->all_reduce_sum_host(&loss_sum, 1);
-    comm->all_reduce_sum(model.grads(), model.num_params());
+    comm->all_reduce_sum(model.train_grads(), n_train);
     const double loss = loss_sum / std::max(1.0, total_targets);
-    const double gnorm = std::sqrt(be->sum_squares(ctx, model.grads(), model.num_params()));
+    const double gnorm = std::sqrt(be->sum_squares(ctx, model.train_grads(), n_train));
     if (!std::isfinite(loss) || !std::isfinite(gnorm))
       throw Error("non-finite loss or gradient at step " + std::to_string(step) + " (loss " +
                   std::to_string(loss) + "): lower optim.lr or raise schedule." +
@@ -325,7 +366,7 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     h.eps = float(c.eps);
     h.step = step;
     h.grad_scale = (c.clip > 0 && gnorm > c.clip) ? float(c.clip / (gnorm + 1e-6)) : 1.f;
-    be->adamw_step(ctx, model.params(), model.grads(), m.get(), v.get(), spans.data(),
+    be->adamw_step(ctx, model.train_params(), model.train_grads(), m.get(), v.get(), spans.data(),
                    int(spans.size()), h);
 
     state.step = step;
@@ -361,8 +402,8 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     metrics << line.dump() << "\n";
     metrics.flush();
     if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == total_steps) {
-      std::string dir =
-          save_checkpoint(c.output_dir, model, m.get(), v.get(), state, c.checkpoint_keep_last);
+      std::string dir = save_checkpoint(c.output_dir, model, m.get(), v.get(), state,
+                                        c.checkpoint_keep_last, c.model_path);
       if (c.checkpoint_every > 0 && step != total_steps) say("checkpoint: " + dir);
     }
     result.tokens_per_s = tps;
@@ -378,10 +419,19 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     result.val_after = evaluate(model, *data, c.eval_max_batches, threads);
 
   // ---- export ----
-  result.model_dir = c.output_dir + "/model";
-  export_model_dir(model, c.model_path, result.model_dir,
-                   resolve_export_dtype(c.export_dtype, base_dtype),
-                   size_t(c.export_max_shard_mb) * 1000 * 1000);
+  const DType out_dtype = resolve_export_dtype(c.export_dtype, base_dtype);
+  const size_t shard = size_t(c.export_max_shard_mb) * 1000 * 1000;
+  if (lora) {
+    result.adapter_dir = c.output_dir + "/adapter";
+    export_adapter_dir(model, result.adapter_dir, c.model_path, out_dtype);
+    say("adapter written to " + result.adapter_dir);
+  }
+  if (!lora || c.export_merge) {
+    // Generation below runs on the merged model then, which gives the same logits.
+    if (lora) model.merge_lora();
+    result.model_dir = c.output_dir + "/model";
+    export_model_dir(model, c.model_path, result.model_dir, out_dtype, shard);
+  }
   if (has_val) {
     if (state.step > 0 && result.val_before.tokens > 0)
       say("validation before: " +
@@ -389,7 +439,7 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     say("validation after:  " +
         fmt("loss %.4f  perplexity %.2f", result.val_after.loss, result.val_after.perplexity));
   }
-  say("model written to " + result.model_dir);
+  if (!result.model_dir.empty()) say("model written to " + result.model_dir);
 
   if (!c.generate_prompt.empty()) {
     GenerateOptions g;
@@ -404,7 +454,9 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
                             {"tokens_seen", state.tokens_seen},
                             {"final_train_loss", state.last_loss},
                             {"tokens_per_s", result.tokens_per_s},
-                            {"model_dir", result.model_dir}};
+                            {"method", c.method},
+                            {"model_dir", result.model_dir},
+                            {"adapter_dir", result.adapter_dir}};
   if (result.val_before.tokens > 0)
     summary["val_before"] = {{"loss", result.val_before.loss},
                              {"perplexity", result.val_before.perplexity}};

@@ -1,6 +1,7 @@
 // The training job: recipe -> model + data -> step loop -> checkpoints -> exported weights.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,8 +30,9 @@ struct TrainResult {
   std::vector<double> grad_norms;
   int64_t first_step = 0;  // step number of losses[0]
   EvalResult val_before, val_after;
-  std::string model_dir;   // exported HF directory
-  std::string generation;  // sample continuation of generate.prompt (if any)
+  std::string model_dir;    // exported HF directory ("" for LoRA without export.merge)
+  std::string adapter_dir;  // exported PEFT adapter directory (LoRA)
+  std::string generation;   // sample continuation of generate.prompt (if any)
   double tokens_per_s = 0;
   bool interrupted = false;  // stopped by stop_after_step
   std::string data_summary;  // how the data was laid out (samples, rows, padding, cache)
@@ -45,6 +47,10 @@ EvalResult evaluate(Model& model, const BlockDataset& data, int64_t micro_batch,
 class TrainData;
 // Mean loss over the validation batches of a run's data (max_batches 0: all).
 EvalResult evaluate(Model& model, const TrainData& data, int64_t max_batches, int threads);
+
+// The adapter settings of a `method: lora` recipe (nullopt for full fine-tuning); bad target
+// names are errors naming lora.targets.
+std::optional<LoraConfig> recipe_lora_config(const RecipeConfig& c);
 
 // Threads to use: `requested` if > 0, else every core.
 int resolve_threads(int64_t requested);

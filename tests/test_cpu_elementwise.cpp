@@ -45,6 +45,38 @@ TEST(CpuElementwise, AddAndScaleMatchReference) {
   }
 }
 
+// Dropout: the fast kernel draws the reference's mask exactly (backward recomputes it), keeps
+// about 1 - p of the elements, and scales survivors by 1 / (1 - p); accumulate adds.
+TEST(CpuDropout, MatchesReferenceMaskAndRate) {
+  for (size_t n : kSizes) {
+    std::vector<float> x = random_vec(n, 3);
+    std::vector<double> xd = to_double(x);
+    for (int threads : {1, 2}) {
+      std::vector<float> y(n, std::numeric_limits<float>::quiet_NaN());  // poisoned
+      cpu::dropout(threads, x.data(), y.data(), n, 0.25f, 99, false);
+      std::vector<double> ref(n);
+      ref::dropout(xd.data(), ref.data(), n, 0.25f, 99, false);
+      EXPECT_LT(rel_error(to_double(y), ref), 1e-7) << n;
+      std::vector<float> acc(n, 1.f);
+      cpu::dropout(threads, x.data(), acc.data(), n, 0.25f, 99, true);
+      for (size_t i = 0; i < n; ++i) ASSERT_EQ(acc[i], 1.f + y[i]) << i;
+    }
+    if (n < 100000) continue;
+    size_t kept = 0;
+    for (size_t i = 0; i < n; ++i) kept += ref::dropout_keep(99, i, 0.25f);
+    EXPECT_NEAR(double(kept) / double(n), 0.75, 0.01);
+    std::vector<float> y(n), z(n);
+    cpu::dropout(2, x.data(), y.data(), n, 0.25f, 99, false);
+    cpu::dropout(2, x.data(), z.data(), n, 0.25f, 100, false);
+    EXPECT_NE(y, z) << "another seed draws another mask";
+    for (size_t i = 0; i < n; ++i) {
+      if (y[i] != 0.f) {
+        ASSERT_FLOAT_EQ(y[i], x[i] / 0.75f);
+      }
+    }
+  }
+}
+
 TEST(CpuSumSquares, MatchesReference) {
   EXPECT_EQ(cpu::sum_squares(2, nullptr, 0), 0.0);
   for (size_t n : {size_t(1), size_t(37), size_t(4096), size_t(4097), size_t(1000003)}) {

@@ -88,6 +88,12 @@ TEST(CpuRMSNorm, BackwardMatchesReferenceAndAccumulatesDw) {
     for (int64_t c = 0; c < dim; ++c) want_dw[c] += rdw[c];
     EXPECT_LE(rel_error(to_double(dx), rdx), 1e-5);
     EXPECT_LE(rel_error(to_double(dw), want_dw), 1e-5);
+
+    // A frozen norm (LoRA) passes no dw: dx alone, the same values.
+    std::vector<float> dx2(rows * dim, NAN);
+    cpu::rmsnorm_backward(2, dy.data(), x.data(), w.data(), rstd.data(), dx2.data(), nullptr, rows,
+                          dim);
+    EXPECT_EQ(dx2, dx);
   }
 }
 

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "engine/adapter.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
 #include "engine/recipe.h"
@@ -130,6 +131,125 @@ TEST(Trainer, ExportsLoadableModelInRequestedDtype) {
   EXPECT_TRUE(path_exists(out + "/model/tokenizer.json"));
   EXPECT_TRUE(path_exists(out + "/model/config.json"));
   EXPECT_NE(read_file(out + "/model/config.json").find("bfloat16"), std::string::npos);
+}
+
+// A base model on disk to adapt: the quickstart architecture after two full steps.
+const std::string& lora_base() {
+  static const std::string dir = [] {
+    std::string out = testing::make_temp_dir("lora-base");
+    run_training(small_recipe(out, {"train.max_steps=2", "export.dtype=f32"}), quiet());
+    return out + "/model";
+  }();
+  return dir;
+}
+
+Recipe lora_recipe(const std::string& out, std::vector<std::string> extra = {}) {
+  std::vector<std::string> o = {"model.path=" + lora_base(),
+                                "model.init=pretrained",
+                                "method=lora",
+                                "lora.rank=4",
+                                "lora.alpha=8",
+                                "lora.targets=q_proj,v_proj,down_proj",
+                                "optim.lr=0.01",
+                                "export.dtype=f32"};
+  o.insert(o.end(), extra.begin(), extra.end());
+  return small_recipe(out, o);
+}
+
+TEST(TrainerLora, TrainsOnlyAdaptersAndMergesExactly) {
+  const std::string out = testing::make_temp_dir("lora");
+  TrainResult r = run_training(
+      lora_recipe(out, {"lora.dropout=0.1", "export.merge=true", "train.max_steps=12"}), quiet());
+  ASSERT_EQ(r.losses.size(), 12u);
+  EXPECT_LT(r.val_after.loss, r.val_before.loss);
+  EXPECT_EQ(r.adapter_dir, out + "/adapter");
+  EXPECT_TRUE(path_exists(out + "/adapter/adapter_config.json"));
+  // Checkpoints hold the adapters and their moments only, never a copy of the base.
+  for (const char* step : {"step-00000010", "step-00000012"}) {
+    const std::string ck = out + "/checkpoints/" + step;
+    EXPECT_TRUE(path_exists(ck + "/adapter_model.safetensors")) << ck;
+    EXPECT_FALSE(path_exists(ck + "/model.safetensors")) << ck;
+  }
+
+  // The merged model: untargeted tensors are the base bit for bit, targeted ones differ.
+  WeightStore base = WeightStore::open_dir(lora_base());
+  WeightStore merged = WeightStore::open_dir(out + "/model");
+  int same = 0, changed = 0;
+  for (const std::string& name : base.names()) {
+    const TensorInfo* t = base.find(name);
+    std::vector<float> a(size_t(t->numel())), b(size_t(t->numel()));
+    base.read_as(name, DType::F32, a.data());
+    merged.read_as(name, DType::F32, b.data());
+    const bool targeted = name.find("q_proj.weight") != std::string::npos ||
+                          name.find("v_proj.weight") != std::string::npos ||
+                          name.find("down_proj.weight") != std::string::npos;
+    if (targeted) {
+      EXPECT_NE(a, b) << name;
+      ++changed;
+    } else {
+      EXPECT_EQ(a, b) << name << " changed although the base is frozen";
+      ++same;
+    }
+  }
+  EXPECT_GT(same, 5);
+  EXPECT_EQ(changed, 3 * load_model_config(lora_base()).num_layers);  // 3 targets per layer
+
+  // Base + adapter, unmerged, gives the merged model's logits.
+  auto be = make_cpu_backend();
+  const LoraConfig lc = read_adapter_config(out + "/adapter");
+  ModelConfig mc = load_model_config(lora_base());
+  Model unmerged(be.get(), mc, 32, false, &lc);
+  unmerged.load_weights(base);
+  load_adapter(unmerged, out + "/adapter");
+  Model m(be.get(), mc, 32, false);
+  m.load_weights(merged);
+  std::vector<int32_t> ids(32);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 37) % 1000);
+  Batch b = Batch::from_rows(1, 32, ids, std::vector<int32_t>(32, kIgnoreIndex));
+  ExecContext ctx;
+  EXPECT_LT(testing::rel_error(unmerged.logits(ctx, b), m.logits(ctx, b)), 1e-5);
+}
+
+TEST(TrainerLora, ResumeIsBitExactWithDropout) {
+  std::string full = testing::make_temp_dir("lfull"), part = testing::make_temp_dir("lpart");
+  auto rec = [](const std::string& o) {
+    return lora_recipe(o, {"lora.dropout=0.2", "train.max_steps=10", "checkpoint.every=5"});
+  };
+  TrainResult a = run_training(rec(full), quiet());
+  TrainOptions stop = quiet();
+  stop.stop_after_step = 5;
+  run_training(rec(part), stop);
+  TrainOptions resume = quiet();
+  resume.resume = true;
+  TrainResult rest = run_training(rec(part), resume);
+  ASSERT_EQ(rest.losses.size(), 5u);
+  for (size_t i = 0; i < 5; ++i) EXPECT_EQ(rest.losses[i], a.losses[5 + i]) << "step " << 6 + i;
+  EXPECT_EQ(read_file(full + "/adapter/adapter_model.safetensors"),
+            read_file(part + "/adapter/adapter_model.safetensors"));
+  EXPECT_FALSE(path_exists(full + "/model")) << "no merged model unless export.merge";
+}
+
+TEST(TrainerLora, GradAccumulationEqualsBigBatch) {
+  std::string d1 = testing::make_temp_dir("lacc1"), d2 = testing::make_temp_dir("lacc2");
+  TrainResult big = run_training(
+      lora_recipe(d1, {"train.micro_batch_size=4", "train.grad_accum=1", "train.max_steps=3"}),
+      quiet());
+  TrainResult acc = run_training(
+      lora_recipe(d2, {"train.micro_batch_size=1", "train.grad_accum=4", "train.max_steps=3"}),
+      quiet());
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_NEAR(acc.losses[i], big.losses[i], 1e-6 * big.losses[i]) << "step " << i + 1;
+    EXPECT_NEAR(acc.grad_norms[i], big.grad_norms[i], 1e-5 * big.grad_norms[i]) << "step " << i + 1;
+  }
+  EXPECT_GT(big.grad_norms[0], 0.0);
+}
+
+TEST(TrainerLora, BadTargetsAreAClearError) {
+  testing::expect_error(
+      [] {
+        run_training(lora_recipe(testing::make_temp_dir("lbad"), {"lora.targets=qproj"}), quiet());
+      },
+      {"lora.targets", "qproj"});
 }
 
 }  // namespace

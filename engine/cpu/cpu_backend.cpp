@@ -47,6 +47,10 @@ class CpuBackend final : public Backend {
   void scale_inplace(const ExecContext& c, float* x, float s, size_t n) override {
     cpu::scale_inplace(c.threads, x, s, n);
   }
+  void dropout(const ExecContext& c, const float* x, float* y, size_t n, float p, uint64_t seed,
+               bool accumulate) override {
+    cpu::dropout(c.threads, x, y, n, p, seed, accumulate);
+  }
   double sum_squares(const ExecContext& c, const float* x, size_t n) override {
     return cpu::sum_squares(c.threads, x, n);
   }

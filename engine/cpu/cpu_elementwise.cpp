@@ -12,6 +12,7 @@
 
 #include "engine/cpu/cpu_ops.h"
 #include "engine/cpu/parallel.h"
+#include "engine/cpu/reference_ops.h"
 #include "engine/error.h"
 
 namespace ftune::cpu {
@@ -100,6 +101,17 @@ void scale_inplace(int threads, float* x, float s, size_t n) {
   const int t = team(threads, n);
 #pragma omp parallel for simd schedule(static) num_threads(t) if (t > 1)
   for (size_t i = 0; i < n; ++i) x[i] *= s;
+}
+
+void dropout(int threads, const float* x, float* y, size_t n, float p, uint64_t seed,
+             bool accumulate) {
+  const float s = 1.f / (1.f - p);
+  const int t = team(threads, n);
+#pragma omp parallel for schedule(static) num_threads(t) if (t > 1)
+  for (size_t i = 0; i < n; ++i) {
+    const float v = ref::dropout_keep(seed, i, p) ? x[i] * s : 0.f;
+    y[i] = accumulate ? y[i] + v : v;
+  }
 }
 
 double sum_squares(int threads, const float* x, size_t n) {

@@ -44,7 +44,7 @@ void rmsnorm_backward(int threads, const float* dy, const float* x, const float*
     // dw first, so that dx may alias dy. Each column block belongs to one thread and sums rows in
     // order, so dw is bitwise the same for every thread count.
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
+    for (int64_t b = 0; b < (dw ? blocks : 0); ++b) {
       const int64_t c0 = b * kDwBlock;
       const int64_t width = std::min(kDwBlock, dim - c0);
       double acc[kDwBlock] = {};

@@ -22,6 +22,8 @@ void linear_backward(int threads, const float* dy, const float* x, const float* 
 // cpu_elementwise.cpp
 void add_inplace(int threads, float* y, const float* x, size_t n);
 void scale_inplace(int threads, float* x, float s, size_t n);
+void dropout(int threads, const float* x, float* y, size_t n, float p, uint64_t seed,
+             bool accumulate);
 double sum_squares(int threads, const float* x, size_t n);  // fixed reduction order
 void embedding_forward(int threads, const int32_t* ids, const float* table, float* out, int64_t n,
                        int64_t dim);

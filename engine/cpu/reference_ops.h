@@ -86,6 +86,26 @@ void scale_inplace(T* x, std::type_identity_t<T> s, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] *= s;
 }
 
+// Whether element i survives dropout with probability p under `seed`: a counter-based hash, so
+// backward recomputes the same mask instead of storing it (and any thread order agrees).
+inline bool dropout_keep(uint64_t seed, size_t i, float p) {
+  uint64_t z = seed + 0x9e3779b97f4a7c15ull * (uint64_t(i) + 1);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return double(z >> 11) * 0x1.0p-53 >= double(p);
+}
+
+// y (= or +=) x * keep / (1 - p).
+template <class T>
+void dropout(const T* x, T* y, size_t n, float p, uint64_t seed, bool accumulate) {
+  const T s = T(1) / (T(1) - T(p));
+  for (size_t i = 0; i < n; ++i) {
+    const T v = dropout_keep(seed, i, p) ? x[i] * s : T(0);
+    y[i] = accumulate ? y[i] + v : v;
+  }
+}
+
 template <class T>
 double sum_squares(const T* x, size_t n) {
   double acc = 0;
@@ -157,7 +177,7 @@ void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx,
     const T coef = s * s * s * dot / T(dim);
     for (int64_t c = 0; c < dim; ++c) {
       dx[r * dim + c] = s * dyr[c] * w[c] - xr[c] * coef;
-      dw[c] += dyr[c] * xr[c] * s;
+      if (dw) dw[c] += dyr[c] * xr[c] * s;
     }
   }
 }

@@ -1,0 +1,28 @@
+// PEFT adapter directories: what a LoRA run exports (and every LoRA checkpoint holds), and what
+// `ftune merge`, eval and generate read. adapter_config.json + adapter_model.safetensors, the
+// tensors under PEFT's names, so `PeftModel.from_pretrained(base, dir)` loads them as they are.
+#pragma once
+#include <string>
+
+#include "engine/lora.h"
+#include "engine/model.h"
+
+namespace ftune {
+
+constexpr const char* kAdapterConfig = "adapter_config.json";
+constexpr const char* kAdapterWeights = "adapter_model.safetensors";
+
+bool is_adapter_dir(const std::string& dir);
+// The adapter settings in dir/adapter_config.json; errors name the file and the unsupported key.
+LoraConfig read_adapter_config(const std::string& dir);
+// Writes the model's adapters into dir (files written atomically; dir created if needed).
+// base_model goes into base_model_name_or_path.
+void write_adapter_files(const Model& model, const std::string& dir, const std::string& base_model,
+                         DType dtype);
+// Builds dir beside its destination and swaps it in, like export_model_dir.
+void export_adapter_dir(const Model& model, const std::string& final_dir,
+                        const std::string& base_model, DType dtype);
+// Reads dir/adapter_model.safetensors into the model's adapters.
+void load_adapter(Model& model, const std::string& dir);
+
+}  // namespace ftune
