@@ -59,7 +59,7 @@ TEST(CpuDropout, MatchesReferenceMaskAndRate) {
       EXPECT_LT(rel_error(to_double(y), ref), 1e-7) << n;
       std::vector<float> acc(n, 1.f);
       cpu::dropout(threads, x.data(), acc.data(), n, 0.25f, 99, true);
-      for (size_t i = 0; i < n; ++i) ASSERT_FLOAT_EQ(acc[i], 1.f + y[i]) << i;  // may fuse
+      for (size_t i = 0; i < n; ++i) ASSERT_NEAR(acc[i], 1.f + y[i], 1e-6) << i;  // may fuse
     }
     if (n < 100000) continue;
     size_t kept = 0;
