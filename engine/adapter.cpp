@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <optional>
 
 #include "engine/error.h"
 #include "engine/fs_util.h"
@@ -63,6 +64,25 @@ void load_adapter(Model& model, const std::string& dir) {
     throw Error("'" + dir + "' has " + kAdapterConfig + " but no " + kAdapterWeights +
                 " (ftune reads adapters in safetensors form only)");
   model.load_lora(SafetensorsReader::open(file));
+}
+
+std::unique_ptr<Model> open_inference_model(Backend* be, const std::string& base_dir,
+                                            const std::string& adapter_dir, int64_t max_tokens,
+                                            bool merge, DType* base_dtype) {
+  if (is_adapter_dir(base_dir))
+    throw Error("'" + base_dir + "' is a LoRA adapter, not a model: give the base model and " +
+                "pass the adapter with --adapter");
+  const ModelConfig mc = load_model_config(base_dir);
+  std::optional<LoraConfig> lc;
+  if (!adapter_dir.empty()) lc = read_adapter_config(adapter_dir);
+  auto m = std::make_unique<Model>(be, mc, max_tokens, false, lc ? &*lc : nullptr);
+  const DType found = m->load_weights(WeightStore::open_dir(base_dir));
+  if (base_dtype) *base_dtype = found;
+  if (lc) {
+    load_adapter(*m, adapter_dir);
+    if (merge) m->merge_lora();
+  }
+  return m;
 }
 
 }  // namespace ftune

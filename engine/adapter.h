@@ -2,6 +2,7 @@
 // `ftune merge`, eval and generate read. adapter_config.json + adapter_model.safetensors, the
 // tensors under PEFT's names, so `PeftModel.from_pretrained(base, dir)` loads them as they are.
 #pragma once
+#include <memory>
 #include <string>
 
 #include "engine/lora.h"
@@ -24,5 +25,11 @@ void export_adapter_dir(const Model& model, const std::string& final_dir,
                         const std::string& base_model, DType dtype);
 // Reads dir/adapter_model.safetensors into the model's adapters.
 void load_adapter(Model& model, const std::string& dir);
+
+// A model for eval, generate and merge: the weights of base_dir plus, when adapter_dir is not
+// empty, its adapters, applied unmerged or merged into the base (the same logits either way).
+std::unique_ptr<Model> open_inference_model(Backend* be, const std::string& base_dir,
+                                            const std::string& adapter_dir, int64_t max_tokens,
+                                            bool merge, DType* base_dtype = nullptr);
 
 }  // namespace ftune

@@ -19,9 +19,11 @@
 #include "engine/export.h"
 #include "engine/fs_util.h"
 #include "engine/generate.h"
+#include "engine/manifest.h"
 #include "engine/progress.h"
 #include "engine/safetensors.h"
 #include "engine/schedule.h"
+#include "engine/signing.h"
 #include "engine/tokenizer.h"
 #include "engine/train_data.h"
 
@@ -241,6 +243,9 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   const int threads = resolve_threads(c.threads);
   omp_set_num_threads(threads);
   std::unique_ptr<Communicator> comm = make_local_communicator();
+  const auto wall_start = std::chrono::system_clock::now();
+  // A bad signing key must fail now, not after hours of training.
+  if (!c.export_sign_key.empty()) (void)public_key_sha256(c.export_sign_key);
   const std::string resume_from = prepare_output_dir(recipe, opt);
   fs::create_directories(c.output_dir);
   const std::string recipe_sha = sha256_hex(recipe.resolved_yaml);
@@ -464,6 +469,26 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     summary["val_after"] = {{"loss", result.val_after.loss},
                             {"perplexity", result.val_after.perplexity}};
   write_file_atomic(c.output_dir + "/summary.json", summary.dump(2) + "\n");
+
+  // ---- provenance: a manifest (signed when asked) in each output users ship ----
+  std::vector<std::string> data_files;
+  for (const DataSource& d : recipe_data_sources(c)) data_files.push_back(d.path);
+  if (!c.data_validation.empty()) data_files.push_back(c.data_validation);
+  nlohmann::json prov = provenance_base(c.model_path, recipe.resolved_yaml, data_files);
+  prov["method"] = c.method;
+  prov["steps"] = state.step;
+  prov["tokens_seen"] = state.tokens_seen;
+  prov["final_train_loss"] = state.last_loss;
+  prov["final_val_loss"] =
+      result.val_after.tokens > 0 ? nlohmann::json(result.val_after.loss) : nlohmann::json();
+  prov["start_time"] = utc_timestamp(wall_start);
+  prov["end_time"] = utc_timestamp(std::chrono::system_clock::now());
+  for (const std::string& dir : {result.adapter_dir, result.model_dir}) {
+    if (dir.empty()) continue;
+    nlohmann::json m = prov;
+    m["output"] = dir == result.adapter_dir ? "adapter" : c.method == "lora" ? "merged" : "model";
+    write_manifest(dir, m, c.export_sign_key);
+  }
   return result;
 }
 

@@ -102,6 +102,25 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, PeftParity,
                                            Case{"qwen2_all", "qwen2"}),
                          [](const auto& info) { return info.param.adapter; });
 
+// What eval and generate open with --adapter: unmerged and --merged give the same logits.
+TEST(Adapter, InferenceModelUnmergedAndMergedAgree) {
+  const std::string dir = testing::fixtures_dir() + "/peft/qwen2_all";
+  const std::string base = testing::fixtures_dir() + "/parity/qwen2";
+  auto be = make_cpu_backend();
+  auto unmerged = open_inference_model(be.get(), base, dir, 22, false);
+  auto merged = open_inference_model(be.get(), base, dir, 22, true);
+  EXPECT_TRUE(unmerged->has_lora());
+  EXPECT_FALSE(merged->has_lora());
+  SafetensorsReader ref = SafetensorsReader::open(dir + "/reference.safetensors");
+  Batch b = Batch::from_rows(2, 11, read_ids(ref, "input_ids"), read_ids(ref, "targets"));
+  ExecContext ctx;
+  const std::vector<float> u = unmerged->logits(ctx, b), m = merged->logits(ctx, b);
+  EXPECT_LT(testing::rel_error(u, m), 1e-5);
+  EXPECT_LT(testing::rel_error(u, read_f32(ref, "logits")), 1e-5);
+  testing::expect_error([&] { open_inference_model(be.get(), dir, "", 22, false); },
+                        {"is a LoRA adapter, not a model"});
+}
+
 TEST(Adapter, MismatchedAdapterIsAClearError) {
   const std::string dir = testing::fixtures_dir() + "/peft/llama_qv";
   const std::string base = testing::fixtures_dir() + "/parity/llama";

@@ -4,6 +4,9 @@
 #include <filesystem>
 #include <fstream>
 
+#include "engine/manifest.h"
+#include "engine/model.h"
+#include "engine/safetensors.h"
 #include "tests/test_util.h"
 
 namespace ftune {
@@ -111,6 +114,37 @@ TEST(Cli, DataPrepareFillsTheCache) {
   EXPECT_FALSE(std::filesystem::is_empty(cache));
   CliRun again = ftune(args);
   EXPECT_NE(again.out.find("from cache"), std::string::npos) << again.out;
+}
+
+// `ftune merge` on an adapter PEFT wrote: the merged directory gives PEFT's merged logits and
+// carries a manifest that verifies.
+TEST(Cli, MergeWritesPeftsMergedModel) {
+  const std::string fx = testing::fixtures_dir();
+  const std::string out = testing::make_temp_dir("merge") + "/merged";
+  CliRun r = ftune("merge " + fx + "/parity/llama " + fx + "/peft/llama_all " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(verify_output(out, "").ok);
+  auto be = make_cpu_backend();
+  SafetensorsReader ref = SafetensorsReader::open(fx + "/peft/llama_all/reference.safetensors");
+  const TensorInfo* ids_t = ref.find("input_ids");
+  ASSERT_NE(ids_t, nullptr);
+  std::vector<int64_t> ids64(size_t(ids_t->numel()));
+  ref.read_raw(*ids_t, ids64.data());
+  const int64_t B = ids_t->shape[0], T = ids_t->shape[1];
+  Model m(be.get(), load_model_config(out), B * T, false);
+  m.load_weights(WeightStore::open_dir(out));
+  Batch b = Batch::from_rows(B, T, std::vector<int32_t>(ids64.begin(), ids64.end()),
+                             std::vector<int32_t>(size_t(B * T), kIgnoreIndex));
+  std::vector<float> want(size_t(ref.find("logits_merged")->numel()));
+  ref.read_as(*ref.find("logits_merged"), DType::F32, want.data());
+  ExecContext ctx;
+  EXPECT_LT(testing::rel_error(m.logits(ctx, b), want), 1e-5);
+  CliRun again = ftune("merge " + fx + "/parity/llama " + fx + "/peft/llama_all " + out);
+  EXPECT_NE(again.code, 0);
+  EXPECT_NE(again.out.find("--force"), std::string::npos) << again.out;
+  CliRun wrong = ftune("merge " + fx + "/peft/llama_all " + fx + "/peft/llama_all " + out + "2");
+  EXPECT_NE(wrong.code, 0);
+  EXPECT_NE(wrong.out.find("is a LoRA adapter, not a model"), std::string::npos) << wrong.out;
 }
 
 TEST(Cli, CudaWithoutGpuIsRefusedCleanly) {

@@ -8,8 +8,10 @@
 #include "engine/adapter.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/manifest.h"
 #include "engine/recipe.h"
 #include "engine/safetensors.h"
+#include "engine/signing.h"
 #include "engine/trainer.h"
 #include "tests/test_util.h"
 
@@ -250,6 +252,39 @@ TEST(TrainerLora, BadTargetsAreAClearError) {
         run_training(lora_recipe(testing::make_temp_dir("lbad"), {"lora.targets=qproj"}), quiet());
       },
       {"lora.targets", "qproj"});
+}
+
+// Every output carries a provenance manifest; with export.sign_key it is signed, `verify`
+// passes with the public key and catches a one-byte change.
+TEST(TrainerOutputs, SignedManifestInEachOutput) {
+  const std::string keys = testing::make_temp_dir("keys");
+  generate_signing_keypair(keys + "/k.pem", keys + "/k.pub.pem");
+  const std::string out = testing::make_temp_dir("signed");
+  run_training(lora_recipe(out, {"train.max_steps=2", "export.merge=true",
+                                 "export.sign_key=" + keys + "/k.pem"}),
+               quiet());
+  for (const char* sub : {"/adapter", "/model"}) {
+    const std::string dir = out + sub;
+    VerifyReport ok = verify_output(dir, keys + "/k.pub.pem");
+    EXPECT_TRUE(ok.ok && ok.signature_ok) << dir;
+    const auto m = nlohmann::json::parse(read_file(dir + "/ftune-manifest.json"));
+    EXPECT_EQ(m["method"], "lora");
+    EXPECT_EQ(m["steps"], 2);
+    EXPECT_FALSE(m["base_model"]["files"].empty());
+    EXPECT_EQ(m["recipe"]["sha256"], sha256_hex(m["recipe"]["text"].get<std::string>()));
+    EXPECT_FALSE(m["data"].empty());
+  }
+  std::string w = read_file(out + "/adapter/adapter_model.safetensors");
+  w[w.size() / 2] ^= 1;
+  write_file_atomic(out + "/adapter/adapter_model.safetensors", w);
+  EXPECT_FALSE(verify_output(out + "/adapter", keys + "/k.pub.pem").ok);
+  testing::expect_error(
+      [&] {
+        run_training(lora_recipe(testing::make_temp_dir("badkey"),
+                                 {"export.sign_key=" + keys + "/k.pub.pem"}),
+                     quiet());
+      },
+      {"k.pub.pem"});
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include <cstdio>
 
+#include "engine/adapter.h"
 #include "engine/cli/commands.h"
 #include "engine/dataset.h"
 #include "engine/device.h"
@@ -13,12 +14,15 @@ namespace ftune::cli {
 void add_eval(CLI::App& app, Action* action) {
   auto* cmd = app.add_subcommand("eval", "Loss and perplexity of a model on a JSONL dataset");
   struct Opts {
-    std::string model, data, field = "text", device = "auto";
+    std::string model, data, adapter, field = "text", device = "auto";
+    bool merged = false;
     int64_t seq = 256, batch = 4, max_batches = 0, threads = 0;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("model", o->model, "Hugging Face model directory")->required();
   cmd->add_option("data", o->data, "JSONL file, one {\"text\": ...} per line")->required();
+  cmd->add_option("--adapter", o->adapter, "LoRA adapter directory (PEFT) applied to the model");
+  cmd->add_flag("--merged", o->merged, "Merge the adapter into the weights first");
   cmd->add_option("--text-field", o->field, "JSON field holding the text");
   cmd->add_option("--seq-len", o->seq, "Block length in tokens");
   cmd->add_option("--batch", o->batch, "Blocks per forward pass");
@@ -26,14 +30,15 @@ void add_eval(CLI::App& app, Action* action) {
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)");
   cmd->add_option("--device", o->device, "auto, cpu or cuda");
   cmd->footer(
-      "Example:\n  ftune eval runs/quickstart/model data/quickstart/val.jsonl --seq-len 128");
+      "Examples:\n  ftune eval runs/quickstart/model data/quickstart/val.jsonl --seq-len 128\n"
+      "  ftune eval base/ val.jsonl --adapter runs/lora/adapter");
   cmd->callback([o, action] {
     *action = [o] {
       auto be = make_backend(resolve_device(o->device));
       ModelConfig mc = load_model_config(o->model);
       Tokenizer tok = Tokenizer::load(o->model);
-      Model model(be.get(), mc, o->batch * o->seq, false);
-      model.load_weights(WeightStore::open_dir(o->model));
+      auto m = open_inference_model(be.get(), o->model, o->adapter, o->batch * o->seq, o->merged);
+      Model& model = *m;
       BlockDataset data(read_jsonl_texts(o->data, o->field), tok, o->seq);
       if (data.num_blocks() == 0)
         throw ftune::Error("'" + o->data + "' holds fewer than --seq-len tokens; lower --seq-len");

@@ -1,5 +1,6 @@
 #include <cstdio>
 
+#include "engine/adapter.h"
 #include "engine/cli/commands.h"
 #include "engine/device.h"
 #include "engine/generate.h"
@@ -11,7 +12,8 @@ namespace ftune::cli {
 void add_generate(CLI::App& app, Action* action) {
   auto* cmd = app.add_subcommand("generate", "Continue a prompt with a model");
   struct Opts {
-    std::string model, prompt, device = "auto";
+    std::string model, adapter, prompt, device = "auto";
+    bool merged = false;
     int64_t max_new = 64, threads = 0, context = 512;
     double temperature = 0.0, top_p = 1.0;
     uint64_t seed = 0;
@@ -19,6 +21,8 @@ void add_generate(CLI::App& app, Action* action) {
   auto o = std::make_shared<Opts>();
   cmd->add_option("model", o->model, "Hugging Face model directory")->required();
   cmd->add_option("-p,--prompt", o->prompt, "Prompt text")->required();
+  cmd->add_option("--adapter", o->adapter, "LoRA adapter directory (PEFT) applied to the model");
+  cmd->add_flag("--merged", o->merged, "Merge the adapter into the weights first");
   cmd->add_option("-n,--max-new-tokens", o->max_new, "Tokens to generate");
   cmd->add_option("-t,--temperature", o->temperature, "0 for greedy decoding");
   cmd->add_option("--top-p", o->top_p, "Nucleus sampling mass");
@@ -29,15 +33,16 @@ void add_generate(CLI::App& app, Action* action) {
   cmd->footer(
       "Examples:\n"
       "  ftune generate runs/quickstart/model -p 'Plant: Tomato'\n"
-      "  ftune generate runs/quickstart/model -p 'Once upon a time' -t 0.8 --top-p 0.95");
+      "  ftune generate runs/quickstart/model -p 'Once upon a time' -t 0.8 --top-p 0.95\n"
+      "  ftune generate base/ --adapter runs/lora/adapter -p 'Plant: Basil'");
   cmd->callback([o, action] {
     *action = [o] {
       auto be = make_backend(resolve_device(o->device));
       ModelConfig mc = load_model_config(o->model);
       Tokenizer tok = Tokenizer::load(o->model);
       const int64_t window = std::min<int64_t>(o->context, mc.max_position_embeddings);
-      Model model(be.get(), mc, window, false);
-      model.load_weights(WeightStore::open_dir(o->model));
+      auto m = open_inference_model(be.get(), o->model, o->adapter, window, o->merged);
+      Model& model = *m;
       GenerateOptions g;
       g.max_new_tokens = o->max_new;
       g.temperature = o->temperature;
