@@ -36,6 +36,9 @@ def parse_args(argv):
                    help="tie lm_head to the input embedding (default: tied)")
     p.add_argument("--attn", choices=("eager", "sdpa"), default="sdpa")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", choices=("full", "lora"), default="full",
+                   help="lora: PEFT adapters on every linear (all-linear), base frozen")
+    p.add_argument("--lora-rank", type=int, default=16)
     args = p.parse_args(argv)
     if args.hidden % args.heads != 0:
         p.error(f"--hidden {args.hidden} must be divisible by --heads {args.heads}")
@@ -71,6 +74,12 @@ def flops_per_step(nonembed, layers, heads, head_dim, seq, tokens):
     return 6 * nonembed * tokens + 12 * layers * heads * head_dim * seq * tokens
 
 
+def flops_per_step_frozen(nonembed, layers, heads, head_dim, seq, tokens):
+    # A frozen base skips the weight-gradient matmuls: 4 instead of 6 FLOPs per weight, as in
+    # ftune's flops_per_token(..., frozen_base=true). Adapters are not counted.
+    return 4 * nonembed * tokens + 12 * layers * heads * head_dim * seq * tokens
+
+
 def main(argv):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -91,10 +100,17 @@ def main(argv):
     )
     model = LlamaForCausalLM._from_config(config, attn_implementation=args.attn,
                                           dtype=torch.float32)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=False)
+    if args.method == "lora":
+        from peft import LoraConfig, get_peft_model  # imported only when asked for
 
-    n_params, n_nonembed = count_params(model)
+        model = get_peft_model(model, LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank,
+                                                 target_modules="all-linear", lora_dropout=0.0,
+                                                 task_type="CAUSAL_LM"))
+    model.train()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-4, fused=False)
+
+    n_params, n_nonembed = count_params(model.get_base_model() if args.method == "lora" else model)
     tokens = args.batch * args.seq
     input_ids = torch.randint(0, args.vocab, (args.batch, args.seq), dtype=torch.int64)
 
@@ -115,13 +131,16 @@ def main(argv):
         times.append(time.perf_counter() - t0)
 
     step_s = statistics.median(times)
-    flops = flops_per_step(n_nonembed, args.layers, args.heads, head_dim, args.seq, tokens)
+    fpt = flops_per_step_frozen if args.method == "lora" else flops_per_step
+    flops = fpt(n_nonembed, args.layers, args.heads, head_dim, args.seq, tokens)
     head_flops = 6 * args.vocab * args.hidden * tokens
     # ru_maxrss is in KiB on Linux.
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     result = {
         "impl": "pytorch",
+        "method": args.method,
+        "trained_params": sum(p.numel() for p in trained),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),

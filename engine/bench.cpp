@@ -5,9 +5,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <random>
 
 #include "engine/device.h"
+#include "engine/error.h"
 #include "engine/trainer.h"
 
 namespace ftune {
@@ -28,11 +30,11 @@ ModelConfig bench_model_config(const BenchOptions& o) {
   return parse_model_config(j, "bench shape");
 }
 
-double flops_per_token(const ModelConfig& c, int64_t seq) {
+double flops_per_token(const ModelConfig& c, int64_t seq, bool frozen_base) {
   const double d = double(c.hidden_size), f = double(c.intermediate_size);
   const double per_layer = d * double(c.q_dim()) * 2 + d * double(c.kv_dim()) * 2 + 3 * d * f;
   const double n = per_layer * double(c.num_layers);
-  return 6.0 * n +
+  return (frozen_base ? 4.0 : 6.0) * n +
          12.0 * double(c.num_layers) * double(c.num_heads) * double(c.head_dim) * double(seq);
 }
 
@@ -41,8 +43,18 @@ BenchResult run_bench(const BenchOptions& o) {
   auto be = make_backend(resolve_device(o.device));
   const int threads = resolve_threads(o.threads);
   omp_set_num_threads(threads);
-  Model model(be.get(), mc, o.batch * o.seq, true);
+  std::optional<LoraConfig> lc;
+  if (o.method == "lora") {
+    lc.emplace();
+    lc->rank = o.lora_rank;
+    lc->alpha = double(2 * o.lora_rank);
+    lc->targets = parse_lora_targets({o.lora_targets}, "--lora-targets");
+  } else if (o.method != "full") {
+    throw Error("--method: use full or lora");
+  }
+  Model model(be.get(), mc, o.batch * o.seq, true, lc ? &*lc : nullptr);
   model.init_random(1);
+  if (lc) model.init_lora(1);
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> tok(0, int32_t(o.vocab - 1));
   std::vector<int32_t> ids(size_t(o.batch * o.seq)), targets(ids.size());
@@ -52,17 +64,18 @@ BenchResult run_bench(const BenchOptions& o) {
   ExecContext ctx;
   ctx.threads = threads;
 
-  DeviceBuffer<float> m(be.get(), model.num_params()), v(be.get(), model.num_params());
-  ParamSpan span{0, model.num_params(), 0.f};
+  const size_t n_train = model.num_train_params();
+  DeviceBuffer<float> m(be.get(), n_train), v(be.get(), n_train);
+  ParamSpan span{0, n_train, 0.f};
   std::vector<double> times;
   for (int64_t s = 0; s < o.warmup + o.steps; ++s) {
     auto t0 = std::chrono::steady_clock::now();
-    be->zero(model.grads(), model.num_params() * sizeof(float));
+    be->zero(model.train_grads(), n_train * sizeof(float));
     model.forward_backward(ctx, b, 1.f / float(b.tokens()));
     AdamWHyper h;
     h.lr = 1e-4f;
     h.step = s + 1;
-    be->adamw_step(ctx, model.params(), model.grads(), m.get(), v.get(), &span, 1, h);
+    be->adamw_step(ctx, model.train_params(), model.train_grads(), m.get(), v.get(), &span, 1, h);
     be->synchronize(ctx);
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s >= o.warmup) times.push_back(dt);
@@ -73,7 +86,11 @@ BenchResult run_bench(const BenchOptions& o) {
   r.non_embedding_params = r.params - mc.vocab_size * mc.hidden_size * (o.tied ? 1 : 2);
   r.step_s = times.empty() ? 0 : times[times.size() / 2];
   r.tokens_per_s = r.step_s > 0 ? double(b.tokens()) / r.step_s : 0;
-  r.gflops_per_s = r.tokens_per_s * flops_per_token(mc, o.seq) / 1e9;
+  r.gflops_per_s = r.tokens_per_s * flops_per_token(mc, o.seq, lc.has_value()) / 1e9;
+  r.trained_params = int64_t(n_train);
+  // Base parameters always; one gradient and two moments per trained parameter; with LoRA the
+  // adapters themselves too.
+  r.state_mb = double(model.num_params() + 3 * n_train + (lc ? n_train : 0)) * 4.0 / (1 << 20);
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   r.peak_rss_mb = double(ru.ru_maxrss) / 1024.0;

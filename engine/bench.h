@@ -14,6 +14,9 @@ struct BenchOptions {
   bool tied = true;
   int threads = 0;
   std::string device = "cpu";
+  std::string method = "full";  // full | lora (frozen base, adapters on lora_targets)
+  int64_t lora_rank = 16;
+  std::string lora_targets = "all-linear";
 };
 
 struct BenchResult {
@@ -22,13 +25,16 @@ struct BenchResult {
   double tokens_per_s = 0;
   double gflops_per_s = 0;
   double peak_rss_mb = 0;
+  int64_t trained_params = 0;  // what the optimizer updates
+  double state_mb = 0;         // parameters + gradients + AdamW moments, as allocated
 };
 
 ModelConfig bench_model_config(const BenchOptions& o);
 // Training FLOPs per token: 6·N (N = non-embedding parameters: the LM head is not counted, as
 // in the peers' MFU figures) plus 12·L·H·Q·T for attention (PaLM appendix B); causal sparsity
-// not discounted. bench/pytorch_step.py uses the same formula.
-double flops_per_token(const ModelConfig& c, int64_t seq);
+// not discounted. bench/pytorch_step.py uses the same formula. A frozen base (LoRA) skips the
+// weight-gradient GEMMs: 4·N instead of 6·N (adapters are not counted).
+double flops_per_token(const ModelConfig& c, int64_t seq, bool frozen_base = false);
 BenchResult run_bench(const BenchOptions& o);
 
 }  // namespace ftune

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "engine/encryption.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
 
@@ -260,7 +261,14 @@ SafetensorsReader::SafetensorsReader(std::unique_ptr<ByteSource> src) : src_(std
   }
 }
 
-SafetensorsReader SafetensorsReader::open(const std::string& path) {
+SafetensorsReader SafetensorsReader::open(const std::string& path, const WeightKey* key) {
+  if (is_encrypted_file(path)) {
+    if (!key)
+      throw Error("'" + path +
+                  "' is encrypted; give its key (--key-file FILE or --key-env VAR, or "
+                  "export.encrypt in the recipe)");
+    return SafetensorsReader(open_encrypted_file(path, *key));
+  }
   return SafetensorsReader(open_mapped_file(path));
 }
 
@@ -341,7 +349,7 @@ size_t SafetensorsWriter::data_bytes() const {
   return total;
 }
 
-void SafetensorsWriter::write(const std::string& path) const {
+void SafetensorsWriter::write(const std::string& path, const WeightKey* key) const {
   // ordered_json keeps tensors in data order and "__metadata__" first, as HF lays it out.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata_.empty()) {
@@ -370,16 +378,17 @@ void SafetensorsWriter::write(const std::string& path) const {
   // Padding to 8 keeps the data block, and so every tensor, 8-byte aligned for mmap readers.
   text.append((8 - text.size() % 8) % 8, ' ');
 
-  write_file_atomic_with(path, [&](int fd) {
+  // The file's bytes in order, handed to `put(data, n)`: the fd itself, or the encrypting writer.
+  auto emit = [&](auto&& put) {
     uint8_t len_bytes[8];
     store_le64(text.size(), len_bytes);
-    write_all(fd, len_bytes, 8, path);
-    write_all(fd, text.data(), text.size(), path);
+    put(len_bytes, 8);
+    put(text.data(), text.size());
     std::vector<uint8_t> buf;
     for (size_t k = 0; k < entries_.size(); ++k) {
       const Entry& e = entries_[k];
       if (e.src_t == e.stored_t) {
-        write_all(fd, e.src, bytes[k], path);
+        put(e.src, bytes[k]);
         continue;
       }
       const size_t n = bytes[k] / dtype_size(e.stored_t);
@@ -390,21 +399,38 @@ void SafetensorsWriter::write(const std::string& path) const {
       for (size_t i = 0; i < n; i += chunk) {
         const size_t cnt = std::min(chunk, n - i);
         convert(src + i * in_size, e.src_t, buf.data(), e.stored_t, cnt);
-        write_all(fd, buf.data(), cnt * out_size, path);
+        put(buf.data(), cnt * out_size);
       }
     }
+  };
+  if (!key) {
+    write_file_atomic_with(
+        path, [&](int fd) { emit([&](const void* p, size_t n) { write_all(fd, p, n, path); }); });
+    return;
+  }
+  // The tensor index goes into the authenticated plaintext header, so an encrypted file can
+  // still be listed (names, dtypes, shapes) without its key.
+  json index = {{"format", "safetensors"}, {"tensors", json::array()}};
+  for (const Entry& e : entries_)
+    index["tensors"].push_back(
+        {{"name", e.name}, {"dtype", dtype_name(e.stored_t)}, {"shape", e.shape}});
+  const uint64_t total = 8 + text.size() + offset;
+  write_file_atomic_with(path, [&](int fd) {
+    EncryptingWriter enc(fd, *key, path, total, index);
+    emit([&](const void* p, size_t n) { enc.write(p, n); });
+    enc.finish();
   });
 }
 
 // ---------------------------------------------------------------- sharding
 
-void write_sharded_model(const SafetensorsWriter& w, const std::string& dir,
-                         size_t max_shard_bytes) {
+void write_sharded_model(const SafetensorsWriter& w, const std::string& dir, size_t max_shard_bytes,
+                         const WeightKey* key) {
   if (!is_directory(dir))
     throw Error("cannot write model weights: directory '" + dir + "' does not exist");
   const size_t total = w.data_bytes();
   if (max_shard_bytes == 0 || total <= max_shard_bytes) {
-    w.write(join_path(dir, "model.safetensors"));
+    w.write(join_path(dir, "model.safetensors"), key);
     remove_stale_weights(dir, {"model.safetensors"});
     return;
   }
@@ -435,7 +461,7 @@ void write_sharded_model(const SafetensorsWriter& w, const std::string& dir,
       shard.entries_.push_back(w.entries_[k]);
       weight_map[w.entries_[k].name] = name;
     }
-    shard.write(join_path(dir, name));
+    shard.write(join_path(dir, name), key);
     keep.insert(name);
   }
   json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
@@ -446,7 +472,7 @@ void write_sharded_model(const SafetensorsWriter& w, const std::string& dir,
 
 // ---------------------------------------------------------------- weight store
 
-WeightStore WeightStore::open_dir(const std::string& dir) {
+WeightStore WeightStore::open_dir(const std::string& dir, const WeightKey* key) {
   if (!is_directory(dir))
     throw Error("model directory '" + dir + "' does not exist or is not a directory");
   WeightStore ws;
@@ -456,7 +482,7 @@ WeightStore WeightStore::open_dir(const std::string& dir) {
   json weight_map;
   // transformers prefers the single file when both exist; so do we, to load the same weights.
   if (path_exists(single)) {
-    ws.files_.push_back(SafetensorsReader::open(single));
+    ws.files_.push_back(SafetensorsReader::open(single, key));
   } else if (path_exists(index_path)) {
     json index;
     try {
@@ -487,7 +513,7 @@ WeightStore WeightStore::open_dir(const std::string& dir) {
       if (!path_exists(p))
         throw Error(index_path + ": weight_map puts tensor '" + example[fname] + "' in '" + fname +
                     "' but " + p + " does not exist; the download looks incomplete");
-      ws.files_.push_back(SafetensorsReader::open(p));
+      ws.files_.push_back(SafetensorsReader::open(p, key));
     }
   } else {
     throw Error("model directory '" + dir +

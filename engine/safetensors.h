@@ -14,6 +14,8 @@
 
 namespace ftune {
 
+struct WeightKey;  // engine/encryption.h
+
 struct TensorInfo {
   std::string name;
   DType dtype = DType::F32;
@@ -29,7 +31,10 @@ class SafetensorsReader {
   // Validates the whole header (sizes, offsets in range, no overlap, dtype*numel == bytes);
   // malformed input is an ftune::Error naming the file and what is wrong, never a crash.
   explicit SafetensorsReader(std::unique_ptr<ByteSource> src);
-  static SafetensorsReader open(const std::string& path);
+  // An encrypted file (engine/encryption.h) is decrypted and authenticated in memory when `key`
+  // is given and refused with a message asking for the key when not; a plain file is read as is
+  // either way (a plain base model with encrypted outputs is the usual case).
+  static SafetensorsReader open(const std::string& path, const WeightKey* key = nullptr);
 
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const TensorInfo* find(const std::string& name) const;  // nullptr when absent
@@ -54,7 +59,9 @@ class SafetensorsWriter {
   void add(const std::string& name, const std::vector<int64_t>& shape, const void* src, DType src_t,
            DType stored_t);
   void set_metadata(const std::string& key, const std::string& value);
-  void write(const std::string& path) const;
+  // With a key the whole file (header and data) is written AES-256-GCM encrypted, streamed, so
+  // its plaintext never reaches the disk; the file name is the caller's, unchanged.
+  void write(const std::string& path, const WeightKey* key = nullptr) const;
   size_t data_bytes() const;  // bytes the data block will take
 
  private:
@@ -66,14 +73,16 @@ class SafetensorsWriter {
   };
   std::vector<Entry> entries_;
   std::map<std::string, std::string> metadata_;
-  friend void write_sharded_model(const SafetensorsWriter&, const std::string&, size_t);
+  friend void write_sharded_model(const SafetensorsWriter&, const std::string&, size_t,
+                                  const WeightKey*);
 };
 
 // A model directory's weights: "model.safetensors", or shards listed in
 // "model.safetensors.index.json" (weight_map: tensor name -> file). Errors name the directory.
 class WeightStore {
  public:
-  static WeightStore open_dir(const std::string& dir);
+  // `key` as for SafetensorsReader::open, for every weight file of the directory.
+  static WeightStore open_dir(const std::string& dir, const WeightKey* key = nullptr);
   const TensorInfo* find(const std::string& name) const;
   std::vector<std::string> names() const;
   // Reads tensor `name` converted to dst_t; throws naming the tensor if absent.
@@ -89,8 +98,9 @@ class WeightStore {
 
 // Writes dir/model.safetensors when the data fits in max_shard_bytes (0 = never shard),
 // otherwise dir/model-0000i-of-0000n.safetensors plus model.safetensors.index.json
-// (metadata.total_size and weight_map), each file atomically.
-void write_sharded_model(const SafetensorsWriter& w, const std::string& dir,
-                         size_t max_shard_bytes);
+// (metadata.total_size and weight_map), each file atomically. With a key every .safetensors file
+// is written encrypted under the same names; the index stays plaintext (it holds no weights).
+void write_sharded_model(const SafetensorsWriter& w, const std::string& dir, size_t max_shard_bytes,
+                         const WeightKey* key = nullptr);
 
 }  // namespace ftune

@@ -1,10 +1,74 @@
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <type_traits>
 
 #include "engine/bench.h"
 #include "engine/cli/commands.h"
+#include "engine/error.h"
 
 namespace ftune::cli {
+
+namespace {
+
+// Runs one bench in a child process, so each method's peak RSS is its own.
+BenchResult run_in_child(const BenchOptions& o) {
+  static_assert(std::is_trivially_copyable_v<BenchResult>);
+  int fds[2];
+  if (pipe(fds) != 0) throw Error("bench: cannot create a pipe");
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid < 0) throw Error("bench: cannot fork");
+  if (pid == 0) {
+    close(fds[0]);
+    int code = 0;
+    try {
+      BenchResult r = run_bench(o);
+      code = write(fds[1], &r, sizeof r) == ssize_t(sizeof r) ? 0 : 1;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ftune: error: %s\n", e.what());
+      code = 1;
+    }
+    _exit(code);
+  }
+  close(fds[1]);
+  BenchResult r;
+  const ssize_t got = read(fds[0], &r, sizeof r);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (got != ssize_t(sizeof r) || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw Error("bench: the " + o.method + " run failed");
+  return r;
+}
+
+nlohmann::json result_json(const BenchOptions& o, const BenchResult& r) {
+  return {{"impl", "ftune"},
+          {"method", o.method},
+          {"threads", o.threads},
+          {"shape",
+           {{"hidden", o.hidden},
+            {"layers", o.layers},
+            {"heads", o.heads},
+            {"kv_heads", o.kv_heads},
+            {"intermediate", o.intermediate},
+            {"vocab", o.vocab},
+            {"seq", o.seq},
+            {"batch", o.batch},
+            {"tied", o.tied}}},
+          {"params", r.params},
+          {"trained_params", r.trained_params},
+          {"tokens_per_step", o.batch * o.seq},
+          {"step_s", r.step_s},
+          {"tokens_per_s", r.tokens_per_s},
+          {"gflops_per_s", r.gflops_per_s},
+          {"state_mb", r.state_mb},
+          {"peak_rss_mb", r.peak_rss_mb}};
+}
+
+}  // namespace
 
 void add_bench(CLI::App& app, Action* action) {
   auto* cmd = app.add_subcommand("bench", "Training-step throughput for a Llama shape");
@@ -23,45 +87,58 @@ void add_bench(CLI::App& app, Action* action) {
   cmd->add_option("--warmup", o->warmup, "Untimed warmup steps");
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)");
   cmd->add_option("--device", o->device, "cpu or cuda");
+  cmd->add_option("--method", o->method, "full, lora, or both (each in its own process)")
+      ->check(CLI::IsMember({"full", "lora", "both"}));
+  cmd->add_option("--lora-rank", o->lora_rank, "Adapter rank for --method lora");
+  cmd->add_option("--lora-targets", o->lora_targets, "Adapted linears (all-linear or one name)");
   cmd->add_flag("--untied", *untied, "Separate LM head (default: tied to the embedding)");
   cmd->add_flag("--json", *json, "Print one JSON line");
   cmd->footer(
       "Default shape: ~22M parameters (hidden 512, 6 layers, 8 heads, 4 KV heads, MLP 1408,\n"
       "vocab 8192), seq 256, batch 4. Compare with bench/pytorch_step.py on the same flags.\n"
-      "Example:\n  ftune bench --threads 2");
+      "Examples:\n  ftune bench --threads 2\n  ftune bench --method both --lora-rank 16");
   cmd->callback([o, json, untied, action] {
     *action = [o, json, untied] {
       o->tied = !*untied;
-      BenchResult r = run_bench(*o);
-      if (*json) {
-        nlohmann::json j = {{"impl", "ftune"},
-                            {"threads", o->threads},
-                            {"shape",
-                             {{"hidden", o->hidden},
-                              {"layers", o->layers},
-                              {"heads", o->heads},
-                              {"kv_heads", o->kv_heads},
-                              {"intermediate", o->intermediate},
-                              {"vocab", o->vocab},
-                              {"seq", o->seq},
-                              {"batch", o->batch},
-                              {"tied", o->tied}}},
-                            {"params", r.params},
-                            {"tokens_per_step", o->batch * o->seq},
-                            {"step_s", r.step_s},
-                            {"tokens_per_s", r.tokens_per_s},
-                            {"gflops_per_s", r.gflops_per_s},
-                            {"peak_rss_mb", r.peak_rss_mb}};
-        std::printf("%s\n", j.dump().c_str());
-      } else {
-        std::printf("parameters      %lld\n", static_cast<long long>(r.params));
-        std::printf("tokens/step     %lld\n", static_cast<long long>(o->batch * o->seq));
-        std::printf("step time       %.3f s (median of %lld)\n", r.step_s,
-                    static_cast<long long>(o->steps));
-        std::printf("tokens/s        %.1f\n", r.tokens_per_s);
-        std::printf("GFLOP/s         %.1f\n", r.gflops_per_s);
-        std::printf("peak RSS        %.1f MiB\n", r.peak_rss_mb);
+      std::vector<std::string> methods = {o->method};
+      if (o->method == "both") methods = {"full", "lora"};
+      std::vector<std::pair<BenchOptions, BenchResult>> runs;
+      for (const std::string& m : methods) {
+        BenchOptions bo = *o;
+        bo.method = m;
+        runs.emplace_back(bo, methods.size() > 1 ? run_in_child(bo) : run_bench(bo));
       }
+      if (*json) {
+        for (const auto& [bo, r] : runs) std::printf("%s\n", result_json(bo, r).dump().c_str());
+        return 0;
+      }
+      std::printf("%-16s", "");
+      for (const auto& [bo, r] : runs)
+        std::printf(
+            " %14s",
+            (bo.method == "lora" ? "lora r" + std::to_string(bo.lora_rank) : bo.method).c_str());
+      std::printf("\n");
+      auto row = [&](const char* name, auto get, const char* f) {
+        std::printf("%-16s", name);
+        for (const auto& [bo, r] : runs) std::printf(f, get(r));
+        std::printf("\n");
+      };
+      row(
+          "parameters", [](const BenchResult& r) { return double(r.params); }, " %14.0f");
+      row(
+          "trained", [](const BenchResult& r) { return double(r.trained_params); }, " %14.0f");
+      row(
+          "tokens/step", [&](const BenchResult&) { return double(o->batch * o->seq); }, " %14.0f");
+      row(
+          "step time (s)", [](const BenchResult& r) { return r.step_s; }, " %14.3f");
+      row(
+          "tokens/s", [](const BenchResult& r) { return r.tokens_per_s; }, " %14.1f");
+      row(
+          "GFLOP/s", [](const BenchResult& r) { return r.gflops_per_s; }, " %14.1f");
+      row(
+          "state (MiB)", [](const BenchResult& r) { return r.state_mb; }, " %14.1f");
+      row(
+          "peak RSS (MiB)", [](const BenchResult& r) { return r.peak_rss_mb; }, " %14.1f");
       return 0;
     };
   });
