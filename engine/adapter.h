@@ -10,6 +10,8 @@
 
 namespace ftune {
 
+struct WeightKey;
+
 constexpr const char* kAdapterConfig = "adapter_config.json";
 constexpr const char* kAdapterWeights = "adapter_model.safetensors";
 
@@ -18,18 +20,21 @@ bool is_adapter_dir(const std::string& dir);
 LoraConfig read_adapter_config(const std::string& dir);
 // Writes the model's adapters into dir (files written atomically; dir created if needed).
 // base_model goes into base_model_name_or_path.
+// With `key` the weights are written encrypted.
 void write_adapter_files(const Model& model, const std::string& dir, const std::string& base_model,
-                         DType dtype);
+                         DType dtype, const WeightKey* key = nullptr);
 // Builds dir beside its destination and swaps it in, like export_model_dir.
 void export_adapter_dir(const Model& model, const std::string& final_dir,
-                        const std::string& base_model, DType dtype);
-// Reads dir/adapter_model.safetensors into the model's adapters.
-void load_adapter(Model& model, const std::string& dir);
+                        const std::string& base_model, DType dtype, const WeightKey* key = nullptr);
+// Reads dir/adapter_model.safetensors into the model's adapters (`key` for an encrypted one).
+void load_adapter(Model& model, const std::string& dir, const WeightKey* key = nullptr);
 
 // A model for eval, generate and merge: the weights of base_dir plus, when adapter_dir is not
 // empty, its adapters, applied unmerged or merged into the base (the same logits either way).
+// `key` decrypts whichever of the weight files are encrypted.
 std::unique_ptr<Model> open_inference_model(Backend* be, const std::string& base_dir,
                                             const std::string& adapter_dir, int64_t max_tokens,
-                                            bool merge, DType* base_dtype = nullptr);
+                                            bool merge, DType* base_dtype = nullptr,
+                                            const WeightKey* key = nullptr);
 
 }  // namespace ftune

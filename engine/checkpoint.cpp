@@ -69,7 +69,7 @@ void prune(const std::string& ckpt_root, int64_t keep_last) {
 
 std::string save_checkpoint(const std::string& run_dir, const Model& model, const float* m,
                             const float* v, const TrainState& state, int64_t keep_last,
-                            const std::string& base_model) {
+                            const std::string& base_model, const WeightKey* key) {
   const std::string root = run_dir + "/checkpoints";
   fs::create_directories(root);
   const std::string name = step_name(state.step);
@@ -86,7 +86,7 @@ std::string save_checkpoint(const std::string& run_dir, const Model& model, cons
 
   if (model.has_lora()) {
     // Only the adapters change; the checkpoint is a PEFT adapter directory of its own.
-    write_adapter_files(model, tmp_dir, base_model, DType::F32);
+    write_adapter_files(model, tmp_dir, base_model, DType::F32, key);
   } else {
     // Weights under their HF names (the checkpoint directory loads like a model directory);
     // moments as two flat tensors: a checkpoint is a few large writes.
@@ -96,14 +96,14 @@ std::string save_checkpoint(const std::string& run_dir, const Model& model, cons
     for (const auto& e : lay.entries())
       w.add(e.name, e.shape, p.data() + e.offset, DType::F32, DType::F32);
     w.set_metadata("format", "pt");
-    w.write(tmp_dir + "/model.safetensors");
+    w.write(tmp_dir + "/model.safetensors", key);
     write_file_atomic(tmp_dir + "/config.json",
                       model_config_json(model.config(), DType::F32).dump(2));
   }
   SafetensorsWriter o;
   o.add("adamw.exp_avg", {int64_t(total)}, hm.data(), DType::F32, DType::F32);
   o.add("adamw.exp_avg_sq", {int64_t(total)}, hv.data(), DType::F32, DType::F32);
-  o.write(tmp_dir + "/optimizer.safetensors");
+  o.write(tmp_dir + "/optimizer.safetensors", key);
   write_file_atomic(tmp_dir + "/state.json", train_state_to_json(state).dump(2));
   fsync_dir(tmp_dir);
 
@@ -130,20 +130,21 @@ std::optional<std::string> latest_checkpoint(const std::string& run_dir) {
   return dir;
 }
 
-TrainState load_checkpoint(const std::string& dir, Model& model, float* m, float* v) {
+TrainState load_checkpoint(const std::string& dir, Model& model, float* m, float* v,
+                           const WeightKey* key) {
   if (model.has_lora()) {
     if (!is_adapter_dir(dir))
       throw Error(dir + ": holds full weights, not adapters: it was written by a run with " +
                   "method: full");
-    load_adapter(model, dir);
+    load_adapter(model, dir, key);
   } else {
     if (is_adapter_dir(dir))
       throw Error(dir + ": holds LoRA adapters, not full weights: it was written by a run " +
                   "with method: lora");
-    model.load_weights(WeightStore::open_dir(dir));
+    model.load_weights(WeightStore::open_dir(dir, key));
   }
   const size_t total = model.num_train_params();
-  SafetensorsReader opt = SafetensorsReader::open(dir + "/optimizer.safetensors");
+  SafetensorsReader opt = SafetensorsReader::open(dir + "/optimizer.safetensors", key);
   std::vector<float> host(total);
   for (auto [name, dst] : {std::pair{"adamw.exp_avg", m}, {"adamw.exp_avg_sq", v}}) {
     const TensorInfo* t = opt.find(name);

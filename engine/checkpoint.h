@@ -14,6 +14,8 @@
 
 namespace ftune {
 
+struct WeightKey;
+
 struct TrainState {
   int64_t step = 0;  // optimizer steps completed
   int64_t total_steps = 0;
@@ -31,13 +33,15 @@ TrainState train_state_from_json(const nlohmann::json& j, const std::string& lab
 // parameters). Full runs store model.safetensors + config.json; LoRA runs store the adapters as
 // a PEFT directory (base_model names the base) since the base never changes.
 // Keeps the newest keep_last checkpoints (0 keeps all). Returns the checkpoint directory.
+// With `key` the weight files (model or adapters, and the moments) are written encrypted.
 std::string save_checkpoint(const std::string& run_dir, const Model& model, const float* m,
                             const float* v, const TrainState& state, int64_t keep_last,
-                            const std::string& base_model = "");
+                            const std::string& base_model = "", const WeightKey* key = nullptr);
 // The directory `latest` names, if any.
 std::optional<std::string> latest_checkpoint(const std::string& run_dir);
 // Restores parameters (LoRA: the adapters, over a base the caller loaded), moments and state.
 // Mismatched shapes are errors naming the tensor.
-TrainState load_checkpoint(const std::string& ckpt_dir, Model& model, float* m, float* v);
+TrainState load_checkpoint(const std::string& ckpt_dir, Model& model, float* m, float* v,
+                           const WeightKey* key = nullptr);
 
 }  // namespace ftune

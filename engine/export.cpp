@@ -22,7 +22,8 @@ DType resolve_export_dtype(const std::string& name, DType base) {
 }
 
 void export_model_dir(const Model& model, const std::string& source_dir,
-                      const std::string& final_dir, DType dtype, size_t max_shard_bytes) {
+                      const std::string& final_dir, DType dtype, size_t max_shard_bytes,
+                      const WeightKey* key) {
   // Build the whole directory beside the destination, then swap it in: a reader never sees a
   // mix of old and new shards, and a failure leaves the previous export untouched.
   const std::string dir = final_dir + ".tmp." + std::to_string(getpid());
@@ -33,7 +34,7 @@ void export_model_dir(const Model& model, const std::string& source_dir,
   for (const auto& e : model.layout().entries())
     w.add(e.name, e.shape, host.data() + e.offset, DType::F32, dtype);
   w.set_metadata("format", "pt");
-  write_sharded_model(w, dir, max_shard_bytes);
+  write_sharded_model(w, dir, max_shard_bytes, key);
   write_file_atomic(dir + "/config.json", model_config_json(model.config(), dtype).dump(2) + "\n");
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                         "generation_config.json", "tokenizer.model"}) {

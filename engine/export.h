@@ -8,10 +8,13 @@
 
 namespace ftune {
 
+struct WeightKey;
+
 // dtype_name: "auto" (the base model's on-disk dtype), "f32", "bf16" or "f16".
 DType resolve_export_dtype(const std::string& dtype_name, DType base_dtype);
 // Writes into `dir` (created); every file atomic. Copies tokenizer files from `source_dir`.
+// With `key`, every weight file is written encrypted (AES-256-GCM, see encryption.h).
 void export_model_dir(const Model& model, const std::string& source_dir, const std::string& dir,
-                      DType dtype, size_t max_shard_bytes);
+                      DType dtype, size_t max_shard_bytes, const WeightKey* key = nullptr);
 
 }  // namespace ftune

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <vector>
 
+#include "engine/encryption.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
 #include "engine/manifest.h"
@@ -171,6 +172,37 @@ std::string json_text(const nlohmann::json& v) {
   return v.is_string() ? v.get<std::string>() : v.dump();
 }
 
+// Encrypted weights: what the authenticated-on-read header lists, readable without the key.
+void describe_encrypted(const std::vector<std::string>& files, std::ostream& out) {
+  int64_t tensors = 0, params = 0;
+  std::string key;
+  for (const std::string& f : files) {
+    const nlohmann::json h = read_encrypted_header(f);
+    key = h.value("key_id", std::string("?"));
+    for (const auto& t : h.value("tensors", nlohmann::json::array())) {
+      int64_t n = 1;
+      for (const auto& d : t.value("shape", nlohmann::json::array())) n *= d.get<int64_t>();
+      params += n;
+      ++tensors;
+    }
+  }
+  out << "weights:    encrypted (AES-256-GCM, key id " << key << "), " << files.size()
+      << (files.size() == 1 ? " file, " : " files, ") << tensors << " tensors, " << params
+      << " parameters; read them with --key-file/--key-env, or `ftune decrypt`\n";
+}
+
+// The weight files of a model directory, when they are encrypted (empty otherwise).
+std::vector<std::string> encrypted_weight_files(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string p = e.path().string();
+    if (e.path().extension() == ".safetensors" && is_encrypted_file(p)) out.push_back(p);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 // A PEFT LoRA adapter directory: adapter_config.json plus adapter_model.safetensors whose
 // tensors are named base_model.model.<module path>.lora_{A,B}.weight.
 void describe_adapter(const std::string& dir, std::ostringstream& out) {
@@ -215,6 +247,10 @@ void describe_adapter(const std::string& dir, std::ostringstream& out) {
                 ? "adapter_model.bin (PyTorch pickle; ftune reads adapter_model.safetensors)"
                 : "none (no adapter_model.safetensors)")
         << "\n";
+    return;
+  }
+  if (is_encrypted_file(weights)) {
+    describe_encrypted({weights}, out);
     return;
   }
   const SafetensorsReader reader = SafetensorsReader::open(weights);
@@ -346,6 +382,10 @@ std::string inspect_path(const std::string& path) {
   std::ostringstream out;
   if (!S_ISDIR(st.st_mode)) {
     out << "file:       " << path << "\n";
+    if (is_encrypted_file(path)) {
+      describe_encrypted({path}, out);
+      return out.str();
+    }
     const SafetensorsReader single = SafetensorsReader::open(path);
     describe_tensors({&single}, out);
     return out.str();
@@ -358,6 +398,11 @@ std::string inspect_path(const std::string& path) {
     out << "model:      " << path << "\n";
     const std::string config = path + "/config.json";
     if (path_exists(config)) describe_config(config, out);
+    if (const auto enc = encrypted_weight_files(path); !enc.empty()) {
+      describe_encrypted(enc, out);
+      if (has_manifest) describe_manifest(path, out);
+      return out.str();
+    }
     const WeightStore store = WeightStore::open_dir(path);
     std::vector<const SafetensorsReader*> readers;
     for (const SafetensorsReader& r : store.files()) readers.push_back(&r);

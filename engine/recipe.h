@@ -27,7 +27,9 @@ struct RecipeConfig {
   // model
   std::string model_path;  // model.path: HF directory (config.json, safetensors, tokenizer.json)
   std::string model_init = "pretrained";  // model.init: pretrained | random (from scratch)
-  std::string method = "full";            // method: full | lora
+  std::string model_key_file;   // model.key_file: key of an encrypted base model (64 hex chars)
+  std::string model_key_env;    // model.key_env: variable holding that key
+  std::string method = "full";  // method: full | lora
   // lora (method: lora)
   int64_t lora_rank = 8;                                     // lora.rank
   double lora_alpha = 16.0;                                  // lora.alpha

@@ -59,6 +59,13 @@ std::vector<KeySpec> build_schema() {
        .doc =
            "pretrained loads the weights; random draws them from the seed (training from scratch)",
        .allowed = {"pretrained", "random"}},
+      {.key = "model.key_file",
+       .field = &C::model_key_file,
+       .doc = "key file (64 hex characters) of a base model whose weights are encrypted",
+       .is_path = true},
+      {.key = "model.key_env",
+       .field = &C::model_key_env,
+       .doc = "as model.key_file, the key read from this environment variable"},
       // lora
       {.key = "lora.rank",
        .field = &C::lora_rank,

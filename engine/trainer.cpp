@@ -15,6 +15,7 @@
 #include "engine/checkpoint.h"
 #include "engine/communicator.h"
 #include "engine/device.h"
+#include "engine/encryption.h"
 #include "engine/error.h"
 #include "engine/export.h"
 #include "engine/fs_util.h"
@@ -244,8 +245,12 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   omp_set_num_threads(threads);
   std::unique_ptr<Communicator> comm = make_local_communicator();
   const auto wall_start = std::chrono::system_clock::now();
-  // A bad signing key must fail now, not after hours of training.
+  // Bad keys must fail now, not after hours of training.
   if (!c.export_sign_key.empty()) (void)public_key_sha256(c.export_sign_key);
+  const std::optional<WeightKey> out_key =
+      load_key_option(c.export_encrypt_key_file, c.export_encrypt_key_env);
+  const std::optional<WeightKey> base_key = load_key_option(c.model_key_file, c.model_key_env);
+  const WeightKey* okey = out_key ? &*out_key : nullptr;
   const std::string resume_from = prepare_output_dir(recipe, opt);
   fs::create_directories(c.output_dir);
   const std::string recipe_sha = sha256_hex(recipe.resolved_yaml);
@@ -264,7 +269,9 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   Model model(be.get(), mc, c.micro_batch_size * c.seq_len, true, lora ? &*lora : nullptr);
   DType base_dtype = DType::F32;
   if (c.model_init == "pretrained") {
-    base_dtype = model.load_weights(WeightStore::open_dir(c.model_path));
+    // An encrypted base takes model.key_*, else the output key (re-tuning one's own model).
+    const WeightKey* bkey = base_key ? &*base_key : okey;
+    base_dtype = model.load_weights(WeightStore::open_dir(c.model_path, bkey));
   } else {
     model.init_random(uint64_t(c.seed));
     base_dtype = mc.dtype;
@@ -300,7 +307,7 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
       std::fprintf(stderr, "%s\n", s.c_str());
   };
   if (!resume_from.empty()) {
-    state = load_checkpoint(resume_from, model, m.get(), v.get());
+    state = load_checkpoint(resume_from, model, m.get(), v.get(), okey);
     if (state.recipe_sha256 != recipe_sha || state.total_steps != total_steps)
       throw Error("--resume: checkpoint " + resume_from + " was written by a different recipe");
     data->set_position(state.data);
@@ -408,7 +415,7 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     metrics.flush();
     if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == total_steps) {
       std::string dir = save_checkpoint(c.output_dir, model, m.get(), v.get(), state,
-                                        c.checkpoint_keep_last, c.model_path);
+                                        c.checkpoint_keep_last, c.model_path, okey);
       if (c.checkpoint_every > 0 && step != total_steps) say("checkpoint: " + dir);
     }
     result.tokens_per_s = tps;
@@ -428,14 +435,14 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   const size_t shard = size_t(c.export_max_shard_mb) * 1000 * 1000;
   if (lora) {
     result.adapter_dir = c.output_dir + "/adapter";
-    export_adapter_dir(model, result.adapter_dir, c.model_path, out_dtype);
+    export_adapter_dir(model, result.adapter_dir, c.model_path, out_dtype, okey);
     say("adapter written to " + result.adapter_dir);
   }
   if (!lora || c.export_merge) {
     // Generation below runs on the merged model then, which gives the same logits.
     if (lora) model.merge_lora();
     result.model_dir = c.output_dir + "/model";
-    export_model_dir(model, c.model_path, result.model_dir, out_dtype, shard);
+    export_model_dir(model, c.model_path, result.model_dir, out_dtype, shard, okey);
   }
   if (has_val) {
     if (state.step > 0 && result.val_before.tokens > 0)
@@ -483,6 +490,8 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
       result.val_after.tokens > 0 ? nlohmann::json(result.val_after.loss) : nlohmann::json();
   prov["start_time"] = utc_timestamp(wall_start);
   prov["end_time"] = utc_timestamp(std::chrono::system_clock::now());
+  // Which key, never the key: its one-way fingerprint.
+  if (out_key) prov["encryption"] = {{"cipher", "AES-256-GCM"}, {"key_id", key_id(*out_key)}};
   for (const std::string& dir : {result.adapter_dir, result.model_dir}) {
     if (dir.empty()) continue;
     nlohmann::json m = prov;

@@ -6,8 +6,10 @@
 #include <fstream>
 
 #include "engine/adapter.h"
+#include "engine/encryption.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/inspect.h"
 #include "engine/manifest.h"
 #include "engine/recipe.h"
 #include "engine/safetensors.h"
@@ -285,6 +287,78 @@ TEST(TrainerOutputs, SignedManifestInEachOutput) {
                      quiet());
       },
       {"k.pub.pem"});
+}
+
+// export.encrypt: every weight file the run writes (checkpoints, adapter, merged model) is
+// AES-256-GCM ciphertext; resume and reuse as a base work with the key, nothing works without
+// it, and the key never appears in what the run writes.
+TEST(TrainerOutputs, EncryptedRunLeavesNoPlaintextWeights) {
+  const std::string keys = testing::make_temp_dir("aes");
+  const std::string hex = new_key_hex();
+  write_file_atomic(keys + "/k.key", hex + "\n");
+  const std::string out = testing::make_temp_dir("enc");
+  auto rec = [&](const std::string& o, std::vector<std::string> extra = {}) {
+    std::vector<std::string> x = {"export.encrypt.key_file=" + keys + "/k.key", "export.merge=true",
+                                  "train.max_steps=4", "checkpoint.every=2"};
+    x.insert(x.end(), extra.begin(), extra.end());
+    return lora_recipe(o, x);
+  };
+  TrainOptions stop = quiet();
+  stop.stop_after_step = 2;
+  run_training(rec(out), stop);
+  TrainOptions resume = quiet();
+  resume.resume = true;
+  TrainResult r = run_training(rec(out), resume);
+  ASSERT_EQ(r.losses.size(), 2u);
+  int weights = 0;
+  for (const auto& e : fs::recursive_directory_iterator(out)) {
+    if (!e.is_regular_file()) continue;
+    const std::string path = e.path().string();
+    if (e.path().extension() == ".safetensors") {
+      EXPECT_TRUE(is_encrypted_file(path)) << path << " is plaintext";
+      ++weights;
+    }
+    EXPECT_EQ(read_file(path).find(hex), std::string::npos) << path << " holds the key";
+  }
+  EXPECT_GE(weights, 2 + 2 * 2);  // adapter, model, 2 checkpoints x (adapter + moments)
+  const auto m = nlohmann::json::parse(read_file(out + "/model/ftune-manifest.json"));
+  EXPECT_EQ(m["encryption"]["key_id"], key_id(load_key_file(keys + "/k.key")));
+  EXPECT_TRUE(verify_output(out + "/model", "").ok);
+  for (const char* sub : {"/model", "/adapter", "/model/model.safetensors"})
+    EXPECT_NE(inspect_path(out + sub).find("encrypted (AES-256-GCM, key id " +
+                                           key_id(load_key_file(keys + "/k.key"))),
+              std::string::npos)
+        << sub;
+
+  auto be = make_cpu_backend();
+  testing::expect_error(
+      [&] { open_inference_model(be.get(), lora_base(), out + "/adapter", 32, false); },
+      {"is encrypted"});
+  const WeightKey key = load_key_file(keys + "/k.key");
+  auto unmerged =
+      open_inference_model(be.get(), lora_base(), out + "/adapter", 32, false, nullptr, &key);
+  auto merged = open_inference_model(be.get(), out + "/model", "", 32, false, nullptr, &key);
+  std::vector<int32_t> ids(32);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 53) % 1000);
+  Batch b = Batch::from_rows(1, 32, ids, std::vector<int32_t>(32, kIgnoreIndex));
+  ExecContext ctx;
+  EXPECT_LT(testing::rel_error(unmerged->logits(ctx, b), merged->logits(ctx, b)), 1e-5);
+
+  // The encrypted merged model as the base of another run: its key via model.key_file.
+  const std::string again = testing::make_temp_dir("enc2");
+  TrainResult r2 =
+      run_training(small_recipe(again, {"model.path=" + out + "/model", "model.init=pretrained",
+                                        "model.key_file=" + keys + "/k.key", "train.max_steps=2"}),
+                   quiet());
+  EXPECT_EQ(r2.losses.size(), 2u);
+  testing::expect_error(
+      [&] {
+        run_training(small_recipe(testing::make_temp_dir("enc3"),
+                                  {"model.path=" + out + "/model", "model.init=pretrained",
+                                   "train.max_steps=2"}),
+                     quiet());
+      },
+      {"is encrypted"});
 }
 
 }  // namespace

@@ -1,9 +1,11 @@
 #include <cstdio>
+#include <optional>
 
 #include "engine/adapter.h"
 #include "engine/cli/commands.h"
 #include "engine/dataset.h"
 #include "engine/device.h"
+#include "engine/encryption.h"
 #include "engine/error.h"
 #include "engine/safetensors.h"
 #include "engine/tokenizer.h"
@@ -19,6 +21,9 @@ void add_eval(CLI::App& app, Action* action) {
     int64_t seq = 256, batch = 4, max_batches = 0, threads = 0;
   };
   auto o = std::make_shared<Opts>();
+  auto keys = std::make_shared<std::pair<std::string, std::string>>();
+  cmd->add_option("--key-file", keys->first, "Key file of encrypted weights (64 hex characters)");
+  cmd->add_option("--key-env", keys->second, "Environment variable holding that key");
   cmd->add_option("model", o->model, "Hugging Face model directory")->required();
   cmd->add_option("data", o->data, "JSONL file, one {\"text\": ...} per line")->required();
   cmd->add_option("--adapter", o->adapter, "LoRA adapter directory (PEFT) applied to the model");
@@ -32,12 +37,14 @@ void add_eval(CLI::App& app, Action* action) {
   cmd->footer(
       "Examples:\n  ftune eval runs/quickstart/model data/quickstart/val.jsonl --seq-len 128\n"
       "  ftune eval base/ val.jsonl --adapter runs/lora/adapter");
-  cmd->callback([o, action] {
-    *action = [o] {
+  cmd->callback([o, keys, action] {
+    *action = [o, keys] {
+      const std::optional<WeightKey> key = load_key_option(keys->first, keys->second);
       auto be = make_backend(resolve_device(o->device));
       ModelConfig mc = load_model_config(o->model);
       Tokenizer tok = Tokenizer::load(o->model);
-      auto m = open_inference_model(be.get(), o->model, o->adapter, o->batch * o->seq, o->merged);
+      auto m = open_inference_model(be.get(), o->model, o->adapter, o->batch * o->seq, o->merged,
+                                    nullptr, key ? &*key : nullptr);
       Model& model = *m;
       BlockDataset data(read_jsonl_texts(o->data, o->field), tok, o->seq);
       if (data.num_blocks() == 0)

@@ -1,8 +1,10 @@
 #include <cstdio>
+#include <optional>
 
 #include "engine/adapter.h"
 #include "engine/cli/commands.h"
 #include "engine/device.h"
+#include "engine/encryption.h"
 #include "engine/generate.h"
 #include "engine/safetensors.h"
 #include "engine/trainer.h"
@@ -19,6 +21,9 @@ void add_generate(CLI::App& app, Action* action) {
     uint64_t seed = 0;
   };
   auto o = std::make_shared<Opts>();
+  auto keys = std::make_shared<std::pair<std::string, std::string>>();
+  cmd->add_option("--key-file", keys->first, "Key file of encrypted weights (64 hex characters)");
+  cmd->add_option("--key-env", keys->second, "Environment variable holding that key");
   cmd->add_option("model", o->model, "Hugging Face model directory")->required();
   cmd->add_option("-p,--prompt", o->prompt, "Prompt text")->required();
   cmd->add_option("--adapter", o->adapter, "LoRA adapter directory (PEFT) applied to the model");
@@ -35,13 +40,15 @@ void add_generate(CLI::App& app, Action* action) {
       "  ftune generate runs/quickstart/model -p 'Plant: Tomato'\n"
       "  ftune generate runs/quickstart/model -p 'Once upon a time' -t 0.8 --top-p 0.95\n"
       "  ftune generate base/ --adapter runs/lora/adapter -p 'Plant: Basil'");
-  cmd->callback([o, action] {
-    *action = [o] {
+  cmd->callback([o, keys, action] {
+    *action = [o, keys] {
+      const std::optional<WeightKey> key = load_key_option(keys->first, keys->second);
       auto be = make_backend(resolve_device(o->device));
       ModelConfig mc = load_model_config(o->model);
       Tokenizer tok = Tokenizer::load(o->model);
       const int64_t window = std::min<int64_t>(o->context, mc.max_position_embeddings);
-      auto m = open_inference_model(be.get(), o->model, o->adapter, window, o->merged);
+      auto m = open_inference_model(be.get(), o->model, o->adapter, window, o->merged, nullptr,
+                                    key ? &*key : nullptr);
       Model& model = *m;
       GenerateOptions g;
       g.max_new_tokens = o->max_new;

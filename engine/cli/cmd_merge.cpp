@@ -1,9 +1,11 @@
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "engine/adapter.h"
 #include "engine/cli/commands.h"
 #include "engine/device.h"
+#include "engine/encryption.h"
 #include "engine/error.h"
 #include "engine/export.h"
 #include "engine/manifest.h"
@@ -22,6 +24,9 @@ void add_merge(CLI::App& app, Action* action) {
     bool force = false;
   };
   auto o = std::make_shared<Opts>();
+  auto keys = std::make_shared<std::pair<std::string, std::string>>();
+  cmd->add_option("--key-file", keys->first, "Key file of encrypted weights (64 hex characters)");
+  cmd->add_option("--key-env", keys->second, "Environment variable holding that key");
   cmd->add_option("base", o->base, "Base model directory")->required();
   cmd->add_option("adapter", o->adapter, "PEFT LoRA adapter directory")->required();
   cmd->add_option("out", o->out, "Output model directory")->required();
@@ -33,18 +38,21 @@ void add_merge(CLI::App& app, Action* action) {
       "Examples:\n"
       "  ftune merge base/ runs/lora/adapter merged/\n"
       "  ftune merge base/ runs/lora/adapter merged/ --dtype bf16 --sign-key me.pem");
-  cmd->callback([o, action] {
-    *action = [o] {
+  cmd->callback([o, keys, action] {
+    *action = [o, keys] {
+      const std::optional<WeightKey> key = load_key_option(keys->first, keys->second);
       if (fs::exists(o->out) && !(fs::is_directory(o->out) && fs::is_empty(o->out)) && !o->force)
         throw Error("'" + o->out + "' exists; choose another output directory or pass --force");
       if (!o->sign_key.empty()) (void)public_key_sha256(o->sign_key);  // fail before any work
       auto be = make_backend(resolve_device("cpu"));
       DType base_dtype = DType::F32;
-      auto model = open_inference_model(be.get(), o->base, o->adapter, 1, true, &base_dtype);
+      auto model = open_inference_model(be.get(), o->base, o->adapter, 1, true, &base_dtype,
+                                        key ? &*key : nullptr);
       export_model_dir(*model, o->base, o->out, resolve_export_dtype(o->dtype, base_dtype),
-                       size_t(o->max_shard_mb) * 1000 * 1000);
+                       size_t(o->max_shard_mb) * 1000 * 1000, key ? &*key : nullptr);
       nlohmann::json m = provenance_base(o->base, "", {});
       m["method"] = "merge";
+      if (key) m["encryption"] = {{"cipher", "AES-256-GCM"}, {"key_id", key_id(*key)}};
       m["output"] = "merged";
       m["adapter"] = {{"path", o->adapter},
                       {"files", file_entries({o->adapter + "/" + kAdapterConfig,
