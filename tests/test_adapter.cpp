@@ -3,6 +3,8 @@
 // adapter gradients, unmerged and merged; what ftune writes is PEFT's file again, name for name.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
 #include "engine/adapter.h"
 #include "engine/fs_util.h"
 #include "engine/model.h"
@@ -138,6 +140,36 @@ TEST(Adapter, MismatchedAdapterIsAClearError) {
   Model m3(be.get(), load_model_config(base), 8, false, &lc2);
   testing::expect_error([&] { load_adapter(m3, dir); }, {"shape"});
   testing::expect_error([&] { read_adapter_config(base); }, {"not a LoRA adapter directory"});
+}
+
+// The reverse direction, committed: an adapter that ftune trained (peft/ftune_trained, made by
+// make_peft_fixtures.py --ftune-trained), loaded into PEFT, gives PEFT's logits; ftune opening
+// the same base and adapter, unmerged and merged, must give them too.
+TEST(Adapter, PeftLoadsWhatFtuneTrained) {
+  const std::string dir = testing::fixtures_dir() + "/peft/ftune_trained";
+  const std::string base = dir + "/base", adapter = dir + "/adapter";
+  SafetensorsReader ref = SafetensorsReader::open(dir + "/reference.safetensors");
+  const TensorInfo* ids_t = ref.find("input_ids");
+  ASSERT_NE(ids_t, nullptr);
+  ASSERT_EQ(ids_t->shape, (std::vector<int64_t>{2, 16}));
+  const std::vector<int32_t> ids = read_ids(ref, "input_ids");
+  const std::vector<int32_t> no_targets(ids.size(), kIgnoreIndex);
+  auto be = make_cpu_backend();
+  ExecContext ctx;
+  ctx.threads = 2;
+  for (const bool merge : {false, true}) {
+    SCOPED_TRACE(merge ? "merged" : "unmerged");
+    auto model = open_inference_model(be.get(), base, adapter, 32, merge);
+    EXPECT_EQ(model->has_lora(), !merge);
+    const std::vector<float> want = read_f32(ref, merge ? "logits_merged" : "logits");
+    const std::vector<float> got = model->logits(ctx, Batch::from_rows(2, 16, ids, no_targets));
+    ASSERT_EQ(got.size(), want.size());
+    const double err = testing::rel_error(got, want);
+    char text[32];
+    std::snprintf(text, sizeof text, "%.3e", err);
+    RecordProperty(merge ? "rel_error_merged" : "rel_error_unmerged", text);
+    EXPECT_LE(err, 1e-5);
+  }
 }
 
 }  // namespace
