@@ -2,12 +2,15 @@
 
 #include "engine/error.h"
 #ifdef FTUNE_HAVE_CUDA
+#include "cuda/cuda_backend.h"
 #include "cuda/cuda_device.h"
 #endif
 
 namespace ftune {
 
-constexpr bool kCudaTrainingBackend = false;
+// `device: cuda` runs the CUDA backend; `auto` picks it only once it has passed on a real GPU
+// (scripts/gpu-check, issue #8). Until then auto stays on the CPU, the verified reference.
+constexpr bool kCudaVerified = false;
 
 bool cuda_built() {
 #ifdef FTUNE_HAVE_CUDA
@@ -37,19 +40,21 @@ DeviceChoice resolve_device(const std::string& requested) {
     return {"cuda", "CUDA"};
   }
   if (requested == "auto") {
-    // Until the CUDA training backend exists (issue #5) auto stays on the CPU even with a GPU.
-    if (n > 0 && kCudaTrainingBackend) return {"cuda", "CUDA"};
-    return {"cpu",
-            n > 0 ? "CPU (a GPU is present; the CUDA training backend arrives with #5)" : "CPU"};
+    if (n > 0 && kCudaVerified) return {"cuda", "CUDA"};
+    return {"cpu", n > 0 ? "CPU (a GPU is present; set `device: cuda` to use the CUDA backend, "
+                           "not yet verified on a GPU)"
+                         : "CPU"};
   }
   throw Error("device: unknown value '" + requested + "' (use auto, cpu or cuda)");
 }
 
 std::unique_ptr<Backend> make_backend(const DeviceChoice& choice) {
   if (choice.kind == "cpu") return make_cpu_backend();
-  throw Error(
-      "the CUDA training backend is not part of this build yet (it lands with issue #5); "
-      "use `device: cpu`");
+#ifdef FTUNE_HAVE_CUDA
+  return make_cuda_backend(0);
+#else
+  throw Error("this ftune was built without CUDA; use `device: cpu`");
+#endif
 }
 
 }  // namespace ftune

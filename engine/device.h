@@ -18,8 +18,7 @@ bool cuda_built();
 int cuda_device_count(std::string* why);
 // Resolves "auto" | "cpu" | "cuda". Throws ftune::Error for an impossible request.
 DeviceChoice resolve_device(const std::string& requested);
-// The backend for a resolved choice. The CUDA training backend arrives with issue #5; until
-// then asking for it is refused with a message saying so.
+// The backend for a resolved choice (CUDA: GPU 0).
 std::unique_ptr<Backend> make_backend(const DeviceChoice& choice);
 
 }  // namespace ftune

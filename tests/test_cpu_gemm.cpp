@@ -43,7 +43,11 @@ TEST(RefLinear, BackwardMatchesFiniteDifferences) {
   EXPECT_LE(rel_error(db, numeric_grad(b, loss)), 1e-6);
 }
 
-TEST(CpuGemm, AllTransposesWithPaddedStridesMatchReference) {
+// Both CPU GEMMs: the BLAS one and the portable one (what FTUNE_PORTABLE builds use).
+class CpuGemmImpl : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CpuGemmImpl, AllTransposesWithPaddedStridesMatchReference) {
+  const bool portable = GetParam();
   const int64_t M = 7, N = 37, K = 1001, pad = 3;
   uint64_t seed = 10;
   for (bool ta : {false, true}) {
@@ -61,7 +65,8 @@ TEST(CpuGemm, AllTransposesWithPaddedStridesMatchReference) {
         auto ref_c = to_double(C);
         ref::gemm<double>(ta, tb, M, N, K, 0.75, to_double(A).data(), lda, to_double(B).data(), ldb,
                           beta, ref_c.data(), ldc);
-        cpu::gemm(2, ta, tb, M, N, K, 0.75f, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
+        (portable ? cpu::gemm_portable : cpu::gemm)(2, ta, tb, M, N, K, 0.75f, A.data(), lda,
+                                                    B.data(), ldb, beta, C.data(), ldc);
         std::vector<double> got, want;
         for (int64_t i = 0; i < M; ++i) {
           for (int64_t j = 0; j < N; ++j) {
@@ -75,6 +80,8 @@ TEST(CpuGemm, AllTransposesWithPaddedStridesMatchReference) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(BlasAndPortable, CpuGemmImpl, ::testing::Values(false, true));
 
 TEST(CpuGemm, EmptyInnerDimensionScalesOrClearsC) {
   std::vector<float> C(6, NAN);

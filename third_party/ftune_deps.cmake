@@ -1,10 +1,36 @@
 # Finds every external dependency from the system (Debian packages). Nothing is vendored.
+# FTUNE_PORTABLE links them statically (and replaces OpenBLAS by the built-in GEMM) so a build
+# tree can be carried to a machine without Debian's -dev packages (the GPU check machine).
+if(FTUNE_PORTABLE)
+  set(OPENSSL_USE_STATIC_LIBS TRUE)
+endif()
 find_package(yaml-cpp REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(OpenSSL REQUIRED COMPONENTS Crypto)
 find_package(OpenMP REQUIRED COMPONENTS CXX)
 find_package(Threads REQUIRED)
+if(FTUNE_TESTS)
+  find_package(GTest REQUIRED)
+endif()
+
+add_library(ftune_yaml INTERFACE)
+add_library(ftune_pcre2 INTERFACE)
+if(FTUNE_PORTABLE)
+  find_library(FTUNE_YAML_STATIC libyaml-cpp.a REQUIRED)
+  find_library(FTUNE_PCRE2_STATIC libpcre2-8.a REQUIRED)
+  get_target_property(_yaml_inc yaml-cpp INTERFACE_INCLUDE_DIRECTORIES)
+  target_include_directories(ftune_yaml INTERFACE ${_yaml_inc})
+  target_link_libraries(ftune_yaml INTERFACE ${FTUNE_YAML_STATIC})
+  target_compile_definitions(ftune_pcre2 INTERFACE PCRE2_STATIC)
+  target_link_libraries(ftune_pcre2 INTERFACE ${FTUNE_PCRE2_STATIC})
+  # The built-in GEMM stands in for OpenBLAS (36 MB as a shared library).
+  add_library(ftune_openblas INTERFACE)
+  target_compile_definitions(ftune_openblas INTERFACE FTUNE_NO_BLAS=1)
+  message(STATUS "ftune: portable build (static deps, built-in GEMM instead of OpenBLAS)")
+  return()
+endif()
+target_link_libraries(ftune_yaml INTERFACE yaml-cpp)
 
 # OpenBLAS, preferring Debian's OpenMP build: it shares our OpenMP thread pool, where the
 # pthread build's workers fight our OpenMP workers for the cores.
@@ -30,7 +56,5 @@ message(STATUS "ftune: OpenBLAS ${FTUNE_OPENBLAS_LIB}")
 # PCRE2 (8-bit, UTF mode) for the tokenizer's pre-tokenization regexes.
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+target_link_libraries(ftune_pcre2 INTERFACE PkgConfig::PCRE2)
 
-if(FTUNE_TESTS)
-  find_package(GTest REQUIRED)
-endif()

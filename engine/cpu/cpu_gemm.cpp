@@ -1,12 +1,15 @@
-// Matrix products for the CPU backend: a row-major wrapper over OpenBLAS sgemm, and nn.Linear's
-// forward and backward built on it.
+// Matrix products for the CPU backend: a row-major wrapper over OpenBLAS sgemm (or, in portable
+// builds without OpenBLAS, a plain blocked GEMM), and nn.Linear's forward and backward on it.
+#ifndef FTUNE_NO_BLAS
 #include <cblas.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "engine/cpu/cpu_ops.h"
 #include "engine/error.h"
@@ -14,6 +17,7 @@
 namespace ftune::cpu {
 namespace {
 
+#ifndef FTUNE_NO_BLAS
 // openblas_set_num_threads takes a lock and may resize OpenBLAS's pool, so only call it when the
 // requested count changes. Every GEMM in the CPU backend goes through gemm() below, so this cache
 // is the only writer of OpenBLAS's thread count.
@@ -26,6 +30,46 @@ void set_blas_threads(int threads) {
     g_blas_threads.store(t, std::memory_order_relaxed);
   }
 }
+#endif
+
+}  // namespace
+
+// Portable builds (FTUNE_PORTABLE) carry no BLAS: C = alpha op(A) op(B) + beta C in i-k-j order,
+// rows of C split across threads, the inner loop contiguous in B and C so it vectorises. op(B)
+// is transposed into a scratch copy first when needed. Correct and deterministic, not fast: it
+// serves machines that run the GPU checks, where the CPU is only the reference.
+void gemm_portable(int threads, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                   float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,
+                   float beta, float* C, int64_t ldc) {
+  std::vector<float> bt;
+  const float* Bk = B;  // row k of op(B) starts at Bk + k * ldbk
+  int64_t ldbk = ldb;
+  if (trans_b) {
+    bt.resize(size_t(K * N));
+    for (int64_t j = 0; j < N; ++j)
+      for (int64_t k = 0; k < K; ++k) bt[size_t(k * N + j)] = B[j * ldb + k];
+    Bk = bt.data();
+    ldbk = N;
+  }
+#pragma omp parallel for schedule(static) \
+    num_threads(std::max(threads, 1)) if (threads > 1 && M > 1)
+  for (int64_t i = 0; i < M; ++i) {
+    float* c = C + i * ldc;
+    if (beta == 0.f) {
+      std::memset(c, 0, size_t(N) * sizeof(float));
+    } else if (beta != 1.f) {
+      for (int64_t j = 0; j < N; ++j) c[j] *= beta;
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const float a = alpha * (trans_a ? A[k * lda + i] : A[i * lda + k]);
+      const float* b = Bk + k * ldbk;
+#pragma omp simd
+      for (int64_t j = 0; j < N; ++j) c[j] += a * b[j];
+    }
+  }
+}
+
+namespace {
 
 void check_blas_dim(int64_t v, const char* what) {
   FTUNE_CHECK(v >= 0 && v <= INT_MAX,
@@ -78,10 +122,14 @@ void gemm(int threads, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t
     }
     return;
   }
+#ifdef FTUNE_NO_BLAS
+  gemm_portable(threads, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#else
   set_blas_threads(threads);
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, int(M), int(N), int(K), alpha, A, int(lda), B,
               int(ldb), beta, C, int(ldc));
+#endif
 }
 
 void linear_forward(int threads, const float* x, const float* W, const float* bias, float* y,

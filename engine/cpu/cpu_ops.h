@@ -13,6 +13,10 @@ namespace ftune::cpu {
 void gemm(int threads, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
           int64_t ldc);
+// The same product without BLAS (what portable builds use for gemm): plain i-k-j loops.
+void gemm_portable(int threads, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                   float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,
+                   float beta, float* C, int64_t ldc);
 void linear_forward(int threads, const float* x, const float* W, const float* bias, float* y,
                     int64_t n, int64_t in, int64_t out);
 void linear_backward(int threads, const float* dy, const float* x, const float* W, float* dx,
