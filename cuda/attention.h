@@ -11,11 +11,11 @@
 namespace ftune::cuda {
 
 struct AttentionArgs {
-  int64_t tokens = 0;                        // N
+  int64_t tokens = 0;  // N
   int q_heads = 0, kv_heads = 0, head_dim = 0;
-  const int32_t* doc_offsets = nullptr;      // DEVICE array, n_docs + 1 entries (cu_seqlens)
+  const int32_t* doc_offsets = nullptr;  // DEVICE array, n_docs + 1 entries (cu_seqlens)
   int n_docs = 0;
-  int max_doc_len = 0;                       // longest document, for grid sizing
+  int max_doc_len = 0;  // longest document, for grid sizing
   float scale = 0.f;
 };
 
