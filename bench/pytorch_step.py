@@ -36,10 +36,25 @@ def parse_args(argv):
                    help="tie lm_head to the input embedding (default: tied)")
     p.add_argument("--attn", choices=("eager", "sdpa"), default="sdpa")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", choices=("default", "llama-3.2-1b"), default="default",
+                   help="named shape (as ftune bench --preset); explicit shape flags still win")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: weights and compute in bf16 (CUDA), fused AdamW")
     p.add_argument("--method", choices=("full", "lora"), default="full",
                    help="lora: PEFT adapters on every linear (all-linear), base frozen")
     p.add_argument("--lora-rank", type=int, default=16)
     args = p.parse_args(argv)
+    if args.preset == "llama-3.2-1b":
+        given = {a.split("=")[0] for a in argv if a.startswith("--")}
+        shape = dict(hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192,
+                     vocab=128256, seq=2048, batch=1)
+        for name, value in shape.items():
+            if "--" + name.replace("_", "-") not in given:
+                setattr(args, name, value)
+        args.rope_theta = 500000.0
+    else:
+        args.rope_theta = 10000.0
     if args.hidden % args.heads != 0:
         p.error(f"--hidden {args.hidden} must be divisible by --heads {args.heads}")
     if args.heads % args.kv_heads != 0:
@@ -96,10 +111,15 @@ def main(argv):
         head_dim=head_dim,
         max_position_embeddings=args.seq,
         tie_word_embeddings=args.tied,
+        rope_theta=args.rope_theta,
         use_cache=False,
     )
+    dev = torch.device(args.device)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("pytorch_step: --device cuda but torch sees no GPU")
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model = LlamaForCausalLM._from_config(config, attn_implementation=args.attn,
-                                          dtype=torch.float32)
+                                          dtype=dtype).to(dev)
     if args.method == "lora":
         from peft import LoraConfig, get_peft_model  # imported only when asked for
 
@@ -108,11 +128,11 @@ def main(argv):
                                                  task_type="CAUSAL_LM"))
     model.train()
     trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=1e-4, fused=False)
+    optimizer = torch.optim.AdamW(trained, lr=1e-4, fused=args.device == "cuda")
 
     n_params, n_nonembed = count_params(model.get_base_model() if args.method == "lora" else model)
     tokens = args.batch * args.seq
-    input_ids = torch.randint(0, args.vocab, (args.batch, args.seq), dtype=torch.int64)
+    input_ids = torch.randint(0, args.vocab, (args.batch, args.seq), dtype=torch.int64).to(dev)
 
     def step():
         out = model(input_ids=input_ids, labels=input_ids, use_cache=False)
@@ -134,12 +154,17 @@ def main(argv):
     fpt = flops_per_step_frozen if args.method == "lora" else flops_per_step
     flops = fpt(n_nonembed, args.layers, args.heads, head_dim, args.seq, tokens)
     head_flops = 6 * args.vocab * args.hidden * tokens
+    peak_device_mb = (torch.cuda.max_memory_allocated() / 2**20) if args.device == "cuda" else 0.0
     # ru_maxrss is in KiB on Linux.
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     result = {
         "impl": "pytorch",
         "method": args.method,
+        "device": args.device,
+        "dtype": args.dtype,
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+        "peak_device_mb": round(peak_device_mb, 1),
         "trained_params": sum(p.numel() for p in trained),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

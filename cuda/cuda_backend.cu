@@ -13,6 +13,7 @@
 // Errors: every CUDA and cuBLAS call is checked; a failure is an ftune::Error naming the call and
 // the backend op. Kernels run asynchronously, so a fault inside one surfaces at the next call that
 // waits for the stream.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -86,6 +87,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override { release(); }
 
   std::string name() const override { return "cuda"; }
+  size_t peak_allocated_bytes() const override { return peak_bytes_; }
 
   // ---- memory ----
   void* alloc(size_t bytes) override {
@@ -107,6 +109,8 @@ class CudaBackend final : public Backend {
       if (bytes) FTUNE_CUDA(cudaMemsetAsync(p, 0, bytes, cur_), "alloc");
       FTUNE_CUDA(cudaStreamSynchronize(cur_), "alloc");
       allocs_.emplace(p, bytes);
+      live_bytes_ += bytes;
+      peak_bytes_ = std::max(peak_bytes_, live_bytes_);
     } catch (...) {
       cudaFree(p);
       throw;
@@ -122,6 +126,7 @@ class CudaBackend final : public Backend {
       std::fprintf(stderr, "ftune: cuda backend: free of a pointer it did not allocate (%p)\n", p);
       return;
     }
+    live_bytes_ -= it->second;
     allocs_.erase(it);
     const cudaError_t e = cudaFree(p);
     if (e != cudaSuccess) {
@@ -427,6 +432,7 @@ class CudaBackend final : public Backend {
   cuda::Scratch reduce_, sort_, logits_, losses_, attn_ws_, doc_offsets_, spans_;
   std::vector<cuda::DeviceSpan> host_spans_;
   std::unordered_map<void*, size_t> allocs_;
+  size_t live_bytes_ = 0, peak_bytes_ = 0;
 };
 
 }  // namespace

@@ -68,6 +68,9 @@ class Backend {
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
   virtual void zero(void* p, size_t bytes) = 0;
   virtual void synchronize(const ExecContext& ctx) = 0;
+  // High-water mark of bytes held through alloc() (buffers the model and trainer own; a
+  // backend's private workspaces are not included). 0 when the backend does not track it.
+  virtual size_t peak_allocated_bytes() const { return 0; }
 
   // ---- linear algebra ----
   // C[M,N] = alpha * op(A) * op(B) + beta * C, row-major; op(A) is [M,K], op(B) is [K,N].

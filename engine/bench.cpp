@@ -24,7 +24,7 @@ ModelConfig bench_model_config(const BenchOptions& o) {
                       {"num_key_value_heads", o.kv_heads},
                       {"max_position_embeddings", std::max<int64_t>(o.seq, 2048)},
                       {"rms_norm_eps", 1e-5},
-                      {"rope_theta", 10000.0},
+                      {"rope_theta", o.rope_theta},
                       {"tie_word_embeddings", o.tied},
                       {"initializer_range", 0.02}};
   return parse_model_config(j, "bench shape");
@@ -36,6 +36,24 @@ double flops_per_token(const ModelConfig& c, int64_t seq, bool frozen_base) {
   const double n = per_layer * double(c.num_layers);
   return (frozen_base ? 4.0 : 6.0) * n +
          12.0 * double(c.num_layers) * double(c.num_heads) * double(c.head_dim) * double(seq);
+}
+
+void apply_bench_preset(const std::string& name, BenchOptions* o) {
+  if (name == "llama-3.2-1b") {
+    o->hidden = 2048;
+    o->layers = 16;
+    o->heads = 32;
+    o->kv_heads = 8;
+    o->intermediate = 8192;
+    o->vocab = 128256;
+    o->tied = true;
+    o->rope_theta = 500000.0;
+    o->seq = 2048;
+    o->batch = 1;
+    return;
+  }
+  if (name == "default" || name.empty()) return;
+  throw Error("--preset: unknown shape '" + name + "' (known: llama-3.2-1b, default)");
 }
 
 BenchResult run_bench(const BenchOptions& o) {
@@ -94,6 +112,8 @@ BenchResult run_bench(const BenchOptions& o) {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   r.peak_rss_mb = double(ru.ru_maxrss) / 1024.0;
+  r.peak_device_mb = double(be->peak_allocated_bytes()) / double(1 << 20);
+  if (o.peak_tflops > 0) r.mfu = r.gflops_per_s / (o.peak_tflops * 1000.0);
   return r;
 }
 

@@ -17,7 +17,13 @@ struct BenchOptions {
   std::string method = "full";  // full | lora (frozen base, adapters on lora_targets)
   int64_t lora_rank = 16;
   std::string lora_targets = "all-linear";
+  double rope_theta = 10000.0;
+  double peak_tflops = 0;  // the device's dense peak for this precision: MFU is reported when set
 };
+
+// Named shapes: "llama-3.2-1b" (hidden 2048, 16 layers, 32/8 heads, MLP 8192, vocab 128256, tied,
+// seq 2048, batch 1). Throws ftune::Error naming the known presets.
+void apply_bench_preset(const std::string& name, BenchOptions* o);
 
 struct BenchResult {
   int64_t params = 0, non_embedding_params = 0;
@@ -27,6 +33,8 @@ struct BenchResult {
   double peak_rss_mb = 0;
   int64_t trained_params = 0;  // what the optimizer updates
   double state_mb = 0;         // parameters + gradients + AdamW moments, as allocated
+  double peak_device_mb = 0;   // backend buffers' high-water mark (GPU); 0 on the CPU
+  double mfu = 0;              // achieved / peak FLOP/s (0 unless peak_tflops is set)
 };
 
 ModelConfig bench_model_config(const BenchOptions& o);

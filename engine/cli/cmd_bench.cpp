@@ -65,6 +65,10 @@ nlohmann::json result_json(const BenchOptions& o, const BenchResult& r) {
           {"tokens_per_s", r.tokens_per_s},
           {"gflops_per_s", r.gflops_per_s},
           {"state_mb", r.state_mb},
+          {"device", o.device},
+          {"peak_device_mb", r.peak_device_mb},
+          {"peak_tflops", o.peak_tflops},
+          {"mfu", r.mfu},
           {"peak_rss_mb", r.peak_rss_mb}};
 }
 
@@ -87,6 +91,11 @@ void add_bench(CLI::App& app, Action* action) {
   cmd->add_option("--warmup", o->warmup, "Untimed warmup steps");
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)");
   cmd->add_option("--device", o->device, "cpu or cuda");
+  auto preset = std::make_shared<std::string>();
+  cmd->add_option("--preset", *preset,
+                  "Named shape (llama-3.2-1b: seq 2048, batch 1); explicit shape flags still win");
+  cmd->add_option("--peak-tflops", o->peak_tflops,
+                  "The device's dense peak TFLOP/s for this precision, to report MFU");
   cmd->add_option("--method", o->method, "full, lora, or both (each in its own process)")
       ->check(CLI::IsMember({"full", "lora", "both"}));
   cmd->add_option("--lora-rank", o->lora_rank, "Adapter rank for --method lora");
@@ -97,7 +106,25 @@ void add_bench(CLI::App& app, Action* action) {
       "Default shape: ~22M parameters (hidden 512, 6 layers, 8 heads, 4 KV heads, MLP 1408,\n"
       "vocab 8192), seq 256, batch 4. Compare with bench/pytorch_step.py on the same flags.\n"
       "Examples:\n  ftune bench --threads 2\n  ftune bench --method both --lora-rank 16");
-  cmd->callback([o, json, untied, action] {
+  cmd->callback([o, json, untied, preset, cmd, action] {
+    // A preset sets the shape; a shape flag given explicitly still wins.
+    if (!preset->empty()) {
+      BenchOptions shape;
+      apply_bench_preset(*preset, &shape);
+      auto keep = [&](const char* flag, int64_t* field, int64_t value) {
+        if (cmd->count(flag) == 0) *field = value;
+      };
+      keep("--hidden", &o->hidden, shape.hidden);
+      keep("--layers", &o->layers, shape.layers);
+      keep("--heads", &o->heads, shape.heads);
+      keep("--kv-heads", &o->kv_heads, shape.kv_heads);
+      keep("--intermediate", &o->intermediate, shape.intermediate);
+      keep("--vocab", &o->vocab, shape.vocab);
+      keep("--seq", &o->seq, shape.seq);
+      keep("--batch", &o->batch, shape.batch);
+      o->rope_theta = shape.rope_theta;
+      if (cmd->count("--untied") == 0) *untied = !shape.tied;
+    }
     *action = [o, json, untied] {
       o->tied = !*untied;
       std::vector<std::string> methods = {o->method};
@@ -139,6 +166,12 @@ void add_bench(CLI::App& app, Action* action) {
           "state (MiB)", [](const BenchResult& r) { return r.state_mb; }, " %14.1f");
       row(
           "peak RSS (MiB)", [](const BenchResult& r) { return r.peak_rss_mb; }, " %14.1f");
+      if (o->device != "cpu")
+        row(
+            "device peak MiB", [](const BenchResult& r) { return r.peak_device_mb; }, " %14.1f");
+      if (o->peak_tflops > 0)
+        row(
+            "MFU (%)", [](const BenchResult& r) { return 100.0 * r.mfu; }, " %14.1f");
       return 0;
     };
   });
