@@ -112,6 +112,22 @@ Model::Model(Backend* be, ModelConfig cfg, int64_t max_tokens, bool with_grads,
 
 Model::~Model() = default;
 
+ModelMemory Model::memory() const {
+  ModelMemory m;
+  m.weights = params_.bytes() + inv_freq_.bytes() + lora_params_.bytes();
+  m.gradients = grads_.bytes() + lora_grads_.bytes();
+  const Acts& a = *a_;
+  for (const auto* b :
+       {&a.resid, &a.xn1, &a.rstd1, &a.qb, &a.kb, &a.vb, &a.att, &a.lse, &a.resid_mid, &a.xn2,
+        &a.rstd2, &a.gate, &a.up, &a.h, &a.final_resid, &a.xf, &a.rstdf, &lora_xa_})
+    m.activations += b->bytes();
+  m.activations += a.ids.bytes() + a.targets.bytes() + a.positions.bytes();
+  for (const auto* b : {&a.tmp, &a.dres, &a.dxn, &a.datt, &a.dq, &a.dk, &a.dv, &a.dh, &a.dgate,
+                        &a.dup, &lora_dxa_, &lora_xd_})
+    m.scratch += b->bytes();
+  return m;
+}
+
 DType Model::load_weights(const WeightStore& store) {
   std::vector<float> host(layout_.total(), 0.f);
   DType found = DType::F32;

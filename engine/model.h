@@ -30,6 +30,14 @@ struct Batch {
                          std::vector<int32_t> targets);
 };
 
+// Bytes a model holds on its backend, by purpose (what `ftune train` prints at start).
+struct ModelMemory {
+  size_t weights = 0;      // base parameters (+ adapters)
+  size_t gradients = 0;    // of what is trained
+  size_t activations = 0;  // saved for backward, all layers, max_tokens tokens
+  size_t scratch = 0;      // backward work buffers
+};
+
 class Model {
  public:
   // Allocates parameters (zero), gradients and activation buffers for up to max_tokens tokens
@@ -70,6 +78,7 @@ class Model {
   float* train_grads() const { return lora_on_ ? lora_grads() : grads(); }
   size_t num_train_params() const { return lora_on_ ? lora_layout_.total() : layout_.total(); }
   int64_t max_tokens() const { return max_tokens_; }
+  ModelMemory memory() const;
 
   // Weights from a model directory (any float dtype on disk; converted to fp32). Missing or
   // ill-shaped tensors are errors naming the tensor. Returns the dtype found on disk.

@@ -266,7 +266,18 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     throw Error("the tokenizer in '" + c.model_path + "' has " + std::to_string(tok.vocab_size()) +
                 " tokens but config.json vocab_size is " + std::to_string(mc.vocab_size));
   const std::optional<LoraConfig> lora = recipe_lora_config(c);
-  Model model(be.get(), mc, c.micro_batch_size * c.seq_len, true, lora ? &*lora : nullptr);
+  // Everything the model needs is allocated here, up front: running out of memory is one clear
+  // error now, with what to change, rather than a failure mid-run.
+  std::unique_ptr<Model> model_ptr;
+  try {
+    model_ptr = std::make_unique<Model>(be.get(), mc, c.micro_batch_size * c.seq_len, true,
+                                        lora ? &*lora : nullptr);
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()) + "\nthe model does not fit on " + dev.detail +
+                ": lower train.micro_batch_size or train.seq_len (raise train.grad_accum to keep " +
+                "the batch), or use method: lora");
+  }
+  Model& model = *model_ptr;
   DType base_dtype = DType::F32;
   if (c.model_init == "pretrained") {
     // An encrypted base takes model.key_*, else the output key (re-tuning one's own model).
@@ -319,6 +330,15 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   }
   std::ofstream metrics(metrics_path, std::ios::app);
 
+  {
+    const ModelMemory mm = model.memory();
+    const size_t opt_bytes = 2 * n_train * sizeof(float);
+    auto mib = [](size_t b) { return fmt("%.1f", double(b) / double(1 << 20), 0); };
+    say("memory: weights " + mib(mm.weights) + " MiB, gradients " + mib(mm.gradients) +
+        " MiB, optimizer " + mib(opt_bytes) + " MiB, activations " + mib(mm.activations) +
+        " MiB, scratch " + mib(mm.scratch) + " MiB = " +
+        mib(mm.weights + mm.gradients + opt_bytes + mm.activations + mm.scratch) + " MiB");
+  }
   say("ftune: " + mc.model_type + " " + std::to_string(model.num_params()) + " parameters" +
       (lora ? " (LoRA: " + std::to_string(lora_param_count(model)) + " trained)" : "") + " on " +
       dev.detail + " (" + std::to_string(threads) + " threads); " + data->describe() + "; " +

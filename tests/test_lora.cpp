@@ -135,6 +135,20 @@ TEST(Lora, FreshAdaptersLeaveTheModelAsTheBase) {
   EXPECT_GT(hi - lo, 0.2f);
 }
 
+// The memory report: a frozen base holds no gradient buffer, only the adapters' gradients.
+TEST(Lora, MemoryHasNoBaseGradients) {
+  auto be = make_cpu_backend();
+  const LoraConfig lc = lora_all(0.0);
+  Model full(be.get(), tiny_config(), 14, true);
+  Model lora(be.get(), tiny_config(), 14, true, &lc);
+  const ModelMemory f = full.memory(), l = lora.memory();
+  EXPECT_EQ(f.gradients, full.num_params() * sizeof(float));
+  EXPECT_EQ(l.gradients, lora.num_train_params() * sizeof(float));
+  EXPECT_LT(l.gradients, f.gradients / 4);
+  EXPECT_GT(l.activations, f.activations) << "the adapters' saved x·Aᵀ";
+  EXPECT_GT(f.scratch, 0u);
+}
+
 TEST(Lora, MergedGivesTheSameLogits) {
   for (bool rslora : {false, true}) {
     auto be = make_cpu_backend();
