@@ -70,7 +70,8 @@ BenchResult run_bench(const BenchOptions& o) {
   } else if (o.method != "full") {
     throw Error("--method: use full or lora");
   }
-  Model model(be.get(), mc, o.batch * o.seq, true, lc ? &*lc : nullptr);
+  Model model(be.get(), mc, o.batch * o.seq, true, lc ? &*lc : nullptr,
+              parse_recompute(o.recompute));
   model.init_random(1);
   if (lc) model.init_lora(1);
   std::mt19937 rng(7);

@@ -18,6 +18,7 @@ struct BenchOptions {
   int64_t lora_rank = 16;
   std::string lora_targets = "all-linear";
   double rope_theta = 10000.0;
+  std::string recompute = "none";  // train.recompute
   double peak_tflops = 0;  // the device's dense peak for this precision: MFU is reported when set
 };
 

@@ -8,6 +8,13 @@
 
 namespace ftune {
 
+Recompute parse_recompute(const std::string& name) {
+  if (name == "none") return Recompute::None;
+  if (name == "mlp") return Recompute::Mlp;
+  if (name == "full") return Recompute::Full;
+  throw Error("train.recompute: unknown value '" + name + "' (use none, mlp or full)");
+}
+
 int64_t Batch::target_count() const {
   int64_t n = 0;
   for (int32_t t : targets) n += t != kIgnoreIndex;
@@ -31,6 +38,11 @@ Batch Batch::from_rows(int64_t rows, int64_t seq, std::vector<int32_t> ids,
 // Saved activations (one slot per layer) and backward scratch, sized for max_tokens.
 struct Model::Acts {
   int64_t L, N, d, f, q, kv, hq;
+  // Layers whose internals (norm outputs, q/k/v, attention, MLP) stay stored for backward: all
+  // of them, or one work slot that backward refills (recompute full). Likewise h (recompute mlp).
+  int64_t Li, Lh;
+  int64_t si(int l) const { return Li == L ? l : 0; }
+  int64_t sh(int l) const { return Lh == L ? l : 0; }
   DeviceBuffer<int32_t> ids, targets, positions;
   // per layer, each [L][N x width]
   DeviceBuffer<float> resid, xn1, rstd1, qb, kb, vb, att, lse, resid_mid, xn2, rstd2, gate, up, h;
@@ -38,32 +50,36 @@ struct Model::Acts {
   // scratch
   DeviceBuffer<float> tmp, dres, dxn, datt, dq, dk, dv, dh, dgate, dup;
 
-  Acts(Backend* be, const ModelConfig& c, int64_t n, bool grads)
+  Acts(Backend* be, const ModelConfig& c, int64_t n, bool grads, Recompute rc)
       : L(c.num_layers),
         N(n),
         d(c.hidden_size),
         f(c.intermediate_size),
         q(c.q_dim()),
         kv(c.kv_dim()),
-        hq(c.num_heads) {
+        hq(c.num_heads),
+        Li(rc == Recompute::Full ? 1 : c.num_layers),
+        Lh(rc == Recompute::None ? c.num_layers : 1) {
     ids = DeviceBuffer<int32_t>(be, size_t(N));
     targets = DeviceBuffer<int32_t>(be, size_t(N));
     positions = DeviceBuffer<int32_t>(be, size_t(N));
-    auto per_layer = [&](int64_t width) { return DeviceBuffer<float>(be, size_t(L * N * width)); };
-    resid = per_layer(d);
-    xn1 = per_layer(d);
-    rstd1 = per_layer(1);
-    qb = per_layer(q);
-    kb = per_layer(kv);
-    vb = per_layer(kv);
-    att = per_layer(q);
-    lse = per_layer(hq);
-    resid_mid = per_layer(d);
-    xn2 = per_layer(d);
-    rstd2 = per_layer(1);
-    gate = per_layer(f);
-    up = per_layer(f);
-    h = per_layer(f);
+    auto stored = [&](int64_t layers, int64_t width) {
+      return DeviceBuffer<float>(be, size_t(layers * N * width));
+    };
+    resid = stored(L, d);  // each layer's input: what recomputation starts from
+    xn1 = stored(Li, d);
+    rstd1 = stored(Li, 1);
+    qb = stored(Li, q);
+    kb = stored(Li, kv);
+    vb = stored(Li, kv);
+    att = stored(Li, q);
+    lse = stored(Li, hq);
+    resid_mid = stored(Li, d);
+    xn2 = stored(Li, d);
+    rstd2 = stored(Li, 1);
+    gate = stored(Li, f);
+    up = stored(Li, f);
+    h = stored(Lh, f);
     final_resid = DeviceBuffer<float>(be, size_t(N * d));
     xf = DeviceBuffer<float>(be, size_t(N * d));
     rstdf = DeviceBuffer<float>(be, size_t(N));
@@ -86,8 +102,8 @@ struct Model::Acts {
 };
 
 Model::Model(Backend* be, ModelConfig cfg, int64_t max_tokens, bool with_grads,
-             const LoraConfig* lora)
-    : be_(be), cfg_(std::move(cfg)), layout_(cfg_), max_tokens_(max_tokens) {
+             const LoraConfig* lora, Recompute recompute)
+    : be_(be), cfg_(std::move(cfg)), layout_(cfg_), max_tokens_(max_tokens), recompute_(recompute) {
   params_ = DeviceBuffer<float>(be_, layout_.total());
   if (with_grads && !lora) grads_ = DeviceBuffer<float>(be_, layout_.total());
   if (lora) {
@@ -107,7 +123,7 @@ Model::Model(Backend* be, ModelConfig cfg, int64_t max_tokens, bool with_grads,
   std::vector<float> inv = rope_inv_freq(cfg_);
   inv_freq_ = DeviceBuffer<float>(be_, inv.size());
   be_->upload(inv_freq_.get(), inv.data(), inv.size() * sizeof(float));
-  a_ = std::make_unique<Acts>(be_, cfg_, max_tokens, with_grads);
+  a_ = std::make_unique<Acts>(be_, cfg_, max_tokens, with_grads, recompute);
 }
 
 Model::~Model() = default;
@@ -398,49 +414,57 @@ LoraRun Model::lora_run(const ExecContext& ctx, bool training) const {
   return r;
 }
 
-void Model::forward(const ExecContext& ctx, const Batch& b, bool training) {
-  upload_batch(b);
-  const LoraRun lr = lora_run(ctx, training);
+// One decoder layer's forward from its stored input resid[l]; backward calls it again to refill
+// the work slots when activations are recomputed.
+void Model::forward_layer(const ExecContext& ctx, const Batch& b, const LoraRun& lr, int l) {
   Acts& a = *a_;
   const int64_t N = b.tokens(), d = a.d, f = a.f, q = a.q, kv = a.kv;
   const float* P = params_.get();
   const float eps = float(cfg_.rms_norm_eps);
   const AttentionShape as = attn_shape(b);
   const int hq = int(cfg_.num_heads), hkv = int(cfg_.num_kv_heads), hd = int(cfg_.head_dim);
+  const LayerOffsets& o = layout_.layer(l);
+  float* x = a.at(a.resid, l, d);
+  float* xn1 = a.at(a.xn1, a.si(l), d);
+  float* qb = a.at(a.qb, a.si(l), q);
+  float* kb = a.at(a.kb, a.si(l), kv);
+  float* vb = a.at(a.vb, a.si(l), kv);
+  float* att = a.at(a.att, a.si(l), q);
+  float* mid = a.at(a.resid_mid, a.si(l), d);
+  float* xn2 = a.at(a.xn2, a.si(l), d);
+  float* gate = a.at(a.gate, a.si(l), f);
+  float* up = a.at(a.up, a.si(l), f);
+  float* h = a.at(a.h, a.sh(l), f);
+  float* next = l + 1 < a.L ? a.at(a.resid, l + 1, d) : a.final_resid.get();
+
+  be_->rmsnorm_forward(ctx, x, P + o.attn_norm, xn1, a.at(a.rstd1, a.si(l), 1), N, d, eps);
+  linear_fwd(be_, ctx, P, lr, {o.q_w, o.q_b, d, q, l, LoraTarget::Q}, xn1, qb, N);
+  linear_fwd(be_, ctx, P, lr, {o.k_w, o.k_b, d, kv, l, LoraTarget::K}, xn1, kb, N);
+  linear_fwd(be_, ctx, P, lr, {o.v_w, o.v_b, d, kv, l, LoraTarget::V}, xn1, vb, N);
+  be_->rope_forward(ctx, qb, a.positions.get(), inv_freq_.get(), N, hq, hd);
+  be_->rope_forward(ctx, kb, a.positions.get(), inv_freq_.get(), N, hkv, hd);
+  be_->attention_forward(ctx, as, qb, kb, vb, att, a.at(a.lse, a.si(l), hq));
+  linear_fwd(be_, ctx, P, lr, {o.o_w, o.o_b, q, d, l, LoraTarget::O}, att, mid, N);
+  be_->add_inplace(ctx, mid, x, size_t(N * d));
+
+  be_->rmsnorm_forward(ctx, mid, P + o.mlp_norm, xn2, a.at(a.rstd2, a.si(l), 1), N, d, eps);
+  linear_fwd(be_, ctx, P, lr, {o.gate_w, o.gate_b, d, f, l, LoraTarget::Gate}, xn2, gate, N);
+  linear_fwd(be_, ctx, P, lr, {o.up_w, o.up_b, d, f, l, LoraTarget::Up}, xn2, up, N);
+  be_->swiglu_forward(ctx, gate, up, h, size_t(N * f));
+  linear_fwd(be_, ctx, P, lr, {o.down_w, o.down_b, f, d, l, LoraTarget::Down}, h, next, N);
+  be_->add_inplace(ctx, next, mid, size_t(N * d));
+}
+
+void Model::forward(const ExecContext& ctx, const Batch& b, bool training) {
+  upload_batch(b);
+  const LoraRun lr = lora_run(ctx, training);
+  Acts& a = *a_;
+  const int64_t N = b.tokens(), d = a.d;
+  const float* P = params_.get();
+  const float eps = float(cfg_.rms_norm_eps);
 
   be_->embedding_forward(ctx, a.ids.get(), P + layout_.embed(), a.at(a.resid, 0, d), N, d);
-  for (int l = 0; l < int(a.L); ++l) {
-    const LayerOffsets& o = layout_.layer(l);
-    float* x = a.at(a.resid, l, d);
-    float* xn1 = a.at(a.xn1, l, d);
-    float* qb = a.at(a.qb, l, q);
-    float* kb = a.at(a.kb, l, kv);
-    float* vb = a.at(a.vb, l, kv);
-    float* att = a.at(a.att, l, q);
-    float* mid = a.at(a.resid_mid, l, d);
-    float* xn2 = a.at(a.xn2, l, d);
-    float* gate = a.at(a.gate, l, f);
-    float* up = a.at(a.up, l, f);
-    float* h = a.at(a.h, l, f);
-    float* next = l + 1 < a.L ? a.at(a.resid, l + 1, d) : a.final_resid.get();
-
-    be_->rmsnorm_forward(ctx, x, P + o.attn_norm, xn1, a.at(a.rstd1, l, 1), N, d, eps);
-    linear_fwd(be_, ctx, P, lr, {o.q_w, o.q_b, d, q, l, LoraTarget::Q}, xn1, qb, N);
-    linear_fwd(be_, ctx, P, lr, {o.k_w, o.k_b, d, kv, l, LoraTarget::K}, xn1, kb, N);
-    linear_fwd(be_, ctx, P, lr, {o.v_w, o.v_b, d, kv, l, LoraTarget::V}, xn1, vb, N);
-    be_->rope_forward(ctx, qb, a.positions.get(), inv_freq_.get(), N, hq, hd);
-    be_->rope_forward(ctx, kb, a.positions.get(), inv_freq_.get(), N, hkv, hd);
-    be_->attention_forward(ctx, as, qb, kb, vb, att, a.at(a.lse, l, hq));
-    linear_fwd(be_, ctx, P, lr, {o.o_w, o.o_b, q, d, l, LoraTarget::O}, att, mid, N);
-    be_->add_inplace(ctx, mid, x, size_t(N * d));
-
-    be_->rmsnorm_forward(ctx, mid, P + o.mlp_norm, xn2, a.at(a.rstd2, l, 1), N, d, eps);
-    linear_fwd(be_, ctx, P, lr, {o.gate_w, o.gate_b, d, f, l, LoraTarget::Gate}, xn2, gate, N);
-    linear_fwd(be_, ctx, P, lr, {o.up_w, o.up_b, d, f, l, LoraTarget::Up}, xn2, up, N);
-    be_->swiglu_forward(ctx, gate, up, h, size_t(N * f));
-    linear_fwd(be_, ctx, P, lr, {o.down_w, o.down_b, f, d, l, LoraTarget::Down}, h, next, N);
-    be_->add_inplace(ctx, next, mid, size_t(N * d));
-  }
+  for (int l = 0; l < int(a.L); ++l) forward_layer(ctx, b, lr, l);
   be_->rmsnorm_forward(ctx, a.final_resid.get(), P + layout_.final_norm(), a.xf.get(),
                        a.rstdf.get(), N, d, eps);
 }
@@ -462,28 +486,35 @@ void Model::backward(const ExecContext& ctx, const Batch& b) {
                         a.rstdf.get(), dres, g(layout_.final_norm()), N, d);
   for (int l = int(a.L) - 1; l >= 0; --l) {
     const LayerOffsets& o = layout_.layer(l);
+    // Recomputation refills what was not kept: the whole layer from its input, or just h.
+    if (a.Li != a.L) {
+      forward_layer(ctx, b, lr, l);
+    } else if (a.Lh != a.L) {
+      be_->swiglu_forward(ctx, a.at(a.gate, a.si(l), f), a.at(a.up, a.si(l), f),
+                          a.at(a.h, a.sh(l), f), size_t(N * f));
+    }
     // MLP block: next = mid + down(swiglu(gate(xn2), up(xn2)))
     linear_bwd(be_, ctx, P, G, lr, {o.down_w, o.down_b, f, d, l, LoraTarget::Down}, dres,
-               a.at(a.h, l, f), a.dh.get(), N, false);
-    be_->swiglu_backward(ctx, a.dh.get(), a.at(a.gate, l, f), a.at(a.up, l, f), a.dgate.get(),
-                         a.dup.get(), size_t(N * f));
+               a.at(a.h, a.sh(l), f), a.dh.get(), N, false);
+    be_->swiglu_backward(ctx, a.dh.get(), a.at(a.gate, a.si(l), f), a.at(a.up, a.si(l), f),
+                         a.dgate.get(), a.dup.get(), size_t(N * f));
     linear_bwd(be_, ctx, P, G, lr, {o.gate_w, o.gate_b, d, f, l, LoraTarget::Gate}, a.dgate.get(),
-               a.at(a.xn2, l, d), a.dxn.get(), N, false);
+               a.at(a.xn2, a.si(l), d), a.dxn.get(), N, false);
     linear_bwd(be_, ctx, P, G, lr, {o.up_w, o.up_b, d, f, l, LoraTarget::Up}, a.dup.get(),
-               a.at(a.xn2, l, d), a.dxn.get(), N, true);
-    be_->rmsnorm_backward(ctx, a.dxn.get(), a.at(a.resid_mid, l, d), P + o.mlp_norm,
-                          a.at(a.rstd2, l, 1), tmp, g(o.mlp_norm), N, d);
+               a.at(a.xn2, a.si(l), d), a.dxn.get(), N, true);
+    be_->rmsnorm_backward(ctx, a.dxn.get(), a.at(a.resid_mid, a.si(l), d), P + o.mlp_norm,
+                          a.at(a.rstd2, a.si(l), 1), tmp, g(o.mlp_norm), N, d);
     be_->add_inplace(ctx, dres, tmp, size_t(N * d));
 
     // Attention block: mid = x + o_proj(attn(rope(q(xn1)), rope(k(xn1)), v(xn1)))
-    linear_bwd(be_, ctx, P, G, lr, {o.o_w, o.o_b, q, d, l, LoraTarget::O}, dres, a.at(a.att, l, q),
-               a.datt.get(), N, false);
-    be_->attention_backward(ctx, as, a.datt.get(), a.at(a.qb, l, q), a.at(a.kb, l, kv),
-                            a.at(a.vb, l, kv), a.at(a.att, l, q), a.at(a.lse, l, hq), a.dq.get(),
-                            a.dk.get(), a.dv.get());
+    linear_bwd(be_, ctx, P, G, lr, {o.o_w, o.o_b, q, d, l, LoraTarget::O}, dres,
+               a.at(a.att, a.si(l), q), a.datt.get(), N, false);
+    be_->attention_backward(ctx, as, a.datt.get(), a.at(a.qb, a.si(l), q), a.at(a.kb, a.si(l), kv),
+                            a.at(a.vb, a.si(l), kv), a.at(a.att, a.si(l), q),
+                            a.at(a.lse, a.si(l), hq), a.dq.get(), a.dk.get(), a.dv.get());
     be_->rope_backward(ctx, a.dq.get(), a.positions.get(), inv_freq_.get(), N, hq, hd);
     be_->rope_backward(ctx, a.dk.get(), a.positions.get(), inv_freq_.get(), N, hkv, hd);
-    const float* xn1 = a.at(a.xn1, l, d);
+    const float* xn1 = a.at(a.xn1, a.si(l), d);
     linear_bwd(be_, ctx, P, G, lr, {o.q_w, o.q_b, d, q, l, LoraTarget::Q}, a.dq.get(), xn1,
                a.dxn.get(), N, false);
     linear_bwd(be_, ctx, P, G, lr, {o.k_w, o.k_b, d, kv, l, LoraTarget::K}, a.dk.get(), xn1,
@@ -491,7 +522,7 @@ void Model::backward(const ExecContext& ctx, const Batch& b) {
     linear_bwd(be_, ctx, P, G, lr, {o.v_w, o.v_b, d, kv, l, LoraTarget::V}, a.dv.get(), xn1,
                a.dxn.get(), N, true);
     be_->rmsnorm_backward(ctx, a.dxn.get(), a.at(a.resid, l, d), P + o.attn_norm,
-                          a.at(a.rstd1, l, 1), tmp, g(o.attn_norm), N, d);
+                          a.at(a.rstd1, a.si(l), 1), tmp, g(o.attn_norm), N, d);
     be_->add_inplace(ctx, dres, tmp, size_t(N * d));
   }
   if (G)

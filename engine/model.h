@@ -38,6 +38,12 @@ struct ModelMemory {
   size_t scratch = 0;      // backward work buffers
 };
 
+// What backward recomputes instead of keeping from forward: nothing, the MLP's h (one N x f
+// buffer per layer less), or each whole layer from its input (activation checkpointing: one
+// layer's internals in memory instead of all; about one extra forward of compute).
+enum class Recompute { None, Mlp, Full };
+Recompute parse_recompute(const std::string& name);  // none | mlp | full; throws naming the key
+
 class Model {
  public:
   // Allocates parameters (zero), gradients and activation buffers for up to max_tokens tokens
@@ -45,7 +51,7 @@ class Model {
   // every targeted linear carries an adapter (zero until init_lora/load_lora) and the base
   // weights are frozen: gradients exist only for the adapters.
   Model(Backend* be, ModelConfig cfg, int64_t max_tokens, bool with_grads,
-        const LoraConfig* lora = nullptr);
+        const LoraConfig* lora = nullptr, Recompute recompute = Recompute::None);
   ~Model();
 
   const ModelConfig& config() const { return cfg_; }
@@ -105,6 +111,7 @@ class Model {
   void upload_batch(const Batch& b);
   // Fills acts up to the final norm; `training` turns adapter dropout on.
   void forward(const ExecContext& ctx, const Batch& b, bool training);
+  void forward_layer(const ExecContext& ctx, const Batch& b, const LoraRun& lr, int layer);
   void backward(const ExecContext& ctx, const Batch& b);
   AttentionShape attn_shape(const Batch& b) const;
   LoraRun lora_run(const ExecContext& ctx, bool training) const;
@@ -113,6 +120,7 @@ class Model {
   ModelConfig cfg_;
   ParamLayout layout_;
   int64_t max_tokens_;
+  Recompute recompute_ = Recompute::None;
   DeviceBuffer<float> params_, grads_, inv_freq_;
   std::unique_ptr<Acts> a_;
   bool lora_on_ = false;

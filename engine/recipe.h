@@ -66,6 +66,7 @@ struct RecipeConfig {
   int64_t grad_accum = 1;        // train.grad_accum
   int64_t max_steps = 0;         // train.max_steps (0: run train.epochs)
   double epochs = 1.0;           // train.epochs
+  std::string recompute = "none";  // train.recompute: none | mlp | full
   // optim
   double lr = 3e-4;                     // optim.lr
   double beta1 = 0.9;                   // optim.beta1

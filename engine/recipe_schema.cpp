@@ -206,6 +206,11 @@ std::vector<KeySpec> build_schema() {
        .field = &C::epochs,
        .doc = "passes over the training set (fractions allowed) when train.max_steps is 0",
        .min = gt(0)},
+      {.key = "train.recompute",
+       .field = &C::recompute,
+       .doc = "activations backward recomputes instead of keeping: none, mlp (the SwiGLU output) "
+              "or full (each layer from its input; about one more forward of compute)",
+       .allowed = {"none", "mlp", "full"}},
       // optim
       {.key = "optim.lr", .field = &C::lr, .doc = "peak AdamW learning rate", .min = gt(0)},
       {.key = "optim.beta1",

@@ -271,11 +271,11 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   std::unique_ptr<Model> model_ptr;
   try {
     model_ptr = std::make_unique<Model>(be.get(), mc, c.micro_batch_size * c.seq_len, true,
-                                        lora ? &*lora : nullptr);
+                                        lora ? &*lora : nullptr, parse_recompute(c.recompute));
   } catch (const Error& e) {
     throw Error(std::string(e.what()) + "\nthe model does not fit on " + dev.detail +
                 ": lower train.micro_batch_size or train.seq_len (raise train.grad_accum to keep " +
-                "the batch), or use method: lora");
+                "the batch), set train.recompute: full, or use method: lora");
   }
   Model& model = *model_ptr;
   DType base_dtype = DType::F32;

@@ -26,6 +26,7 @@
 #include "engine/model_config.h"
 #include "tests/test_util.h"
 #ifdef FTUNE_HAVE_CUDA
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include "cuda/cuda_backend.h"
@@ -42,6 +43,13 @@ using testing::expect_error;
 using testing::random_ids;
 using testing::random_vec;
 using testing::rel_error;
+
+// cuBLASLt is dlopen'ed on first use (cuda/cublaslt_loader.cu): it must load wherever the
+// toolkit is installed, GPU or not, and the binary must not link it.
+TEST(CublasLtLoader, LoadsTheLibraryOnDemand) {
+  EXPECT_STREQ(cublasLtGetStatusName(CUBLAS_STATUS_SUCCESS), "CUBLAS_STATUS_SUCCESS");
+  EXPECT_STREQ(cublasLtGetStatusName(CUBLAS_STATUS_NOT_SUPPORTED), "CUBLAS_STATUS_NOT_SUPPORTED");
+}
 
 constexpr double kTol = 1e-5;
 const float kNaN = std::numeric_limits<float>::quiet_NaN();

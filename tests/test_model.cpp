@@ -164,3 +164,50 @@ TEST(Model, RejectsOutOfVocabularyTokens) {
 
 }  // namespace
 }  // namespace ftune
+
+namespace ftune {
+namespace {
+
+// Recomputation changes what is kept, never the arithmetic: gradients are bitwise those of a
+// model that keeps everything (also with LoRA and dropout, whose mask is recomputed), and the
+// saved activations shrink.
+TEST(ModelRecompute, GradientsAreBitwiseIdentical) {
+  for (bool with_lora : {false, true}) {
+    LoraConfig lc;
+    lc.rank = 2;
+    lc.dropout = 0.2;
+    lc.targets = parse_lora_targets({"all-linear"}, "t");
+    auto be = make_cpu_backend();
+    std::vector<float> ref_grads;
+    size_t ref_acts = 0;
+    for (Recompute rc : {Recompute::None, Recompute::Mlp, Recompute::Full}) {
+      SCOPED_TRACE(::testing::Message() << "lora " << with_lora << " recompute " << int(rc));
+      Model m(be.get(), tiny_config(false), 14, true, with_lora ? &lc : nullptr, rc);
+      m.init_random(11);
+      if (with_lora) {
+        m.init_lora(3);
+        std::vector<float> ad = m.lora_to_host();
+        for (size_t i = 0; i < ad.size(); ++i) ad[i] += 0.01f * float(i % 7);
+        m.lora_from_host(ad);
+      }
+      ExecContext ctx;
+      ctx.seed = 5;
+      Batch b = tiny_batch();
+      be->zero(m.train_grads(), m.num_train_params() * sizeof(float));
+      m.forward_backward(ctx, b, 0.1f);
+      std::vector<float> g(m.num_train_params());
+      be->download(g.data(), m.train_grads(), g.size() * sizeof(float));
+      if (rc == Recompute::None) {
+        ref_grads = g;
+        ref_acts = m.memory().activations;
+      } else {
+        EXPECT_TRUE(testing::bitwise_equal(g, ref_grads));
+        EXPECT_LT(m.memory().activations, ref_acts);
+      }
+    }
+  }
+  EXPECT_THROW(parse_recompute("some"), Error);
+}
+
+}  // namespace
+}  // namespace ftune

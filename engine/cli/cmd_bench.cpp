@@ -65,6 +65,7 @@ nlohmann::json result_json(const BenchOptions& o, const BenchResult& r) {
           {"tokens_per_s", r.tokens_per_s},
           {"gflops_per_s", r.gflops_per_s},
           {"state_mb", r.state_mb},
+          {"recompute", o.recompute},
           {"device", o.device},
           {"peak_device_mb", r.peak_device_mb},
           {"peak_tflops", o.peak_tflops},
@@ -98,6 +99,8 @@ void add_bench(CLI::App& app, Action* action) {
                   "The device's dense peak TFLOP/s for this precision, to report MFU");
   cmd->add_option("--method", o->method, "full, lora, or both (each in its own process)")
       ->check(CLI::IsMember({"full", "lora", "both"}));
+  cmd->add_option("--recompute", o->recompute, "none, mlp or full (activation recomputation)")
+      ->check(CLI::IsMember({"none", "mlp", "full"}));
   cmd->add_option("--lora-rank", o->lora_rank, "Adapter rank for --method lora");
   cmd->add_option("--lora-targets", o->lora_targets, "Adapted linears (all-linear or one name)");
   cmd->add_flag("--untied", *untied, "Separate LM head (default: tied to the embedding)");
