@@ -16,9 +16,17 @@ class Communicator {
   // Host scalars (loss sums, token counts, squared norms).
   virtual void all_reduce_sum_host(double* data, size_t n) = 0;
   virtual void barrier() = 0;
+  // Ends every rank of the job (after a rank's error); returns only when there is one rank.
+  virtual void abort(int code) { (void)code; }
 };
 
 // The single-process communicator: every collective is the identity.
 std::unique_ptr<Communicator> make_local_communicator();
+
+struct LaunchEnv;
+// The communicator for how this process was launched (launch_env.h): MPI ranks under mpirun or
+// srun, else the local one. Several ranks without MPI built in, or from a launcher that needs
+// NCCL, are errors saying what to do.
+std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env);
 
 }  // namespace ftune

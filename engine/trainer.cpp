@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -20,6 +21,7 @@
 #include "engine/export.h"
 #include "engine/fs_util.h"
 #include "engine/generate.h"
+#include "engine/launch_env.h"
 #include "engine/manifest.h"
 #include "engine/progress.h"
 #include "engine/safetensors.h"
@@ -31,6 +33,13 @@
 namespace fs = std::filesystem;
 
 namespace ftune {
+
+// Ranks of this job on this node (mpirun / torchrun say; else 1).
+int local_ranks() {
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE"})
+    if (const char* s = std::getenv(v)) return std::max(1, std::atoi(s));
+  return 1;
+}
 
 int resolve_threads(int64_t requested) {
   if (requested > 0) return int(requested);
@@ -227,8 +236,15 @@ std::optional<LoraConfig> recipe_lora_config(const RecipeConfig& c) {
   return lc;
 }
 
-TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
+namespace {
+
+TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Communicator& comm) {
   const RecipeConfig& c = recipe.cfg;
+  // Rank 0 leads: it alone prepares output_dir, prints, and writes metrics, checkpoints and
+  // outputs; every rank trains its share of each batch and holds the same weights.
+  const bool lead = comm.rank() == 0;
+  TrainOptions opt = given;
+  if (!lead) opt.quiet = true;
   TrainResult result;
 
   // ---- job: inputs exist, device, threads, output directory ----
@@ -241,9 +257,10 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
       throw Error(std::string(key) + ": file '" + path + "' does not exist");
   DeviceChoice dev = resolve_device(c.device);
   std::unique_ptr<Backend> be = make_backend(dev);
-  const int threads = resolve_threads(c.threads);
+  // Cores are shared by the ranks on a node unless the recipe says how many threads each gets.
+  const int threads =
+      c.threads > 0 ? int(c.threads) : std::max(1, resolve_threads(0) / std::max(1, local_ranks()));
   omp_set_num_threads(threads);
-  std::unique_ptr<Communicator> comm = make_local_communicator();
   const auto wall_start = std::chrono::system_clock::now();
   // Bad keys must fail now, not after hours of training.
   if (!c.export_sign_key.empty()) (void)public_key_sha256(c.export_sign_key);
@@ -251,8 +268,13 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
       load_key_option(c.export_encrypt_key_file, c.export_encrypt_key_env);
   const std::optional<WeightKey> base_key = load_key_option(c.model_key_file, c.model_key_env);
   const WeightKey* okey = out_key ? &*out_key : nullptr;
-  const std::string resume_from = prepare_output_dir(recipe, opt);
-  fs::create_directories(c.output_dir);
+  std::string resume_from;
+  if (lead) {
+    resume_from = prepare_output_dir(recipe, opt);
+    fs::create_directories(c.output_dir);
+  }
+  comm.barrier();
+  if (!lead && opt.resume) resume_from = latest_checkpoint(c.output_dir).value_or("");
   const std::string recipe_sha = sha256_hex(recipe.resolved_yaml);
 
   // ---- model + data ----
@@ -290,7 +312,7 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   if (lora) model.init_lora(uint64_t(c.seed));
 
   std::unique_ptr<TrainData> data =
-      make_train_data(c, c.model_path, tok, threads, comm->rank(), comm->world_size(), !opt.quiet);
+      make_train_data(c, c.model_path, tok, threads, comm.rank(), comm.world_size(), !opt.quiet);
   result.data_summary = data->describe();
   const int64_t batches_per_epoch = data->batches_per_epoch();
   int64_t total_steps = c.max_steps;
@@ -322,13 +344,14 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     if (state.recipe_sha256 != recipe_sha || state.total_steps != total_steps)
       throw Error("--resume: checkpoint " + resume_from + " was written by a different recipe");
     data->set_position(state.data);
-    trim_metrics(metrics_path, state.step);
+    if (lead) trim_metrics(metrics_path, state.step);
     say("resumed from " + resume_from + " at step " + std::to_string(state.step));
-  } else {
+  } else if (lead) {
     write_file_atomic(c.output_dir + "/recipe.yaml", recipe.resolved_yaml);
     write_file_atomic(metrics_path, "");
   }
-  std::ofstream metrics(metrics_path, std::ios::app);
+  std::ofstream metrics;
+  if (lead) metrics.open(metrics_path, std::ios::app);
 
   {
     const ModelMemory mm = model.memory();
@@ -371,7 +394,7 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
       targets += micro.back().target_count();
     }
     double total_targets = double(targets);
-    comm->all_reduce_sum_host(&total_targets, 1);
+    comm.all_reduce_sum_host(&total_targets, 1);
     // Normalise by the step's target tokens, not per micro-batch: accumulation of k
     // micro-batches then equals one batch k times larger.
     const float grad_scale = float(1.0 / std::max(1.0, total_targets));
@@ -383,8 +406,8 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
       loss_sum += model.forward_backward(ctx, micro[k], grad_scale).loss;
       tokens_this_run += micro[k].tokens();
     }
-    comm->all_reduce_sum_host(&loss_sum, 1);
-    comm->all_reduce_sum(model.train_grads(), n_train);
+    comm.all_reduce_sum_host(&loss_sum, 1);
+    comm.all_reduce_sum(model.train_grads(), n_train);
     const double loss = loss_sum / std::max(1.0, total_targets);
     const double gnorm = std::sqrt(be->sum_squares(ctx, model.train_grads(), n_train));
     if (!std::isfinite(loss) || !std::isfinite(gnorm))
@@ -431,12 +454,17 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
       line["val_loss"] = result.val_after.loss;
       line["val_perplexity"] = result.val_after.perplexity;
     }
-    metrics << line.dump() << "\n";
-    metrics.flush();
+    if (lead) {
+      metrics << line.dump() << "\n";
+      metrics.flush();
+    }
     if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == total_steps) {
-      std::string dir = save_checkpoint(c.output_dir, model, m.get(), v.get(), state,
-                                        c.checkpoint_keep_last, c.model_path, okey);
-      if (c.checkpoint_every > 0 && step != total_steps) say("checkpoint: " + dir);
+      if (lead) {
+        std::string dir = save_checkpoint(c.output_dir, model, m.get(), v.get(), state,
+                                          c.checkpoint_keep_last, c.model_path, okey);
+        if (c.checkpoint_every > 0 && step != total_steps) say("checkpoint: " + dir);
+      }
+      comm.barrier();  // no rank runs ahead of a checkpoint it might be resumed from
     }
     result.tokens_per_s = tps;
     if (opt.stop_after_step > 0 && step == opt.stop_after_step && step != total_steps) {
@@ -450,7 +478,8 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   if (result.first_step > total_steps && has_val)
     result.val_after = evaluate(model, *data, c.eval_max_batches, threads);
 
-  // ---- export ----
+  // ---- export (rank 0) ----
+  if (!lead) return result;
   const DType out_dtype = resolve_export_dtype(c.export_dtype, base_dtype);
   const size_t shard = size_t(c.export_max_shard_mb) * 1000 * 1000;
   if (lora) {
@@ -519,6 +548,21 @@ TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
     write_manifest(dir, m, c.export_sign_key);
   }
   return result;
+}
+
+}  // namespace
+
+TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
+  std::unique_ptr<Communicator> comm = make_communicator(detect_launch_env());
+  if (comm->world_size() == 1) return run_training_on(recipe, opt, *comm);
+  try {
+    return run_training_on(recipe, opt, *comm);
+  } catch (const std::exception& e) {
+    // One rank failing must end the job, not leave the others waiting in a collective.
+    std::fprintf(stderr, "ftune: error on rank %d: %s\n", comm->rank(), e.what());
+    comm->abort(1);
+    throw;
+  }
 }
 
 }  // namespace ftune

@@ -14,6 +14,21 @@ if(FTUNE_TESTS)
   find_package(GTest REQUIRED)
 endif()
 
+# OpenMPI for CPU ranks (optional: without it ftune runs one process).
+add_library(ftune_mpi INTERFACE)
+if(NOT FTUNE_PORTABLE)
+  find_package(MPI COMPONENTS C QUIET)
+  if(MPI_C_FOUND)
+    target_link_libraries(ftune_mpi INTERFACE MPI::MPI_C)
+    # The C API only: mpi.h would otherwise pull in the deprecated C++ bindings.
+    target_compile_definitions(ftune_mpi INTERFACE FTUNE_HAVE_MPI=1 OMPI_SKIP_MPICXX=1
+                                                   MPICH_SKIP_MPICXX=1)
+    message(STATUS "ftune: MPI ${MPI_C_VERSION} (CPU ranks)")
+  else()
+    message(STATUS "ftune: MPI not found (Debian: libopenmpi-dev); single-process runs only")
+  endif()
+endif()
+
 add_library(ftune_yaml INTERFACE)
 add_library(ftune_pcre2 INTERFACE)
 if(FTUNE_PORTABLE)

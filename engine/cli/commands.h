@@ -19,5 +19,6 @@ void add_merge(CLI::App& app, Action* action);
 void add_verify(CLI::App& app, Action* action);
 void add_keygen(CLI::App& app, Action* action);
 void add_decrypt(CLI::App& app, Action* action);
+void add_launch(CLI::App& app, Action* action);
 
 }  // namespace ftune::cli

@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
   ftune::cli::add_verify(app, &action);
   ftune::cli::add_keygen(app, &action);
   ftune::cli::add_decrypt(app, &action);
+  ftune::cli::add_launch(app, &action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

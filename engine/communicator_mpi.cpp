@@ -1,0 +1,91 @@
+// MPI communicator for CPU ranks (OpenMPI): the collectives map one to one onto MPI's, which
+// keep a fixed reduction order for a given number of ranks, so runs repeat exactly.
+#include <algorithm>
+#include <cstdlib>
+
+#include "engine/communicator.h"
+#include "engine/error.h"
+#include "engine/launch_env.h"
+
+#ifdef FTUNE_HAVE_MPI
+#include <mpi.h>
+#endif
+
+namespace ftune {
+
+#ifdef FTUNE_HAVE_MPI
+namespace {
+
+void check_mpi(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, text, &len);
+  throw Error(std::string("MPI ") + what + " failed: " + std::string(text, size_t(len)));
+}
+
+// MPI's counts are ints: large buffers go in slices.
+constexpr size_t kSlice = size_t(1) << 30;
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator() {
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+      int provided = 0;
+      check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "init");
+      owns_ = true;
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  }
+  ~MpiCommunicator() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owns_ && !finalized) MPI_Finalize();
+  }
+  int rank() const override { return rank_; }
+  int world_size() const override { return size_; }
+  void all_reduce_sum(float* data, size_t n) override {
+    for (size_t at = 0; at < n; at += kSlice)
+      check_mpi(MPI_Allreduce(MPI_IN_PLACE, data + at, int(std::min(kSlice, n - at)), MPI_FLOAT,
+                              MPI_SUM, MPI_COMM_WORLD),
+                "all-reduce");
+  }
+  void all_reduce_sum_host(double* data, size_t n) override {
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, data, int(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
+              "all-reduce");
+  }
+  void barrier() override { check_mpi(MPI_Barrier(MPI_COMM_WORLD), "barrier"); }
+  void abort(int code) override { MPI_Abort(MPI_COMM_WORLD, code); }
+
+ private:
+  int rank_ = 0, size_ = 1;
+  bool owns_ = false;
+};
+
+}  // namespace
+#endif
+
+std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env) {
+  if (env.world_size <= 1) return make_local_communicator();
+  if (env.launcher == "torchrun")
+    throw Error("launch environment: " + std::to_string(env.world_size) + " torchrun-style " +
+                "ranks need NCCL, which is not part of ftune yet; launch CPU ranks with " +
+                "`ftune launch -n N train ...` (mpirun) or srun");
+#ifdef FTUNE_HAVE_MPI
+  auto c = std::make_unique<MpiCommunicator>();
+  if (c->rank() != env.rank || c->world_size() != env.world_size)
+    throw Error("launch environment says rank " + std::to_string(env.rank) + " of " +
+                std::to_string(env.world_size) + " but MPI says " + std::to_string(c->rank()) +
+                " of " + std::to_string(c->world_size()) + "; launch with mpirun or srun --mpi");
+  return c;
+#else
+  throw Error("launch environment: " + std::to_string(env.world_size) + " ranks, but this ftune " +
+              "was built without MPI (install libopenmpi-dev and rebuild)");
+#endif
+}
+
+}  // namespace ftune
