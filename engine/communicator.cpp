@@ -1,5 +1,7 @@
 #include "engine/communicator.h"
 
+#include <algorithm>
+
 namespace ftune {
 namespace {
 
@@ -10,9 +12,19 @@ class LocalCommunicator final : public Communicator {
   void all_reduce_sum(float*, size_t) override {}
   void all_reduce_sum_host(double*, size_t) override {}
   void barrier() override {}
+  void all_gather(float*, size_t) override {}
+  void gather_to_root(const float* shard, float* full, size_t n) override {
+    if (shard != full) std::copy(shard, shard + n, full);
+  }
 };
 
 }  // namespace
+
+ShardRange shard_range(size_t n, int rank, int world_size) {
+  const size_t per = (n + size_t(world_size) - 1) / size_t(world_size);
+  const size_t begin = std::min(n, per * size_t(rank));
+  return {begin, std::min(n, begin + per)};
+}
 
 std::unique_ptr<Communicator> make_local_communicator() {
   return std::make_unique<LocalCommunicator>();

@@ -16,9 +16,21 @@ class Communicator {
   // Host scalars (loss sums, token counts, squared norms).
   virtual void all_reduce_sum_host(double* data, size_t n) = 0;
   virtual void barrier() = 0;
+  // Sharded buffers of n floats are split into world_size slices of ceil(n / world_size)
+  // (the last shorter); rank r owns shard_range(n, r).
+  // all_gather: every rank's own slice of data -> everyone's data, in place.
+  virtual void all_gather(float* data, size_t n) = 0;
+  // gather_to_root: every rank's slice (`shard`, its own length) -> `full` (n floats) on rank 0.
+  virtual void gather_to_root(const float* shard, float* full, size_t n) = 0;
   // Ends every rank of the job (after a rank's error); returns only when there is one rank.
   virtual void abort(int code) { (void)code; }
 };
+
+struct ShardRange {
+  size_t begin = 0, end = 0;
+  size_t size() const { return end - begin; }
+};
+ShardRange shard_range(size_t n, int rank, int world_size);
 
 // The single-process communicator: every collective is the identity.
 std::unique_ptr<Communicator> make_local_communicator();

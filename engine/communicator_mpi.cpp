@@ -1,7 +1,9 @@
 // MPI communicator for CPU ranks (OpenMPI): the collectives map one to one onto MPI's, which
 // keep a fixed reduction order for a given number of ranks, so runs repeat exactly.
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
+#include <vector>
 
 #include "engine/communicator.h"
 #include "engine/error.h"
@@ -59,9 +61,32 @@ class MpiCommunicator final : public Communicator {
               "all-reduce");
   }
   void barrier() override { check_mpi(MPI_Barrier(MPI_COMM_WORLD), "barrier"); }
+  void all_gather(float* data, size_t n) override {
+    std::vector<int> counts, displs;
+    layout(n, &counts, &displs);
+    check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, counts.data(), displs.data(),
+                             MPI_FLOAT, MPI_COMM_WORLD),
+              "all-gather");
+  }
+  void gather_to_root(const float* shard, float* full, size_t n) override {
+    std::vector<int> counts, displs;
+    layout(n, &counts, &displs);
+    check_mpi(MPI_Gatherv(shard, counts[size_t(rank_)], MPI_FLOAT, full, counts.data(),
+                          displs.data(), MPI_FLOAT, 0, MPI_COMM_WORLD),
+              "gather");
+  }
   void abort(int code) override { MPI_Abort(MPI_COMM_WORLD, code); }
 
  private:
+  void layout(size_t n, std::vector<int>* counts, std::vector<int>* displs) const {
+    if (n > size_t(INT32_MAX))
+      throw Error("MPI all-gather of " + std::to_string(n) + " floats exceeds MPI's int counts");
+    for (int r = 0; r < size_; ++r) {
+      const ShardRange s = shard_range(n, r, size_);
+      counts->push_back(int(s.size()));
+      displs->push_back(int(s.begin));
+    }
+  }
   int rank_ = 0, size_ = 1;
   bool owns_ = false;
 };

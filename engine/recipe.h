@@ -61,11 +61,11 @@ struct RecipeConfig {
   bool data_cache = true;                              // data.cache
   std::string data_cache_dir;  // data.cache_dir (empty: $XDG_CACHE_HOME/ftune/data)
   // train
-  int64_t seq_len = 256;         // train.seq_len
-  int64_t micro_batch_size = 4;  // train.micro_batch_size
-  int64_t grad_accum = 1;        // train.grad_accum
-  int64_t max_steps = 0;         // train.max_steps (0: run train.epochs)
-  double epochs = 1.0;           // train.epochs
+  int64_t seq_len = 256;           // train.seq_len
+  int64_t micro_batch_size = 4;    // train.micro_batch_size
+  int64_t grad_accum = 1;          // train.grad_accum
+  int64_t max_steps = 0;           // train.max_steps (0: run train.epochs)
+  double epochs = 1.0;             // train.epochs
   std::string recompute = "none";  // train.recompute: none | mlp | full
   // optim
   double lr = 3e-4;                     // optim.lr
@@ -99,11 +99,12 @@ struct RecipeConfig {
   double generate_temperature = 0.0;     // generate.temperature (0: greedy)
   double generate_top_p = 1.0;           // generate.top_p
   // job
-  std::string output_dir;       // output_dir
-  int64_t seed = 42;            // seed
-  std::string device = "auto";  // device: auto | cpu | cuda
-  int64_t threads = 0;          // threads (0: all cores)
-  int64_t log_every = 10;       // log.every: plain progress line period when not a TTY
+  std::string output_dir;         // output_dir
+  int64_t seed = 42;              // seed
+  std::string device = "auto";    // device: auto | cpu | cuda
+  int64_t threads = 0;            // threads (0: all cores)
+  int64_t log_every = 10;         // log.every: plain progress line period when not a TTY
+  std::string sharding = "none";  // sharding: none | zero1 (with several ranks)
 };
 
 struct Recipe {

@@ -44,6 +44,11 @@ std::vector<KeySpec> build_schema() {
        .field = &C::threads,
        .doc = "CPU worker threads; 0 uses every core",
        .min = ge(0)},
+      {.key = "sharding",
+       .field = &C::sharding,
+       .doc = "with several ranks: none keeps AdamW state whole on every rank; zero1 splits it "
+              "(each rank updates its slice, then the weights are all-gathered)",
+       .allowed = {"none", "zero1"}},
       {.key = "method",
        .field = &C::method,
        .doc = "full trains every weight; lora freezes the base and trains low-rank adapters",

@@ -256,6 +256,10 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     if (!path.empty() && !fs::is_regular_file(path))
       throw Error(std::string(key) + ": file '" + path + "' does not exist");
   DeviceChoice dev = resolve_device(c.device);
+  if (dev.kind == "cuda" && comm.world_size() > 1)
+    throw Error(
+        "several ranks on the GPU need NCCL, which is not part of ftune yet (issue #6); "
+        "run GPU training as one rank, or the ranks with `device: cpu`");
   std::unique_ptr<Backend> be = make_backend(dev);
   // Cores are shared by the ranks on a node unless the recipe says how many threads each gets.
   const int threads =
@@ -322,10 +326,27 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   Schedule sched{c.schedule_kind, c.lr, c.warmup_steps, total_steps, c.min_lr_ratio};
 
   // ---- optimizer state and resume ----
-  // Optimizer state exists only for what is trained (the adapters under LoRA).
+  // Optimizer state exists only for what is trained (the adapters under LoRA), and with
+  // sharding: zero1 only for this rank's slice of it.
   const size_t n_train = model.num_train_params();
-  DeviceBuffer<float> m(be.get(), n_train), v(be.get(), n_train);
-  const std::vector<ParamSpan> spans = decay_spans(model, c);
+  const bool zero1 = c.sharding == "zero1" && comm.world_size() > 1;
+  const ShardRange shard =
+      zero1 ? shard_range(n_train, comm.rank(), comm.world_size()) : ShardRange{0, n_train};
+  DeviceBuffer<float> m(be.get(), shard.size()), v(be.get(), shard.size());
+  std::vector<ParamSpan> spans;  // decay spans clipped to the shard, offsets relative to it
+  for (const ParamSpan& s : decay_spans(model, c)) {
+    const size_t b = std::max(s.offset, shard.begin), e = std::min(s.offset + s.count, shard.end);
+    if (b < e) spans.push_back({b - shard.begin, e - b, s.weight_decay});
+  }
+  // Checkpoints hold the whole moments: a sharded run gathers them to rank 0 to write, and
+  // every rank reads them whole and keeps its slice, so any rank count can resume any other's.
+  auto whole_moments = [&](auto&& use) {
+    if (!zero1) return use(m.get(), v.get());
+    DeviceBuffer<float> fm(be.get(), lead ? n_train : 0), fv(be.get(), lead ? n_train : 0);
+    comm.gather_to_root(m.get(), fm.get(), n_train);
+    comm.gather_to_root(v.get(), fv.get(), n_train);
+    return use(fm.get(), fv.get());
+  };
   TrainState state;
   state.total_steps = total_steps;
   state.seed = uint64_t(c.seed);
@@ -340,7 +361,14 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
       std::fprintf(stderr, "%s\n", s.c_str());
   };
   if (!resume_from.empty()) {
-    state = load_checkpoint(resume_from, model, m.get(), v.get(), okey);
+    if (zero1) {
+      DeviceBuffer<float> fm(be.get(), n_train), fv(be.get(), n_train);
+      state = load_checkpoint(resume_from, model, fm.get(), fv.get(), okey);
+      be->copy(m.get(), fm.get() + shard.begin, shard.size() * sizeof(float));
+      be->copy(v.get(), fv.get() + shard.begin, shard.size() * sizeof(float));
+    } else {
+      state = load_checkpoint(resume_from, model, m.get(), v.get(), okey);
+    }
     if (state.recipe_sha256 != recipe_sha || state.total_steps != total_steps)
       throw Error("--resume: checkpoint " + resume_from + " was written by a different recipe");
     data->set_position(state.data);
@@ -355,7 +383,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
 
   {
     const ModelMemory mm = model.memory();
-    const size_t opt_bytes = 2 * n_train * sizeof(float);
+    const size_t opt_bytes = 2 * shard.size() * sizeof(float);
     auto mib = [](size_t b) { return fmt("%.1f", double(b) / double(1 << 20), 0); };
     say("memory: weights " + mib(mm.weights) + " MiB, gradients " + mib(mm.gradients) +
         " MiB, optimizer " + mib(opt_bytes) + " MiB, activations " + mib(mm.activations) +
@@ -421,8 +449,9 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     h.eps = float(c.eps);
     h.step = step;
     h.grad_scale = (c.clip > 0 && gnorm > c.clip) ? float(c.clip / (gnorm + 1e-6)) : 1.f;
-    be->adamw_step(ctx, model.train_params(), model.train_grads(), m.get(), v.get(), spans.data(),
-                   int(spans.size()), h);
+    be->adamw_step(ctx, model.train_params() + shard.begin, model.train_grads() + shard.begin,
+                   m.get(), v.get(), spans.data(), int(spans.size()), h);
+    if (zero1) comm.all_gather(model.train_params(), n_train);
 
     state.step = step;
     state.data = data->position();
@@ -459,11 +488,12 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
       metrics.flush();
     }
     if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == total_steps) {
-      if (lead) {
-        std::string dir = save_checkpoint(c.output_dir, model, m.get(), v.get(), state,
+      whole_moments([&](float* wm, float* wv) {
+        if (!lead) return;
+        std::string dir = save_checkpoint(c.output_dir, model, wm, wv, state,
                                           c.checkpoint_keep_last, c.model_path, okey);
         if (c.checkpoint_every > 0 && step != total_steps) say("checkpoint: " + dir);
-      }
+      });
       comm.barrier();  // no rank runs ahead of a checkpoint it might be resumed from
     }
     result.tokens_per_s = tps;
@@ -481,7 +511,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   // ---- export (rank 0) ----
   if (!lead) return result;
   const DType out_dtype = resolve_export_dtype(c.export_dtype, base_dtype);
-  const size_t shard = size_t(c.export_max_shard_mb) * 1000 * 1000;
+  const size_t max_shard = size_t(c.export_max_shard_mb) * 1000 * 1000;
   if (lora) {
     result.adapter_dir = c.output_dir + "/adapter";
     export_adapter_dir(model, result.adapter_dir, c.model_path, out_dtype, okey);
@@ -491,7 +521,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     // Generation below runs on the merged model then, which gives the same logits.
     if (lora) model.merge_lora();
     result.model_dir = c.output_dir + "/model";
-    export_model_dir(model, c.model_path, result.model_dir, out_dtype, shard, okey);
+    export_model_dir(model, c.model_path, result.model_dir, out_dtype, max_shard, okey);
   }
   if (has_val) {
     if (state.step > 0 && result.val_before.tokens > 0)
