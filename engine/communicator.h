@@ -39,6 +39,9 @@ struct LaunchEnv;
 // The communicator for how this process was launched (launch_env.h): MPI ranks under mpirun or
 // srun, else the local one. Several ranks without MPI built in, or from a launcher that needs
 // NCCL, are errors saying what to do.
-std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env);
+// A collective that has not finished after timeout_s seconds (a rank died or hangs) ends this
+// process with a message naming the rank and the operation, so the job fails instead of
+// waiting forever.
+std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env, double timeout_s = 600);
 
 }  // namespace ftune

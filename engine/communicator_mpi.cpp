@@ -1,8 +1,15 @@
 // MPI communicator for CPU ranks (OpenMPI): the collectives map one to one onto MPI's, which
 // keep a fixed reduction order for a given number of ranks, so runs repeat exactly.
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "engine/communicator.h"
@@ -29,9 +36,63 @@ void check_mpi(int rc, const char* what) {
 // MPI's counts are ints: large buffers go in slices.
 constexpr size_t kSlice = size_t(1) << 30;
 
+// Watches the collective in progress from a thread of its own. MPI (initialised FUNNELED) may
+// only be called from the main thread, so the watchdog ends the process with _exit; mpirun or
+// srun then takes the other ranks down.
+class Watchdog {
+ public:
+  Watchdog(int rank, double timeout_s) : rank_(rank), timeout_(timeout_s) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void begin(const char* op) {
+    std::lock_guard<std::mutex> lock(mu_);
+    op_ = op;
+    since_ = std::chrono::steady_clock::now();
+  }
+  void end() {
+    std::lock_guard<std::mutex> lock(mu_);
+    op_ = nullptr;
+  }
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_) {
+      cv_.wait_for(lock, std::chrono::milliseconds(200));
+      if (!op_) continue;
+      const double waited =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - since_).count();
+      if (waited > timeout_) {
+        std::fprintf(stderr,
+                     "ftune: error on rank %d: MPI %s did not finish within %.0f s (dist.timeout):"
+                     " another rank has died or hangs; ending the job\n",
+                     rank_, op_, timeout_);
+        std::fflush(stderr);
+        _exit(3);
+      }
+    }
+  }
+  int rank_;
+  double timeout_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  const char* op_ = nullptr;
+  std::chrono::steady_clock::time_point since_;
+  bool stop_ = false;
+};
+
 class MpiCommunicator final : public Communicator {
  public:
-  MpiCommunicator() {
+  explicit MpiCommunicator(double timeout_s) {
     int inited = 0;
     MPI_Initialized(&inited);
     if (!inited) {
@@ -42,8 +103,10 @@ class MpiCommunicator final : public Communicator {
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    if (timeout_s > 0) watchdog_ = std::make_unique<Watchdog>(rank_, timeout_s);
   }
   ~MpiCommunicator() override {
+    watchdog_.reset();
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (owns_ && !finalized) MPI_Finalize();
@@ -51,17 +114,23 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int world_size() const override { return size_; }
   void all_reduce_sum(float* data, size_t n) override {
+    Watch w(this, "all-reduce");
     for (size_t at = 0; at < n; at += kSlice)
       check_mpi(MPI_Allreduce(MPI_IN_PLACE, data + at, int(std::min(kSlice, n - at)), MPI_FLOAT,
                               MPI_SUM, MPI_COMM_WORLD),
                 "all-reduce");
   }
   void all_reduce_sum_host(double* data, size_t n) override {
+    Watch w(this, "all-reduce");
     check_mpi(MPI_Allreduce(MPI_IN_PLACE, data, int(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
               "all-reduce");
   }
-  void barrier() override { check_mpi(MPI_Barrier(MPI_COMM_WORLD), "barrier"); }
+  void barrier() override {
+    Watch w(this, "barrier");
+    check_mpi(MPI_Barrier(MPI_COMM_WORLD), "barrier");
+  }
   void all_gather(float* data, size_t n) override {
+    Watch w(this, "all-gather");
     std::vector<int> counts, displs;
     layout(n, &counts, &displs);
     check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, counts.data(), displs.data(),
@@ -69,6 +138,7 @@ class MpiCommunicator final : public Communicator {
               "all-gather");
   }
   void gather_to_root(const float* shard, float* full, size_t n) override {
+    Watch w(this, "gather");
     std::vector<int> counts, displs;
     layout(n, &counts, &displs);
     check_mpi(MPI_Gatherv(shard, counts[size_t(rank_)], MPI_FLOAT, full, counts.data(),
@@ -87,21 +157,32 @@ class MpiCommunicator final : public Communicator {
       displs->push_back(int(s.begin));
     }
   }
+  // Marks one collective in progress for the watchdog.
+  struct Watch {
+    Watch(MpiCommunicator* c, const char* op) : c_(c) {
+      if (c_->watchdog_) c_->watchdog_->begin(op);
+    }
+    ~Watch() {
+      if (c_->watchdog_) c_->watchdog_->end();
+    }
+    MpiCommunicator* c_;
+  };
   int rank_ = 0, size_ = 1;
   bool owns_ = false;
+  std::unique_ptr<Watchdog> watchdog_;
 };
 
 }  // namespace
 #endif
 
-std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env) {
+std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env, double timeout_s) {
   if (env.world_size <= 1) return make_local_communicator();
   if (env.launcher == "torchrun")
     throw Error("launch environment: " + std::to_string(env.world_size) + " torchrun-style " +
                 "ranks need NCCL, which is not part of ftune yet; launch CPU ranks with " +
                 "`ftune launch -n N train ...` (mpirun) or srun");
 #ifdef FTUNE_HAVE_MPI
-  auto c = std::make_unique<MpiCommunicator>();
+  auto c = std::make_unique<MpiCommunicator>(timeout_s);
   if (c->rank() != env.rank || c->world_size() != env.world_size)
     throw Error("launch environment says rank " + std::to_string(env.rank) + " of " +
                 std::to_string(env.world_size) + " but MPI says " + std::to_string(c->rank()) +

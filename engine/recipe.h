@@ -105,6 +105,7 @@ struct RecipeConfig {
   int64_t threads = 0;            // threads (0: all cores)
   int64_t log_every = 10;         // log.every: plain progress line period when not a TTY
   std::string sharding = "none";  // sharding: none | zero1 (with several ranks)
+  double dist_timeout = 600;      // dist.timeout: seconds a collective may take
 };
 
 struct Recipe {

@@ -53,6 +53,12 @@ std::vector<KeySpec> build_schema() {
        .field = &C::method,
        .doc = "full trains every weight; lora freezes the base and trains low-rank adapters",
        .allowed = {"full", "lora"}},
+      // dist
+      {.key = "dist.timeout",
+       .field = &C::dist_timeout,
+       .doc = "seconds a collective between ranks may wait before the job is ended (a rank died "
+              "or hangs); 0 waits forever",
+       .min = ge(0)},
       // model
       {.key = "model.path",
        .field = &C::model_path,
@@ -330,6 +336,7 @@ std::vector<KeySpec> build_schema() {
 std::vector<SectionSpec> build_sections() {
   return {
       {"", "Top-level keys", "Settings of the run as a whole."},
+      {"dist", "dist", "Several ranks (ftune launch, srun): how long collectives may wait."},
       {"model", "model", "The model to start from."},
       {"lora", "lora", "Low-rank adapters, used when `method: lora`."},
       {"data", "data", "Training and validation documents."},

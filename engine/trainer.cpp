@@ -428,6 +428,10 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     const float grad_scale = float(1.0 / std::max(1.0, total_targets));
     be->zero(model.train_grads(), n_train * sizeof(float));
     double loss_sum = 0;
+    // Fault injection for the hang test: this rank stops answering at step 2.
+    if (const char* hang = std::getenv("FTUNE_TEST_HANG_RANK");
+        hang && std::atoi(hang) == comm.rank() && step == 2)
+      for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
     for (size_t k = 0; k < micro.size(); ++k) {
       // Dropout draws from a stream fixed by (seed, step, micro-batch): resume replays it.
       ctx.seed = (uint64_t(c.seed) * 0x9e3779b97f4a7c15ull) ^ (uint64_t(step) << 16) ^ k;
@@ -583,7 +587,8 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
 }  // namespace
 
 TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
-  std::unique_ptr<Communicator> comm = make_communicator(detect_launch_env());
+  std::unique_ptr<Communicator> comm =
+      make_communicator(detect_launch_env(), recipe.cfg.dist_timeout);
   if (comm->world_size() == 1) return run_training_on(recipe, opt, *comm);
   try {
     return run_training_on(recipe, opt, *comm);

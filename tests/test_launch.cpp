@@ -3,6 +3,7 @@
 // batch — and only rank 0 writes outputs.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -94,6 +95,24 @@ TEST(Launch, Zero1ThreeRanksEqualOneRankAccumulating) {
     o1.read_as(*t1, DType::F32, y.data());
     EXPECT_LT(testing::rel_error(x, y), 1e-4) << name;
   }
+#endif
+}
+
+// A rank that stops answering (FTUNE_TEST_HANG_RANK makes rank 1 sleep at step 2) must end
+// the job within dist.timeout with a message naming the rank and the collective.
+TEST(Launch, HungRankEndsTheJobWithinTheTimeout) {
+#ifndef FTUNE_HAVE_MPI
+  GTEST_SKIP() << "built without MPI";
+#else
+  const std::string out = testing::make_temp_dir("hang") + "/run";
+  const auto t0 = std::chrono::steady_clock::now();
+  testing::CliRun r =
+      testing::ftune("launch -n 2 " + run_args(out) + " dist.timeout=2", "FTUNE_TEST_HANG_RANK=1");
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("rank 0: MPI all-reduce did not finish within 2 s"), std::string::npos)
+      << r.out;
+  EXPECT_LT(secs, 30.0);
 #endif
 }
 

@@ -106,9 +106,10 @@ int run_command(const std::string& cmd, std::string* output) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-CliRun ftune(const std::string& args) {
+CliRun ftune(const std::string& args, const std::string& env) {
   CliRun r;
-  r.code = run_command(ftune_binary() + " " + args, &r.out);
+  r.code =
+      run_command((env.empty() ? "" : "env " + env + " ") + ftune_binary() + " " + args, &r.out);
   return r;
 }
 

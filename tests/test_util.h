@@ -46,7 +46,8 @@ struct CliRun {
   int code;
   std::string out;
 };
-CliRun ftune(const std::string& args);
+// Runs the ftune binary with `args` (a shell command line); `env` ("A=1 B=2") is set for it.
+CliRun ftune(const std::string& args, const std::string& env = "");
 std::string fixtures_dir();
 std::string ftune_binary();
 
