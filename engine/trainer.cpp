@@ -1,10 +1,15 @@
 #include "engine/trainer.h"
 
 #include <omp.h>
+#include <signal.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -238,6 +243,35 @@ std::optional<LoraConfig> recipe_lora_config(const RecipeConfig& c) {
 
 namespace {
 
+// Set by the signal handler; read once per step.
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+  // A second Ctrl-C or TERM while the first is being honoured ends the process at once.
+  if (g_stop_signal.exchange(sig) != 0) _exit(128 + sig);
+}
+
+// Installs the stop handlers for the life of a run and restores the previous ones after.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < std::size(kSignals); ++i) sigaction(kSignals[i], &sa, &old_[i]);
+  }
+  ~StopSignals() {
+    for (size_t i = 0; i < std::size(kSignals); ++i) sigaction(kSignals[i], &old_[i], nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  static constexpr int kSignals[] = {SIGTERM, SIGINT, SIGUSR1};
+  struct sigaction old_[3]{};
+};
+
 TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Communicator& comm) {
   const RecipeConfig& c = recipe.cfg;
   // Rank 0 leads: it alone prepares output_dir, prints, and writes metrics, checkpoints and
@@ -428,6 +462,9 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     const float grad_scale = float(1.0 / std::max(1.0, total_targets));
     be->zero(model.train_grads(), n_train * sizeof(float));
     double loss_sum = 0;
+    // Fault injection for tests: a signal to this process after step N's work.
+    if (const char* at = std::getenv("FTUNE_TEST_SIGNAL_AT_STEP"); at && std::atoll(at) == step)
+      std::raise(SIGTERM);
     // Fault injection for the hang test: this rank stops answering at step 2.
     if (const char* hang = std::getenv("FTUNE_TEST_HANG_RANK");
         hang && std::atoi(hang) == comm.rank() && step == 2)
@@ -491,16 +528,31 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
       metrics << line.dump() << "\n";
       metrics.flush();
     }
-    if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == total_steps) {
+    // A stop request (SIGTERM, SIGUSR1 from Slurm before preemption, Ctrl-C) is honoured at
+    // this step boundary on every rank at once: checkpoint, then return as interrupted.
+    double stop_now = g_stop_signal.load() != 0 ? 1.0 : 0.0;
+    if (comm.world_size() > 1) comm.all_reduce_sum_host(&stop_now, 1);
+    const bool stopping = stop_now > 0 && step != total_steps;
+    if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == total_steps ||
+        stopping) {
       whole_moments([&](float* wm, float* wv) {
         if (!lead) return;
         std::string dir = save_checkpoint(c.output_dir, model, wm, wv, state,
                                           c.checkpoint_keep_last, c.model_path, okey);
-        if (c.checkpoint_every > 0 && step != total_steps) say("checkpoint: " + dir);
+        if ((c.checkpoint_every > 0 || stopping) && step != total_steps) say("checkpoint: " + dir);
       });
       comm.barrier();  // no rank runs ahead of a checkpoint it might be resumed from
     }
     result.tokens_per_s = tps;
+    if (stopping) {
+      const int sig = g_stop_signal.load();
+      say(std::string("stopped by ") + (sig > 0 ? strsignal(sig) : "a signal") + " at step " +
+          std::to_string(step) + "; resume with --resume");
+      result.interrupted = true;
+      result.stop_signal = sig > 0 ? sig : SIGTERM;
+      if (live) live->finish();
+      return result;
+    }
     if (opt.stop_after_step > 0 && step == opt.stop_after_step && step != total_steps) {
       result.interrupted = true;
       if (live) live->finish();
@@ -589,6 +641,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
 TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
   std::unique_ptr<Communicator> comm =
       make_communicator(detect_launch_env(), recipe.cfg.dist_timeout);
+  StopSignals stop_signals;
   if (comm->world_size() == 1) return run_training_on(recipe, opt, *comm);
   try {
     return run_training_on(recipe, opt, *comm);

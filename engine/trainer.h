@@ -34,7 +34,8 @@ struct TrainResult {
   std::string adapter_dir;  // exported PEFT adapter directory (LoRA)
   std::string generation;   // sample continuation of generate.prompt (if any)
   double tokens_per_s = 0;
-  bool interrupted = false;  // stopped by stop_after_step
+  bool interrupted = false;  // stopped by stop_after_step or a signal (checkpoint written)
+  int stop_signal = 0;       // the signal that stopped it (SIGTERM, SIGINT, SIGUSR1), else 0
   std::string data_summary;  // how the data was laid out (samples, rows, padding, cache)
 };
 

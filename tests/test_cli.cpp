@@ -147,6 +147,21 @@ TEST(Cli, MergeWritesPeftsMergedModel) {
   EXPECT_NE(wrong.out.find("is a LoRA adapter, not a model"), std::string::npos) << wrong.out;
 }
 
+// A stop signal makes `ftune train` checkpoint, say how to resume and exit 75 (EX_TEMPFAIL), so
+// schedulers and scripts can tell "resumable" from "failed".
+TEST(Cli, SignalStopExitsResumable) {
+  const std::string out = testing::make_temp_dir("sig") + "/run";
+  CliRun r = ftune("train " + recipe_file(kGood) + " output_dir=" + out +
+                       " train.seq_len=32 train.max_steps=10 schedule.warmup_steps=1",
+                   "FTUNE_TEST_SIGNAL_AT_STEP=4");
+  EXPECT_EQ(r.code, 75) << r.out;
+  EXPECT_NE(r.out.find("at step 4; resume with --resume"), std::string::npos) << r.out;
+  CliRun rest = ftune("train " + recipe_file(kGood) + " output_dir=" + out +
+                      " train.seq_len=32 train.max_steps=10 schedule.warmup_steps=1 --resume");
+  EXPECT_EQ(rest.code, 0) << rest.out;
+  EXPECT_NE(rest.out.find("resumed from"), std::string::npos) << rest.out;
+}
+
 TEST(Cli, CudaWithoutGpuIsRefusedCleanly) {
   CliRun r = ftune("train " + recipe_file(kGood) + " device=cuda");
   EXPECT_NE(r.code, 0);

@@ -1,6 +1,7 @@
 // End-to-end properties of the training loop on a small random-init model and the quickstart
 // data: accumulation equivalence, bit-exact resume, output_dir safety.
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <filesystem>
 #include <fstream>
@@ -359,6 +360,31 @@ TEST(TrainerOutputs, EncryptedRunLeavesNoPlaintextWeights) {
                      quiet());
       },
       {"is encrypted"});
+}
+
+// SIGTERM (or SIGUSR1 / Ctrl-C) mid-run: the step finishes, a checkpoint is written, the run
+// returns as interrupted, and --resume continues exactly as if nothing had happened.
+TEST(Trainer, StopSignalCheckpointsAndResumesExactly) {
+  std::string full = testing::make_temp_dir("sigfull"), part = testing::make_temp_dir("sigpart");
+  TrainResult a = run_training(small_recipe(full), quiet());
+  setenv("FTUNE_TEST_SIGNAL_AT_STEP", "7", 1);
+  TrainResult stopped = run_training(small_recipe(part), quiet());
+  unsetenv("FTUNE_TEST_SIGNAL_AT_STEP");
+  EXPECT_TRUE(stopped.interrupted);
+  EXPECT_EQ(stopped.stop_signal, SIGTERM);
+  ASSERT_EQ(stopped.losses.size(), 7u);
+  EXPECT_TRUE(path_exists(part + "/checkpoints/step-00000007/state.json"));
+  EXPECT_FALSE(path_exists(part + "/model")) << "no export from an interrupted run";
+  TrainOptions resume = quiet();
+  resume.resume = true;
+  TrainResult rest = run_training(small_recipe(part), resume);
+  ASSERT_EQ(rest.first_step, 8);
+  ASSERT_EQ(rest.losses.size(), 13u);
+  for (size_t i = 0; i < 13; ++i) EXPECT_EQ(rest.losses[i], a.losses[7 + i]) << "step " << 8 + i;
+  // The handlers are the run's only: afterwards SIGTERM's disposition is what it was.
+  struct sigaction now {};
+  sigaction(SIGTERM, nullptr, &now);
+  EXPECT_EQ(now.sa_handler, SIG_DFL);
 }
 
 }  // namespace
