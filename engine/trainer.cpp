@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -96,8 +97,13 @@ EvalResult evaluate(Model& model, const TrainData& data, int64_t max_batches, in
 namespace {
 
 // Files and folders a run writes into output_dir; --force removes only these.
-const char* const kRunEntries[] = {"checkpoints",   "model",       "adapter",
-                                   "metrics.jsonl", "recipe.yaml", "summary.json"};
+const char* const kRunEntries[] = {"checkpoints", "model",        "adapter",       "metrics.jsonl",
+                                   "recipe.yaml", "summary.json", "submit.sbatch", "slurm-logs"};
+
+// What `ftune submit` puts in output_dir before the job starts: not a run yet, and kept.
+bool is_submit_entry(const std::string& name) {
+  return name == "submit.sbatch" || name == "slurm-logs";
+}
 
 bool is_run_entry(const std::string& name) {
   for (const char* e : kRunEntries)
@@ -120,7 +126,8 @@ std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
         foreign.push_back(n);
     }
   }
-  const bool empty = entries.empty();
+  const bool empty =
+      std::all_of(entries.begin(), entries.end(), [](const auto& n) { return is_submit_entry(n); });
   std::string same_run;  // latest checkpoint of a run started by this very recipe
   std::string stored_recipe = out + "/recipe.yaml";
   bool same_recipe = path_exists(stored_recipe) && read_file(stored_recipe) == r.resolved_yaml;
@@ -131,6 +138,7 @@ std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
     if (!opt.force) throw;  // a damaged pointer must not block starting over
   }
 
+  if (opt.auto_resume && !opt.resume && same_recipe && latest) return *latest;
   if (opt.resume) {
     if (!latest)
       throw Error("--resume: output_dir '" + out + "' holds no checkpoint to resume from");
@@ -153,7 +161,8 @@ std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
     throw Error("--force: output_dir '" + out + "' holds files ftune did not write (" +
                 foreign.front() + (foreign.size() > 1 ? ", ..." : "") +
                 "); refusing to delete them: choose another output_dir");
-  for (const auto& n : entries) fs::remove_all(fs::path(out) / n);
+  for (const auto& n : entries)
+    if (!is_submit_entry(n)) fs::remove_all(fs::path(out) / n);
   return "";
 }
 
@@ -312,7 +321,8 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     fs::create_directories(c.output_dir);
   }
   comm.barrier();
-  if (!lead && opt.resume) resume_from = latest_checkpoint(c.output_dir).value_or("");
+  if (!lead && (opt.resume || opt.auto_resume))
+    resume_from = latest_checkpoint(c.output_dir).value_or("");
   const std::string recipe_sha = sha256_hex(recipe.resolved_yaml);
 
   // ---- model + data ----

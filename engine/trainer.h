@@ -17,6 +17,9 @@ struct TrainOptions {
   bool quiet = false;   // no progress output (tests)
   // Stop after this step (its checkpoint written, no export), as an interrupted run would.
   int64_t stop_after_step = 0;
+  // Resume when output_dir holds a checkpoint of this same recipe, else start fresh (what a
+  // requeued batch job runs).
+  bool auto_resume = false;
 };
 
 struct EvalResult {

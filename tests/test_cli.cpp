@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "engine/fs_util.h"
 #include "engine/manifest.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
@@ -160,6 +161,34 @@ TEST(Cli, SignalStopExitsResumable) {
                       " train.seq_len=32 train.max_steps=10 schedule.warmup_steps=1 --resume");
   EXPECT_EQ(rest.code, 0) << rest.out;
   EXPECT_NE(rest.out.find("resumed from"), std::string::npos) << rest.out;
+}
+
+// `ftune submit --dry-run` renders the sbatch script into output_dir (unset fields leave no
+// line), and that output_dir still takes a fresh run, which --auto-resume then continues.
+TEST(Cli, SubmitRendersAScriptAndAutoResumeContinues) {
+  const std::string out = testing::make_temp_dir("submit") + "/run";
+  const std::string recipe = recipe_file(kGood);
+  const std::string args =
+      recipe + " output_dir=" + out + " train.seq_len=32 train.max_steps=6 schedule.warmup_steps=1";
+  CliRun r = ftune("submit " + args + " --nodes 2 --tasks-per-node 3 --partition cpu --dry-run");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string script = read_file(out + "/submit.sbatch");
+  for (const char* want :
+       {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=3", "#SBATCH --partition=cpu",
+        "#SBATCH --signal=USR1@120", "--auto-resume", "'train.max_steps=6'", "#SBATCH --requeue"})
+    EXPECT_NE(script.find(want), std::string::npos) << want << "\n" << script;
+  EXPECT_EQ(script.find("--account"), std::string::npos) << "an unset field leaves no line";
+  EXPECT_EQ(script.find("{{"), std::string::npos);
+  CliRun bad = ftune("submit " + recipe + " train.nope=1 --dry-run");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("train.nope"), std::string::npos) << bad.out;
+  // The job's own command: a fresh start first, then (requeued) a resume.
+  CliRun first = ftune("train " + args + " --auto-resume");
+  EXPECT_EQ(first.code, 0) << first.out;
+  CliRun again = ftune("train " + args + " --auto-resume");
+  EXPECT_EQ(again.code, 0) << again.out;
+  EXPECT_NE(again.out.find("resumed from"), std::string::npos) << again.out;
+  EXPECT_TRUE(path_exists(out + "/submit.sbatch")) << "a run never deletes the job script";
 }
 
 TEST(Cli, CudaWithoutGpuIsRefusedCleanly) {

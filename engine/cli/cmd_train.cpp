@@ -11,12 +11,14 @@ void add_train(CLI::App& app, Action* action) {
   struct Opts {
     std::string recipe;
     std::vector<std::string> overrides;
-    bool resume = false, force = false, print_config = false;
+    bool resume = false, auto_resume = false, force = false, print_config = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("recipe", o->recipe, "Recipe YAML file")->required();
   cmd->add_option("overrides", o->overrides, "Overrides as key=value (e.g. train.max_steps=20)");
   cmd->add_flag("--resume", o->resume, "Continue from output_dir's latest checkpoint");
+  cmd->add_flag("--auto-resume", o->auto_resume,
+                "Resume if output_dir holds a run of this recipe, else start (batch jobs)");
   cmd->add_flag("--force", o->force, "Replace an earlier run in output_dir");
   cmd->add_flag("--print-config", o->print_config,
                 "Print the resolved recipe (every key, overrides applied) and exit");
@@ -36,6 +38,7 @@ void add_train(CLI::App& app, Action* action) {
       }
       TrainOptions t;
       t.resume = o->resume;
+      t.auto_resume = o->auto_resume;
       t.force = o->force;
       TrainResult res = run_training(r, t);
       // Stopped by a signal after writing a checkpoint: 75 (EX_TEMPFAIL) tells a scheduler or

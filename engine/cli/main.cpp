@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
   ftune::cli::add_keygen(app, &action);
   ftune::cli::add_decrypt(app, &action);
   ftune::cli::add_launch(app, &action);
+  ftune::cli::add_submit(app, &action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
