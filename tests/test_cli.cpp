@@ -189,6 +189,10 @@ TEST(Cli, SubmitRendersAScriptAndAutoResumeContinues) {
   EXPECT_EQ(again.code, 0) << again.out;
   EXPECT_NE(again.out.find("resumed from"), std::string::npos) << again.out;
   EXPECT_TRUE(path_exists(out + "/submit.sbatch")) << "a run never deletes the job script";
+  CliRun st = ftune("status " + out);
+  EXPECT_EQ(st.code, 0) << st.out;
+  for (const char* want : {"step:       6 of 6", "finished", "step-00000006", "slurm:"})
+    EXPECT_NE(st.out.find(want), std::string::npos) << want << "\n" << st.out;
 }
 
 TEST(Cli, CudaWithoutGpuIsRefusedCleanly) {

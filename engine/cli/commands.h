@@ -21,5 +21,6 @@ void add_keygen(CLI::App& app, Action* action);
 void add_decrypt(CLI::App& app, Action* action);
 void add_launch(CLI::App& app, Action* action);
 void add_submit(CLI::App& app, Action* action);
+void add_status(CLI::App& app, Action* action);
 
 }  // namespace ftune::cli

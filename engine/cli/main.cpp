@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   ftune::cli::add_decrypt(app, &action);
   ftune::cli::add_launch(app, &action);
   ftune::cli::add_submit(app, &action);
+  ftune::cli::add_status(app, &action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

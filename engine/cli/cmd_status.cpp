@@ -1,0 +1,95 @@
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+
+#include "engine/checkpoint.h"
+#include "engine/cli/commands.h"
+#include "engine/error.h"
+#include "engine/fs_util.h"
+
+namespace fs = std::filesystem;
+
+namespace ftune::cli {
+
+// `ftune status OUTPUT_DIR`: where a run stands, from what it wrote (metrics, checkpoints,
+// summary, the Slurm job script and logs) — without loading any weights.
+void add_status(CLI::App& app, Action* action) {
+  auto* cmd = app.add_subcommand("status", "Summarise a run: step, losses, checkpoint, job");
+  auto dir = std::make_shared<std::string>();
+  cmd->add_option("output_dir", *dir, "The run's output_dir")->required();
+  cmd->footer("Example:\n  ftune status runs/quickstart");
+  cmd->callback([dir, action] {
+    *action = [dir] {
+      const std::string d = *dir;
+      if (!fs::is_directory(d)) throw Error("status: '" + d + "' is not a directory");
+      std::printf("run:        %s\n", d.c_str());
+      nlohmann::json last, last_val;
+      int64_t lines = 0;
+      if (path_exists(d + "/metrics.jsonl")) {
+        std::istringstream in(read_file(d + "/metrics.jsonl"));
+        std::string line;
+        while (std::getline(in, line)) {
+          try {
+            auto j = nlohmann::json::parse(line);
+            last = j;
+            if (j.contains("val_loss")) last_val = j;
+            ++lines;
+          } catch (const nlohmann::json::exception&) {
+            // a torn last line from a crash: the lines before it still tell the story
+          }
+        }
+      }
+      int64_t total = 0;
+      std::optional<std::string> latest;
+      try {
+        latest = latest_checkpoint(d);
+      } catch (const Error& e) {
+        std::printf("checkpoint: damaged pointer (%s)\n", e.what());
+      }
+      if (latest) {
+        const TrainState st = train_state_from_json(
+            nlohmann::json::parse(read_file(*latest + "/state.json")), *latest + "/state.json");
+        total = st.total_steps;
+        std::printf("checkpoint: %s (step %lld, %lld tokens)\n", latest->c_str(),
+                    static_cast<long long>(st.step), static_cast<long long>(st.tokens_seen));
+      } else {
+        std::printf("checkpoint: none yet\n");
+      }
+      if (!last.is_null()) {
+        std::printf("step:       %lld%s\n", static_cast<long long>(last.value("step", 0LL)),
+                    total > 0 ? (" of " + std::to_string(total)).c_str() : "");
+        std::printf("train loss: %.4f  (lr %.3g, %.0f tokens/s)\n", last.value("loss", 0.0),
+                    last.value("lr", 0.0), last.value("tokens_per_s", 0.0));
+      } else {
+        std::printf("step:       not started (no metrics yet)\n");
+      }
+      if (!last_val.is_null())
+        std::printf("val loss:   %.4f at step %lld\n", last_val.value("val_loss", 0.0),
+                    static_cast<long long>(last_val.value("step", 0LL)));
+      const bool done = path_exists(d + "/summary.json");
+      std::printf("state:      %s\n", done        ? "finished (summary.json written)"
+                                      : lines > 0 ? "stopped or running (no summary yet; "
+                                                    "`ftune train ... --resume` continues it)"
+                                                  : "not started");
+      for (const char* out : {"model", "adapter"})
+        if (fs::is_directory(d + "/" + out)) std::printf("output:     %s/%s\n", d.c_str(), out);
+      if (path_exists(d + "/submit.sbatch")) {
+        std::string newest;
+        fs::file_time_type when{};
+        std::error_code ec;
+        for (const auto& e : fs::directory_iterator(d + "/slurm-logs", ec))
+          if (e.is_regular_file() && (newest.empty() || e.last_write_time() > when)) {
+            newest = e.path().string();
+            when = e.last_write_time();
+          }
+        std::printf("slurm:      %s%s%s\n", (d + "/submit.sbatch").c_str(),
+                    newest.empty() ? "" : ", newest log ", newest.c_str());
+      }
+      return 0;
+    };
+  });
+}
+
+}  // namespace ftune::cli
