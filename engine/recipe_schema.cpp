@@ -57,7 +57,7 @@ std::vector<KeySpec> build_schema() {
       {.key = "dist.timeout",
        .field = &C::dist_timeout,
        .doc = "seconds a collective between ranks may wait before the job is ended (a rank died "
-              "or hangs); 0 waits forever",
+              "or hangs); keep it above the time a checkpoint takes to write; 0 waits forever",
        .min = ge(0)},
       // model
       {.key = "model.path",
