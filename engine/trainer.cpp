@@ -458,6 +458,12 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   const auto t_start = std::chrono::steady_clock::now();
   int64_t tokens_this_run = 0;
   if (!opt.quiet) live.emplace(total_steps, state.step, c.log_every, stderr);
+  // Fault injection for tests only: SIGTERM to this process at step N; rank R stops answering
+  // at step 2.
+  const char* signal_env = std::getenv("FTUNE_TEST_SIGNAL_AT_STEP");
+  const char* hang_env = std::getenv("FTUNE_TEST_HANG_RANK");
+  const int64_t signal_at_step = signal_env ? std::atoll(signal_env) : -1;
+  const int hang_rank = hang_env ? std::atoi(hang_env) : -1;
   for (int64_t step = state.step + 1; step <= total_steps; ++step) {
     std::vector<Batch> micro;
     int64_t targets = 0;
@@ -472,12 +478,8 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     const float grad_scale = float(1.0 / std::max(1.0, total_targets));
     be->zero(model.train_grads(), n_train * sizeof(float));
     double loss_sum = 0;
-    // Fault injection for tests: a signal to this process after step N's work.
-    if (const char* at = std::getenv("FTUNE_TEST_SIGNAL_AT_STEP"); at && std::atoll(at) == step)
-      std::raise(SIGTERM);
-    // Fault injection for the hang test: this rank stops answering at step 2.
-    if (const char* hang = std::getenv("FTUNE_TEST_HANG_RANK");
-        hang && std::atoi(hang) == comm.rank() && step == 2)
+    if (step == signal_at_step) std::raise(SIGTERM);
+    if (hang_rank == comm.rank() && step == 2)
       for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
     for (size_t k = 0; k < micro.size(); ++k) {
       // Dropout draws from a stream fixed by (seed, step, micro-batch): resume replays it.
@@ -485,7 +487,11 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
       loss_sum += model.forward_backward(ctx, micro[k], grad_scale).loss;
       tokens_this_run += micro[k].tokens();
     }
-    comm.all_reduce_sum_host(&loss_sum, 1);
+    // A pending stop request (SIGTERM, SIGUSR1, Ctrl-C) rides along with the loss, so every
+    // rank learns of it in the same step without a collective of its own.
+    double sums[2] = {loss_sum, g_stop_signal.load() != 0 ? 1.0 : 0.0};
+    comm.all_reduce_sum_host(sums, 2);
+    loss_sum = sums[0];
     comm.all_reduce_sum(model.train_grads(), n_train);
     const double loss = loss_sum / std::max(1.0, total_targets);
     const double gnorm = std::sqrt(be->sum_squares(ctx, model.train_grads(), n_train));
@@ -538,11 +544,9 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
       metrics << line.dump() << "\n";
       metrics.flush();
     }
-    // A stop request (SIGTERM, SIGUSR1 from Slurm before preemption, Ctrl-C) is honoured at
-    // this step boundary on every rank at once: checkpoint, then return as interrupted.
-    double stop_now = g_stop_signal.load() != 0 ? 1.0 : 0.0;
-    if (comm.world_size() > 1) comm.all_reduce_sum_host(&stop_now, 1);
-    const bool stopping = stop_now > 0 && step != total_steps;
+    // The stop request is honoured at this step boundary on every rank at once: checkpoint,
+    // then return as interrupted.
+    const bool stopping = sums[1] > 0 && step != total_steps;
     if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == total_steps ||
         stopping) {
       whole_moments([&](float* wm, float* wv) {

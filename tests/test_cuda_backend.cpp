@@ -933,45 +933,6 @@ TEST_F(CudaBackend, OpsRunOnTheCallersStream) {
 // End to end: a tiny Llama (GQA, biases, llama3 RoPE, untied or tied head, several documents per
 // row) on both backends with the same weights.
 
-ModelConfig tiny_config(bool tied) {
-  nlohmann::json j = {{"model_type", "llama"},
-                      {"vocab_size", 23},
-                      {"hidden_size", 12},
-                      {"intermediate_size", 20},
-                      {"num_hidden_layers", 2},
-                      {"num_attention_heads", 4},
-                      {"num_key_value_heads", 2},
-                      {"head_dim", 4},
-                      {"max_position_embeddings", 64},
-                      {"rms_norm_eps", 1e-5},
-                      {"rope_theta", 10000.0},
-                      {"rope_scaling",
-                       {{"rope_type", "llama3"},
-                        {"factor", 4.0},
-                        {"low_freq_factor", 1.0},
-                        {"high_freq_factor", 4.0},
-                        {"original_max_position_embeddings", 8}}},
-                      {"attention_bias", true},
-                      {"mlp_bias", true},
-                      {"tie_word_embeddings", tied},
-                      {"initializer_range", 0.4}};
-  return parse_model_config(j, "tiny");
-}
-
-Batch tiny_batch() {
-  // Two rows of 7 tokens; row 0 holds two documents (positions restart), row 1 one.
-  Batch b;
-  b.rows = 2;
-  b.seq = 7;
-  std::mt19937 rng(3);
-  for (int i = 0; i < 14; ++i) b.ids.push_back(int32_t(rng() % 23));
-  for (int i = 0; i < 14; ++i) b.targets.push_back(int32_t(rng() % 23));
-  b.targets[5] = kIgnoreIndex;
-  b.positions = {0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6};
-  b.doc_offsets = {0, 3, 7, 14};
-  return b;
-}
-
 // Same random weights on both models, with norms and biases moved off their 1/0 init.
 void same_weights(Model& a, Model& b, uint64_t seed) {
   a.init_random(seed);
@@ -1013,10 +974,10 @@ class CudaModel : public CudaBackend, public ::testing::WithParamInterface<bool>
 
 TEST_P(CudaModel, LogitsLossAndGradientsMatchCpu) {
   const bool tied = GetParam();
-  Model mc(cpu(), tiny_config(tied), 14, true);
-  Model mg(gpu(), tiny_config(tied), 14, true);
+  Model mc(cpu(), testing::tiny_model_config(tied), 14, true);
+  Model mg(gpu(), testing::tiny_model_config(tied), 14, true);
   same_weights(mc, mg, 11);
-  const Batch b = tiny_batch();
+  const Batch b = testing::tiny_packed_batch();
   EXPECT_LE(rel_error(mg.logits(ctx_, b), mc.logits(ctx_, b)), kTol) << "logits";
 
   const float scale = 1.f / float(b.target_count());
@@ -1047,8 +1008,8 @@ TEST_F(CudaBackend, LoraAdapterGradientsMatchCpu) {
   lc.alpha = 5;
   lc.dropout = 0.1;
   lc.targets = parse_lora_targets({"all-linear"}, "lora.targets");
-  Model mc(cpu(), tiny_config(false), 14, true, &lc);
-  Model mg(gpu(), tiny_config(false), 14, true, &lc);
+  Model mc(cpu(), testing::tiny_model_config(false), 14, true, &lc);
+  Model mg(gpu(), testing::tiny_model_config(false), 14, true, &lc);
   same_weights(mc, mg, 7);
   // B away from zero so every path through the adapters carries gradient.
   std::vector<float> ad(mc.lora_layout().total());
@@ -1060,7 +1021,7 @@ TEST_F(CudaBackend, LoraAdapterGradientsMatchCpu) {
 
   ExecContext ctx = ctx_;
   ctx.seed = 1234;  // the dropout masks: both backends must draw the same
-  const Batch b = tiny_batch();
+  const Batch b = testing::tiny_packed_batch();
   const float scale = 1.f / float(b.target_count());
   cpu()->zero(mc.lora_grads(), mc.lora_layout().total() * sizeof(float));
   gpu()->zero(mg.lora_grads(), mg.lora_layout().total() * sizeof(float));

@@ -13,29 +13,6 @@
 namespace ftune {
 namespace {
 
-ModelConfig tiny_config() {
-  nlohmann::json j = {
-      {"model_type", "llama"},        {"vocab_size", 23},        {"hidden_size", 12},
-      {"intermediate_size", 20},      {"num_hidden_layers", 2},  {"num_attention_heads", 4},
-      {"num_key_value_heads", 2},     {"head_dim", 4},           {"max_position_embeddings", 64},
-      {"rms_norm_eps", 1e-5},         {"attention_bias", true},  {"mlp_bias", true},
-      {"tie_word_embeddings", false}, {"initializer_range", 0.4}};
-  return parse_model_config(j, "tiny");
-}
-
-Batch tiny_batch() {
-  Batch b;
-  b.rows = 2;
-  b.seq = 7;
-  std::mt19937 rng(3);
-  for (int i = 0; i < 14; ++i) b.ids.push_back(int32_t(rng() % 23));
-  for (int i = 0; i < 14; ++i) b.targets.push_back(int32_t(rng() % 23));
-  b.targets[5] = kIgnoreIndex;
-  b.positions = {0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6};
-  b.doc_offsets = {0, 3, 7, 14};
-  return b;
-}
-
 LoraConfig lora_all(double dropout) {
   LoraConfig lc;
   lc.rank = 3;
@@ -59,14 +36,14 @@ class LoraGrad : public ::testing::TestWithParam<double> {};
 TEST_P(LoraGrad, AdapterGradientsMatchFiniteDifferences) {
   auto be = make_cpu_backend();
   const LoraConfig lc = lora_all(GetParam());
-  Model model(be.get(), tiny_config(), 14, true, &lc);
+  Model model(be.get(), testing::tiny_model_config(false), 14, true, &lc);
   model.init_random(11);
   model.init_lora(4);
   randomize_adapters(model, 9);
   EXPECT_EQ(model.grads(), nullptr) << "a frozen base has no gradient buffer";
   const std::vector<float> p = model.lora_to_host();
 
-  Batch b = tiny_batch();
+  Batch b = testing::tiny_packed_batch();
   ExecContext ctx;
   ctx.threads = 1;
   ctx.seed = 77;  // the dropout stream: the same for every evaluation below
@@ -112,13 +89,13 @@ INSTANTIATE_TEST_SUITE_P(NoDropoutAndDropout, LoraGrad, ::testing::Values(0.0, 0
 TEST(Lora, FreshAdaptersLeaveTheModelAsTheBase) {
   auto be = make_cpu_backend();
   const LoraConfig lc = lora_all(0.0);
-  Model base(be.get(), tiny_config(), 14, false);
-  Model lora(be.get(), tiny_config(), 14, false, &lc);
+  Model base(be.get(), testing::tiny_model_config(false), 14, false);
+  Model lora(be.get(), testing::tiny_model_config(false), 14, false, &lc);
   base.init_random(11);
   lora.init_random(11);
   lora.init_lora(4);  // B = 0
   ExecContext ctx;
-  Batch b = tiny_batch();
+  Batch b = testing::tiny_packed_batch();
   EXPECT_EQ(base.logits(ctx, b), lora.logits(ctx, b));
   // A is Kaiming-uniform: bound 1/sqrt(fan_in), not all zero.
   const std::vector<float> a = lora.lora_to_host();
@@ -139,8 +116,8 @@ TEST(Lora, FreshAdaptersLeaveTheModelAsTheBase) {
 TEST(Lora, MemoryHasNoBaseGradients) {
   auto be = make_cpu_backend();
   const LoraConfig lc = lora_all(0.0);
-  Model full(be.get(), tiny_config(), 14, true);
-  Model lora(be.get(), tiny_config(), 14, true, &lc);
+  Model full(be.get(), testing::tiny_model_config(false), 14, true);
+  Model lora(be.get(), testing::tiny_model_config(false), 14, true, &lc);
   const ModelMemory f = full.memory(), l = lora.memory();
   EXPECT_EQ(f.gradients, full.num_params() * sizeof(float));
   EXPECT_EQ(l.gradients, lora.num_train_params() * sizeof(float));
@@ -154,17 +131,17 @@ TEST(Lora, MergedGivesTheSameLogits) {
     auto be = make_cpu_backend();
     LoraConfig lc = lora_all(0.1);  // dropout must not act outside training
     lc.rslora = rslora;
-    Model m(be.get(), tiny_config(), 14, false, &lc);
+    Model m(be.get(), testing::tiny_model_config(false), 14, false, &lc);
     m.init_random(11);
     randomize_adapters(m, 2);
     ExecContext ctx;
-    Batch b = tiny_batch();
+    Batch b = testing::tiny_packed_batch();
     const std::vector<float> unmerged = m.logits(ctx, b);
     m.merge_lora();
     EXPECT_FALSE(m.has_lora());
     const std::vector<float> merged = m.logits(ctx, b);
     EXPECT_LT(testing::rel_error(merged, unmerged), 1e-6) << "rslora " << rslora;
-    Model plain(be.get(), tiny_config(), 14, false);
+    Model plain(be.get(), testing::tiny_model_config(false), 14, false);
     plain.init_random(11);
     EXPECT_GT(testing::rel_error(plain.logits(ctx, b), unmerged), 1e-3) << "adapters mattered";
   }

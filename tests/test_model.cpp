@@ -13,50 +13,11 @@
 namespace ftune {
 namespace {
 
-ModelConfig tiny_config(bool tied) {
-  nlohmann::json j = {{"model_type", "llama"},
-                      {"vocab_size", 23},
-                      {"hidden_size", 12},
-                      {"intermediate_size", 20},
-                      {"num_hidden_layers", 2},
-                      {"num_attention_heads", 4},
-                      {"num_key_value_heads", 2},
-                      {"head_dim", 4},
-                      {"max_position_embeddings", 64},
-                      {"rms_norm_eps", 1e-5},
-                      {"rope_theta", 10000.0},
-                      {"rope_scaling",
-                       {{"rope_type", "llama3"},
-                        {"factor", 4.0},
-                        {"low_freq_factor", 1.0},
-                        {"high_freq_factor", 4.0},
-                        {"original_max_position_embeddings", 8}}},
-                      {"attention_bias", true},
-                      {"mlp_bias", true},
-                      {"tie_word_embeddings", tied},
-                      {"initializer_range", 0.4}};
-  return parse_model_config(j, "tiny");
-}
-
-Batch tiny_batch() {
-  // Two rows of 7 tokens; row 0 holds two documents (positions restart), row 1 one.
-  Batch b;
-  b.rows = 2;
-  b.seq = 7;
-  std::mt19937 rng(3);
-  for (int i = 0; i < 14; ++i) b.ids.push_back(int32_t(rng() % 23));
-  for (int i = 0; i < 14; ++i) b.targets.push_back(int32_t(rng() % 23));
-  b.targets[5] = kIgnoreIndex;
-  b.positions = {0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6};
-  b.doc_offsets = {0, 3, 7, 14};
-  return b;
-}
-
 class ModelGrad : public ::testing::TestWithParam<bool> {};
 
 TEST_P(ModelGrad, BackwardMatchesFiniteDifferences) {
   auto be = make_cpu_backend();
-  Model model(be.get(), tiny_config(GetParam()), 14, true);
+  Model model(be.get(), testing::tiny_model_config(GetParam()), 14, true);
   model.init_random(11);
   // Norm weights and biases away from their 1/0 init so their gradients are exercised.
   std::vector<float> p = model.params_to_host();
@@ -67,7 +28,7 @@ TEST_P(ModelGrad, BackwardMatchesFiniteDifferences) {
       for (size_t i = 0; i < e.count; ++i) p[e.offset + i] += nd(rng);
   model.params_from_host(p);
 
-  Batch b = tiny_batch();
+  Batch b = testing::tiny_packed_batch();
   ExecContext ctx;
   ctx.threads = 1;
   const float scale = 1.f / float(b.target_count());
@@ -116,10 +77,10 @@ INSTANTIATE_TEST_SUITE_P(TiedAndUntied, ModelGrad, ::testing::Values(false, true
 
 TEST(Model, DocumentsAreIndependent) {
   auto be = make_cpu_backend();
-  Model model(be.get(), tiny_config(false), 14, false);
+  Model model(be.get(), testing::tiny_model_config(false), 14, false);
   model.init_random(2);
   ExecContext ctx;
-  Batch b = tiny_batch();
+  Batch b = testing::tiny_packed_batch();
   std::vector<float> a = model.logits(ctx, b);
   b.ids[4] = (b.ids[4] + 1) % 23;  // inside row 0's second document
   std::vector<float> c = model.logits(ctx, b);
@@ -133,10 +94,10 @@ TEST(Model, DocumentsAreIndependent) {
 
 TEST(Model, GradientsAccumulateAcrossCalls) {
   auto be = make_cpu_backend();
-  Model model(be.get(), tiny_config(true), 14, true);
+  Model model(be.get(), testing::tiny_model_config(true), 14, true);
   model.init_random(4);
   ExecContext ctx;
-  Batch b = tiny_batch();
+  Batch b = testing::tiny_packed_batch();
   be->zero(model.grads(), model.num_params() * sizeof(float));
   model.forward_backward(ctx, b, 0.5f);
   std::vector<float> once(model.num_params());
@@ -150,8 +111,8 @@ TEST(Model, GradientsAccumulateAcrossCalls) {
 
 TEST(Model, RejectsOutOfVocabularyTokens) {
   auto be = make_cpu_backend();
-  Model model(be.get(), tiny_config(true), 14, false);
-  Batch b = tiny_batch();
+  Model model(be.get(), testing::tiny_model_config(true), 14, false);
+  Batch b = testing::tiny_packed_batch();
   b.ids[3] = 23;
   ExecContext ctx;
   try {
@@ -182,7 +143,7 @@ TEST(ModelRecompute, GradientsAreBitwiseIdentical) {
     size_t ref_acts = 0;
     for (Recompute rc : {Recompute::None, Recompute::Mlp, Recompute::Full}) {
       SCOPED_TRACE(::testing::Message() << "lora " << with_lora << " recompute " << int(rc));
-      Model m(be.get(), tiny_config(false), 14, true, with_lora ? &lc : nullptr, rc);
+      Model m(be.get(), testing::tiny_model_config(false), 14, true, with_lora ? &lc : nullptr, rc);
       m.init_random(11);
       if (with_lora) {
         m.init_lora(3);
@@ -192,7 +153,7 @@ TEST(ModelRecompute, GradientsAreBitwiseIdentical) {
       }
       ExecContext ctx;
       ctx.seed = 5;
-      Batch b = tiny_batch();
+      Batch b = testing::tiny_packed_batch();
       be->zero(m.train_grads(), m.num_train_params() * sizeof(float));
       m.forward_backward(ctx, b, 0.1f);
       std::vector<float> g(m.num_train_params());

@@ -106,6 +106,44 @@ int run_command(const std::string& cmd, std::string* output) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+ModelConfig tiny_model_config(bool tied) {
+  nlohmann::json j = {{"model_type", "llama"},
+                      {"vocab_size", 23},
+                      {"hidden_size", 12},
+                      {"intermediate_size", 20},
+                      {"num_hidden_layers", 2},
+                      {"num_attention_heads", 4},
+                      {"num_key_value_heads", 2},
+                      {"head_dim", 4},
+                      {"max_position_embeddings", 64},
+                      {"rms_norm_eps", 1e-5},
+                      {"rope_theta", 10000.0},
+                      {"rope_scaling",
+                       {{"rope_type", "llama3"},
+                        {"factor", 4.0},
+                        {"low_freq_factor", 1.0},
+                        {"high_freq_factor", 4.0},
+                        {"original_max_position_embeddings", 8}}},
+                      {"attention_bias", true},
+                      {"mlp_bias", true},
+                      {"tie_word_embeddings", tied},
+                      {"initializer_range", 0.4}};
+  return parse_model_config(j, "tiny");
+}
+
+Batch tiny_packed_batch() {
+  Batch b;
+  b.rows = 2;
+  b.seq = 7;
+  std::mt19937 rng(3);
+  for (int i = 0; i < 14; ++i) b.ids.push_back(int32_t(rng() % 23));
+  for (int i = 0; i < 14; ++i) b.targets.push_back(int32_t(rng() % 23));
+  b.targets[5] = kIgnoreIndex;
+  b.positions = {0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6};
+  b.doc_offsets = {0, 3, 7, 14};
+  return b;
+}
+
 CliRun ftune(const std::string& args, const std::string& env) {
   CliRun r;
   r.code =

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "engine/error.h"
+#include "engine/model.h"
+#include "engine/model_config.h"
 
 namespace ftune::testing {
 
@@ -23,6 +25,13 @@ void expect_error(F f, std::initializer_list<std::string> needles) {
     for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << msg;
   }
 }
+
+// A tiny Llama with every optional piece on (GQA, q/k/v/o and MLP biases, llama3 RoPE scaling),
+// head tied or not: hidden 12, 2 layers, 4 heads / 2 KV heads of dim 4, vocab 23.
+ModelConfig tiny_model_config(bool tied);
+// Two rows of 7 tokens for it; row 0 holds two documents (positions restart), row 1 one, and one
+// target is ignored.
+Batch tiny_packed_batch();
 
 // ||a-b|| / ||b|| (returns ||a|| when b is all zeros).
 double rel_error(const float* a, const float* b, size_t n);

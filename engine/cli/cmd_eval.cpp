@@ -21,9 +21,7 @@ void add_eval(CLI::App& app, Action* action) {
     int64_t seq = 256, batch = 4, max_batches = 0, threads = 0;
   };
   auto o = std::make_shared<Opts>();
-  auto keys = std::make_shared<std::pair<std::string, std::string>>();
-  cmd->add_option("--key-file", keys->first, "Key file of encrypted weights (64 hex characters)");
-  cmd->add_option("--key-env", keys->second, "Environment variable holding that key");
+  auto keys = add_key_options(cmd);
   cmd->add_option("model", o->model, "Hugging Face model directory")->required();
   cmd->add_option("data", o->data, "JSONL file, one {\"text\": ...} per line")->required();
   cmd->add_option("--adapter", o->adapter, "LoRA adapter directory (PEFT) applied to the model");
@@ -39,7 +37,7 @@ void add_eval(CLI::App& app, Action* action) {
       "  ftune eval base/ val.jsonl --adapter runs/lora/adapter");
   cmd->callback([o, keys, action] {
     *action = [o, keys] {
-      const std::optional<WeightKey> key = load_key_option(keys->first, keys->second);
+      const std::optional<WeightKey> key = load_key_option(keys->file, keys->env);
       auto be = make_backend(resolve_device(o->device));
       ModelConfig mc = load_model_config(o->model);
       Tokenizer tok = Tokenizer::load(o->model);

@@ -21,9 +21,7 @@ void add_generate(CLI::App& app, Action* action) {
     uint64_t seed = 0;
   };
   auto o = std::make_shared<Opts>();
-  auto keys = std::make_shared<std::pair<std::string, std::string>>();
-  cmd->add_option("--key-file", keys->first, "Key file of encrypted weights (64 hex characters)");
-  cmd->add_option("--key-env", keys->second, "Environment variable holding that key");
+  auto keys = add_key_options(cmd);
   cmd->add_option("model", o->model, "Hugging Face model directory")->required();
   cmd->add_option("-p,--prompt", o->prompt, "Prompt text")->required();
   cmd->add_option("--adapter", o->adapter, "LoRA adapter directory (PEFT) applied to the model");
@@ -42,7 +40,7 @@ void add_generate(CLI::App& app, Action* action) {
       "  ftune generate base/ --adapter runs/lora/adapter -p 'Plant: Basil'");
   cmd->callback([o, keys, action] {
     *action = [o, keys] {
-      const std::optional<WeightKey> key = load_key_option(keys->first, keys->second);
+      const std::optional<WeightKey> key = load_key_option(keys->file, keys->env);
       auto be = make_backend(resolve_device(o->device));
       ModelConfig mc = load_model_config(o->model);
       Tokenizer tok = Tokenizer::load(o->model);

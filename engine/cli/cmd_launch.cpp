@@ -32,10 +32,7 @@ void add_launch(CLI::App& app, Action* action) {
       // OpenMPI refuses root without this, and more ranks than cores without oversubscribe.
       if (geteuid() == 0) args.push_back("--allow-run-as-root");
       args.push_back("--oversubscribe");
-      char self[4096];
-      const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-      if (len <= 0) throw Error("launch: cannot find the ftune binary (/proc/self/exe)");
-      args.emplace_back(self, size_t(len));
+      args.push_back(self_binary());
       args.insert(args.end(), rest.begin(), rest.end());
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());

@@ -24,9 +24,7 @@ void add_merge(CLI::App& app, Action* action) {
     bool force = false;
   };
   auto o = std::make_shared<Opts>();
-  auto keys = std::make_shared<std::pair<std::string, std::string>>();
-  cmd->add_option("--key-file", keys->first, "Key file of encrypted weights (64 hex characters)");
-  cmd->add_option("--key-env", keys->second, "Environment variable holding that key");
+  auto keys = add_key_options(cmd);
   cmd->add_option("base", o->base, "Base model directory")->required();
   cmd->add_option("adapter", o->adapter, "PEFT LoRA adapter directory")->required();
   cmd->add_option("out", o->out, "Output model directory")->required();
@@ -40,7 +38,7 @@ void add_merge(CLI::App& app, Action* action) {
       "  ftune merge base/ runs/lora/adapter merged/ --dtype bf16 --sign-key me.pem");
   cmd->callback([o, keys, action] {
     *action = [o, keys] {
-      const std::optional<WeightKey> key = load_key_option(keys->first, keys->second);
+      const std::optional<WeightKey> key = load_key_option(keys->file, keys->env);
       if (fs::exists(o->out) && !(fs::is_directory(o->out) && fs::is_empty(o->out)) && !o->force)
         throw Error("'" + o->out + "' exists; choose another output directory or pass --force");
       if (!o->sign_key.empty()) (void)public_key_sha256(o->sign_key);  // fail before any work

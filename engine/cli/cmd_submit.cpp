@@ -94,9 +94,6 @@ void add_submit(CLI::App& app, Action* action) {
       if (tmpl.empty()) tmpl = std::string(FTUNE_SOURCE_DIR) + "/configs/cluster/slurm.sbatch";
       if (!path_exists(tmpl))
         throw Error("submit: template '" + tmpl + "' not found (pass --template FILE)");
-      char self[4096];
-      const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-      if (len <= 0) throw Error("submit: cannot find the ftune binary (/proc/self/exe)");
       std::string overrides;
       for (const auto& kv : o->overrides)
         overrides += (overrides.empty() ? "" : " ") + shell_quote(kv);
@@ -112,7 +109,7 @@ void add_submit(CLI::App& app, Action* action) {
           {"account", o->account},
           {"time", o->time},
           {"log_dir", out + "/slurm-logs"},
-          {"ftune", shell_quote(std::string(self, size_t(len)))},
+          {"ftune", shell_quote(self_binary())},
           {"recipe", shell_quote(fs::absolute(o->recipe).string())},
           {"overrides", overrides.empty() ? " " : overrides}};
       const std::string script = render(read_file(tmpl), values, tmpl);

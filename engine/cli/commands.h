@@ -2,8 +2,19 @@
 #pragma once
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <memory>
+#include <string>
 
 namespace ftune::cli {
+
+// --key-file / --key-env on a command that reads encrypted weights (load them with
+// load_key_option(file, env), encryption.h).
+struct KeyOptions {
+  std::string file, env;
+};
+std::shared_ptr<KeyOptions> add_key_options(CLI::App* cmd);
+// The running ftune binary (ranks and batch jobs start this same build).
+std::string self_binary();
 
 // Registers a subcommand; the returned action runs it and gives the process exit code.
 using Action = std::function<int()>;
