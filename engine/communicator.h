@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <memory>
+#include <vector>
 
 namespace ftune {
 
@@ -22,6 +23,14 @@ class Communicator {
   virtual void all_gather(float* data, size_t n) = 0;
   // gather_to_root: every rank's slice (`shard`, its own length) -> `full` (n floats) on rank 0.
   virtual void gather_to_root(const float* shard, float* full, size_t n) = 0;
+  // Irregular parts, for collectives over one unit (a layer) of a sharded buffer. counts[r] is
+  // rank r's part (may be 0); parts lie in rank order.
+  // reduce_scatter_sum: `in` (sum of counts floats, same layout on every rank) is summed across
+  // ranks and this rank's part is written (not accumulated) to `out` (counts[rank] floats).
+  virtual void reduce_scatter_sum(const float* in, float* out,
+                                  const std::vector<size_t>& counts) = 0;
+  // all_gather_v: this rank's `mine` (counts[rank] floats) -> every rank's `out` (sum of counts).
+  virtual void all_gather_v(const float* mine, float* out, const std::vector<size_t>& counts) = 0;
   // Ends every rank of the job (after a rank's error); returns only when there is one rank.
   virtual void abort(int code) { (void)code; }
 };

@@ -145,6 +145,20 @@ class MpiCommunicator final : public Communicator {
                           displs.data(), MPI_FLOAT, 0, MPI_COMM_WORLD),
               "gather");
   }
+  void reduce_scatter_sum(const float* in, float* out, const std::vector<size_t>& counts) override {
+    Watch w(this, "reduce-scatter");
+    std::vector<int> c = int_counts(counts);
+    check_mpi(MPI_Reduce_scatter(in, out, c.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+              "reduce-scatter");
+  }
+  void all_gather_v(const float* mine, float* out, const std::vector<size_t>& counts) override {
+    Watch w(this, "all-gather");
+    std::vector<int> c = int_counts(counts), displs(c.size(), 0);
+    for (size_t r = 1; r < c.size(); ++r) displs[r] = displs[r - 1] + c[r - 1];
+    check_mpi(MPI_Allgatherv(mine, c[size_t(rank_)], MPI_FLOAT, out, c.data(), displs.data(),
+                             MPI_FLOAT, MPI_COMM_WORLD),
+              "all-gather");
+  }
   void abort(int code) override { MPI_Abort(MPI_COMM_WORLD, code); }
 
  private:
@@ -156,6 +170,15 @@ class MpiCommunicator final : public Communicator {
       counts->push_back(int(s.size()));
       displs->push_back(int(s.begin));
     }
+  }
+  std::vector<int> int_counts(const std::vector<size_t>& counts) const {
+    FTUNE_CHECK(counts.size() == size_t(size_), "one count per rank");
+    size_t total = 0;
+    for (size_t n : counts) total += n;
+    if (total > size_t(INT32_MAX))
+      throw Error("MPI collective of " + std::to_string(total) +
+                  " floats exceeds MPI's int counts");
+    return std::vector<int>(counts.begin(), counts.end());
   }
   // Marks one collective in progress for the watchdog.
   struct Watch {
