@@ -24,6 +24,8 @@ nlohmann::json train_state_to_json(const TrainState& s) {
           {"seed", s.seed},
           {"recipe_sha256", s.recipe_sha256},
           {"last_loss", s.last_loss},
+          {"world_size", s.world_size},
+          {"global_micro_batches", s.global_micro_batches},
           {"format", 1}};
 }
 
@@ -38,6 +40,8 @@ TrainState train_state_from_json(const nlohmann::json& j, const std::string& lab
     s.seed = j.at("seed").get<uint64_t>();
     s.recipe_sha256 = j.at("recipe_sha256").get<std::string>();
     s.last_loss = j.at("last_loss").get<double>();
+    s.world_size = j.value("world_size", 1);
+    s.global_micro_batches = j.value("global_micro_batches", int64_t(0));
     return s;
   } catch (const nlohmann::json::exception& e) {
     throw Error(label + ": damaged checkpoint state (" + e.what() + ")");

@@ -24,6 +24,10 @@ struct TrainState {
   uint64_t seed = 0;
   std::string recipe_sha256;  // resolved recipe text hash, to recognise the same run
   double last_loss = 0.0;
+  // Ranks of the run that wrote it and micro-batches per step over all of them (0: unknown, an
+  // older checkpoint); data.index counts this rank's micro-batches of the epoch.
+  int world_size = 1;
+  int64_t global_micro_batches = 0;
 };
 
 nlohmann::json train_state_to_json(const TrainState& s);

@@ -102,10 +102,16 @@ struct Model::Acts {
 };
 
 Model::Model(Backend* be, ModelConfig cfg, int64_t max_tokens, bool with_grads,
-             const LoraConfig* lora, Recompute recompute)
-    : be_(be), cfg_(std::move(cfg)), layout_(cfg_), max_tokens_(max_tokens), recompute_(recompute) {
-  params_ = DeviceBuffer<float>(be_, layout_.total());
-  if (with_grads && !lora) grads_ = DeviceBuffer<float>(be_, layout_.total());
+             const LoraConfig* lora, Recompute recompute, ShardHooks* shards)
+    : be_(be),
+      cfg_(std::move(cfg)),
+      layout_(cfg_),
+      max_tokens_(max_tokens),
+      recompute_(recompute),
+      shards_(shards) {
+  FTUNE_CHECK(!shards || !lora, "sharded gradients are for full fine-tunes");
+  if (!shards || !shards->shards_params()) params_ = DeviceBuffer<float>(be_, layout_.total());
+  if (with_grads && !lora && !shards) grads_ = DeviceBuffer<float>(be_, layout_.total());
   if (lora) {
     lora_on_ = true;
     lora_cfg_ = *lora;
@@ -160,7 +166,7 @@ DType Model::load_weights(const WeightStore& store) {
     store.read_as(e.name, DType::F32, host.data() + e.offset);
     found = t->dtype;
   }
-  be_->upload(params_.get(), host.data(), host.size() * sizeof(float));
+  params_from_host(host);
   return found;
 }
 
@@ -182,10 +188,11 @@ void Model::init_random(uint64_t seed) {
         for (size_t i = 0; i < e.count; ++i) p[i] = nd(rng);
     }
   }
-  be_->upload(params_.get(), host.data(), host.size() * sizeof(float));
+  params_from_host(host);
 }
 
 std::vector<float> Model::params_to_host() const {
+  if (!params_.get() && shards_) return shards_->params_to_host();
   std::vector<float> host(layout_.total());
   be_->download(host.data(), params_.get(), host.size() * sizeof(float));
   return host;
@@ -193,7 +200,35 @@ std::vector<float> Model::params_to_host() const {
 
 void Model::params_from_host(const std::vector<float>& host) {
   FTUNE_CHECK(host.size() == layout_.total(), "parameter count mismatch");
+  if (!params_.get() && shards_) return shards_->params_from_host(host);
   be_->upload(params_.get(), host.data(), host.size() * sizeof(float));
+}
+
+void Model::unshard(const std::vector<float>& full) {
+  FTUNE_CHECK(full.size() == layout_.total(), "parameter count mismatch");
+  shards_ = nullptr;
+  grads_.reset();
+  params_ = DeviceBuffer<float>(be_, layout_.total());
+  be_->upload(params_.get(), full.data(), full.size() * sizeof(float));
+}
+
+const float* Model::unit_params(int u) {
+  if (!shards_) return params_.get();
+  // Sharded runs work unit-local: ZeRO-3 gathers the unit, ZeRO-2 points into whole weights.
+  return shards_->shards_params() ? shards_->acquire_params(u)
+                                  : params_.get() + layout_.unit(u).begin;
+}
+
+void Model::release_unit(int u) {
+  if (shards_ && shards_->shards_params()) shards_->release_params(u);
+}
+
+float* Model::unit_grads(int u) {
+  return shards_ ? shards_->acquire_grads(u) : grads_.get();
+}
+
+void Model::unit_grads_done(int u) {
+  if (shards_) shards_->grads_done(u);
 }
 
 void Model::init_lora(uint64_t seed) {
@@ -344,6 +379,15 @@ struct LoraRun {
 
 namespace {
 
+// A layer's offsets relative to `base` (where its unit starts in a sharded run, else 0).
+LayerOffsets rebase(LayerOffsets o, size_t base) {
+  for (size_t* f :
+       {&o.attn_norm, &o.q_w, &o.q_b, &o.k_w, &o.k_b, &o.v_w, &o.v_b, &o.o_w, &o.o_b, &o.mlp_norm,
+        &o.gate_w, &o.gate_b, &o.up_w, &o.up_b, &o.down_w, &o.down_b, &o.begin, &o.end})
+    if (*f != kNoParam) *f -= base;
+  return o;
+}
+
 void linear_fwd(Backend* be, const ExecContext& ctx, const float* params, const LoraRun& lr,
                 const LinearRef& l, const float* x, float* y, int64_t n) {
   be->linear_forward(ctx, x, params + l.w, l.b == kNoParam ? nullptr : params + l.b, y, n, l.in,
@@ -419,11 +463,12 @@ LoraRun Model::lora_run(const ExecContext& ctx, bool training) const {
 void Model::forward_layer(const ExecContext& ctx, const Batch& b, const LoraRun& lr, int l) {
   Acts& a = *a_;
   const int64_t N = b.tokens(), d = a.d, f = a.f, q = a.q, kv = a.kv;
-  const float* P = params_.get();
+  const int u = ParamLayout::layer_unit(l);
+  const float* P = unit_params(u);
   const float eps = float(cfg_.rms_norm_eps);
   const AttentionShape as = attn_shape(b);
   const int hq = int(cfg_.num_heads), hkv = int(cfg_.num_kv_heads), hd = int(cfg_.head_dim);
-  const LayerOffsets& o = layout_.layer(l);
+  const LayerOffsets o = rebase(layout_.layer(l), unit_begin(u));
   float* x = a.at(a.resid, l, d);
   float* xn1 = a.at(a.xn1, a.si(l), d);
   float* qb = a.at(a.qb, a.si(l), q);
@@ -453,6 +498,7 @@ void Model::forward_layer(const ExecContext& ctx, const Batch& b, const LoraRun&
   be_->swiglu_forward(ctx, gate, up, h, size_t(N * f));
   linear_fwd(be_, ctx, P, lr, {o.down_w, o.down_b, f, d, l, LoraTarget::Down}, h, next, N);
   be_->add_inplace(ctx, next, mid, size_t(N * d));
+  release_unit(u);
 }
 
 void Model::forward(const ExecContext& ctx, const Batch& b, bool training) {
@@ -460,32 +506,36 @@ void Model::forward(const ExecContext& ctx, const Batch& b, bool training) {
   const LoraRun lr = lora_run(ctx, training);
   Acts& a = *a_;
   const int64_t N = b.tokens(), d = a.d;
-  const float* P = params_.get();
   const float eps = float(cfg_.rms_norm_eps);
+  const int tail = layout_.tail_unit();
 
-  be_->embedding_forward(ctx, a.ids.get(), P + layout_.embed(), a.at(a.resid, 0, d), N, d);
+  be_->embedding_forward(ctx, a.ids.get(), unit_params(0) + layout_.embed() - unit_begin(0),
+                         a.at(a.resid, 0, d), N, d);
+  release_unit(0);
   for (int l = 0; l < int(a.L); ++l) forward_layer(ctx, b, lr, l);
-  be_->rmsnorm_forward(ctx, a.final_resid.get(), P + layout_.final_norm(), a.xf.get(),
+  be_->rmsnorm_forward(ctx, a.final_resid.get(),
+                       unit_params(tail) + layout_.final_norm() - unit_begin(tail), a.xf.get(),
                        a.rstdf.get(), N, d, eps);
+  release_unit(tail);
 }
 
 void Model::backward(const ExecContext& ctx, const Batch& b) {
   Acts& a = *a_;
   const LoraRun lr = lora_run(ctx, true);
   const int64_t N = b.tokens(), d = a.d, f = a.f, q = a.q, kv = a.kv;
-  const float* P = params_.get();
-  float* G = grads_.get();  // null when the base is frozen (LoRA)
-  auto g = [G](size_t off) { return G ? G + off : nullptr; };
+  const bool frozen = lora_on_;  // the base has no gradients then, only the adapters
   const AttentionShape as = attn_shape(b);
   const int hq = int(cfg_.num_heads), hkv = int(cfg_.num_kv_heads), hd = int(cfg_.head_dim);
   float* dres = a.dres.get();  // gradient w.r.t. the residual stream, carried down the layers
   float* tmp = a.tmp.get();
 
-  // a.dxn holds d(loss)/d(xf) from lm_head_loss; through the final norm into the stream.
-  be_->rmsnorm_backward(ctx, a.dxn.get(), a.final_resid.get(), P + layout_.final_norm(),
-                        a.rstdf.get(), dres, g(layout_.final_norm()), N, d);
+  // dres holds d(loss)/d(stream) after the final norm (forward_backward).
   for (int l = int(a.L) - 1; l >= 0; --l) {
-    const LayerOffsets& o = layout_.layer(l);
+    const int u = ParamLayout::layer_unit(l);
+    const float* P = unit_params(u);
+    float* G = frozen ? nullptr : unit_grads(u);
+    auto g = [G](size_t off) { return G ? G + off : nullptr; };
+    const LayerOffsets o = rebase(layout_.layer(l), unit_begin(u));
     // Recomputation refills what was not kept: the whole layer from its input, or just h.
     if (a.Li != a.L) {
       forward_layer(ctx, b, lr, l);
@@ -524,36 +574,60 @@ void Model::backward(const ExecContext& ctx, const Batch& b) {
     be_->rmsnorm_backward(ctx, a.dxn.get(), a.at(a.resid, l, d), P + o.attn_norm,
                           a.at(a.rstd1, a.si(l), 1), tmp, g(o.attn_norm), N, d);
     be_->add_inplace(ctx, dres, tmp, size_t(N * d));
+    release_unit(u);
+    if (G) unit_grads_done(u);
   }
-  if (G)
-    be_->embedding_backward(ctx, a.ids.get(), dres, G + layout_.embed(), N, d, cfg_.vocab_size);
+  if (frozen) return;
+  // A tied head's gradient is already in unit 0's buffer (held since the loss).
+  float* G0 = unit_grads(0);
+  be_->embedding_backward(ctx, a.ids.get(), dres, G0 + layout_.embed() - unit_begin(0), N, d,
+                          cfg_.vocab_size);
+  unit_grads_done(0);
 }
 
 LossSum Model::forward_backward(const ExecContext& ctx, const Batch& b, float grad_scale) {
-  FTUNE_CHECK(grads_.get() != nullptr || lora_grads_.get() != nullptr,
+  FTUNE_CHECK(grads_.get() != nullptr || lora_grads_.get() != nullptr || shards_ != nullptr,
               "model was built without gradients");
   forward(ctx, b, true);
-  const float* P = params_.get();
-  LossSum ls =
-      be_->lm_head_loss(ctx, a_->xf.get(), P + layout_.head(), a_->targets.get(), b.tokens(),
-                        cfg_.hidden_size, cfg_.vocab_size, grad_scale, a_->dxn.get(),
-                        grads_.get() ? grads_.get() + layout_.head() : nullptr);
+  // The tail (final norm) and head units stay held through the loss into backward; gradients
+  // of a tied head go to unit 0's buffer, which backward finishes with the embedding.
+  const int hu = layout_.head_unit(), tail = layout_.tail_unit();
+  const bool frozen = lora_on_;
+  const float* Pt = unit_params(tail);
+  float* Gt = frozen ? nullptr : unit_grads(tail);
+  const float* H = unit_params(hu) + layout_.head() - unit_begin(hu);
+  float* GH = frozen ? nullptr : unit_grads(hu) + layout_.head() - unit_begin(hu);
+  LossSum ls = be_->lm_head_loss(ctx, a_->xf.get(), H, a_->targets.get(), b.tokens(),
+                                 cfg_.hidden_size, cfg_.vocab_size, grad_scale, a_->dxn.get(), GH);
+  release_unit(hu);
+  // Through the final norm into the residual stream; the tail is then done.
+  const size_t at = layout_.final_norm() - unit_begin(tail);
+  be_->rmsnorm_backward(ctx, a_->dxn.get(), a_->final_resid.get(), Pt + at, a_->rstdf.get(),
+                        a_->dres.get(), Gt ? Gt + at : nullptr, b.tokens(), cfg_.hidden_size);
+  release_unit(tail);
+  if (Gt) unit_grads_done(tail);
   backward(ctx, b);
   return ls;
 }
 
 LossSum Model::forward_loss(const ExecContext& ctx, const Batch& b) {
   forward(ctx, b, false);
-  return be_->lm_head_loss(ctx, a_->xf.get(), params_.get() + layout_.head(), a_->targets.get(),
-                           b.tokens(), cfg_.hidden_size, cfg_.vocab_size, 1.f, nullptr, nullptr);
+  const int hu = layout_.head_unit();
+  LossSum ls = be_->lm_head_loss(
+      ctx, a_->xf.get(), unit_params(hu) + layout_.head() - unit_begin(hu), a_->targets.get(),
+      b.tokens(), cfg_.hidden_size, cfg_.vocab_size, 1.f, nullptr, nullptr);
+  release_unit(hu);
+  return ls;
 }
 
 std::vector<float> Model::logits(const ExecContext& ctx, const Batch& b) {
   forward(ctx, b, false);
   const int64_t N = b.tokens(), V = cfg_.vocab_size;
   DeviceBuffer<float> out(be_, size_t(N * V));
-  be_->linear_forward(ctx, a_->xf.get(), params_.get() + layout_.head(), nullptr, out.get(), N,
-                      cfg_.hidden_size, V);
+  const int hu = layout_.head_unit();
+  be_->linear_forward(ctx, a_->xf.get(), unit_params(hu) + layout_.head() - unit_begin(hu), nullptr,
+                      out.get(), N, cfg_.hidden_size, V);
+  release_unit(hu);
   std::vector<float> host(size_t(N * V));
   be_->download(host.data(), out.get(), host.size() * sizeof(float));
   return host;
@@ -564,8 +638,11 @@ std::vector<float> Model::last_logits(const ExecContext& ctx, const Batch& b) {
   const int64_t d = cfg_.hidden_size, V = cfg_.vocab_size;
   const int64_t last = b.doc_offsets.size() > 1 ? b.doc_offsets[1] - 1 : b.tokens() - 1;
   DeviceBuffer<float> logits(be_, size_t(V));
-  be_->linear_forward(ctx, a_->xf.get() + last * d, params_.get() + layout_.head(), nullptr,
-                      logits.get(), 1, d, V);
+  const int hu = layout_.head_unit();
+  be_->linear_forward(ctx, a_->xf.get() + last * d,
+                      unit_params(hu) + layout_.head() - unit_begin(hu), nullptr, logits.get(), 1,
+                      d, V);
+  release_unit(hu);
   std::vector<float> host(static_cast<size_t>(V));
   be_->download(host.data(), logits.get(), host.size() * sizeof(float));
   return host;

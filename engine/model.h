@@ -44,14 +44,38 @@ struct ModelMemory {
 enum class Recompute { None, Mlp, Full };
 Recompute parse_recompute(const std::string& name);  // none | mlp | full; throws naming the key
 
+// How a sharded run (ZeRO-2/3, engine/zero.h) supplies weights and takes gradients, one unit
+// (ParamLayout::unit) at a time. Pointers are to the unit's first float (unit-local layout).
+class ShardHooks {
+ public:
+  virtual ~ShardHooks() = default;
+  // true: the model holds no full weight buffer and asks for each unit's weights (ZeRO-3).
+  virtual bool shards_params() const = 0;
+  // Weights of unit u, valid until the matching release (acquires nest; only the outermost
+  // gathers).
+  virtual const float* acquire_params(int u) = 0;
+  virtual void release_params(int u) = 0;
+  // A zeroed buffer that backward accumulates unit u's gradients into; grads_done takes them
+  // (reduce-scatter into this rank's shard).
+  virtual float* acquire_grads(int u) = 0;
+  virtual void grads_done(int u) = 0;
+  // Whole-buffer host copies (ZeRO-3): from_host keeps this rank's slice; to_host returns what
+  // the run gathered for it beforehand (ZeroShards::gather_to_root).
+  virtual void params_from_host(const std::vector<float>& host) = 0;
+  virtual std::vector<float> params_to_host() const = 0;
+};
+
 class Model {
  public:
   // Allocates parameters (zero), gradients and activation buffers for up to max_tokens tokens
   // per forward. Gradients can be skipped (eval/generate) with with_grads=false. With `lora`
   // every targeted linear carries an adapter (zero until init_lora/load_lora) and the base
   // weights are frozen: gradients exist only for the adapters.
+  // With `shards` (full fine-tunes only) gradients, and for ZeRO-3 weights, live in the hooks'
+  // buffers: grads() and, for ZeRO-3, params() are null.
   Model(Backend* be, ModelConfig cfg, int64_t max_tokens, bool with_grads,
-        const LoraConfig* lora = nullptr, Recompute recompute = Recompute::None);
+        const LoraConfig* lora = nullptr, Recompute recompute = Recompute::None,
+        ShardHooks* shards = nullptr);
   ~Model();
 
   const ModelConfig& config() const { return cfg_; }
@@ -78,6 +102,9 @@ class Model {
   // Folds s * B A into each adapted base weight and drops the adapters: the merged model gives
   // the same outputs up to fp32 rounding.
   void merge_lora();
+  // Ends sharding on this rank: the model takes the whole weights (from a gather) as its own
+  // buffer and works alone again (export and generation on rank 0 after a ZeRO-3 run).
+  void unshard(const std::vector<float>& full);
 
   // What the optimizer updates: the adapters with LoRA, else every parameter.
   float* train_params() const { return lora_on_ ? lora_params() : params(); }
@@ -115,12 +142,20 @@ class Model {
   void backward(const ExecContext& ctx, const Batch& b);
   AttentionShape attn_shape(const Batch& b) const;
   LoraRun lora_run(const ExecContext& ctx, bool training) const;
+  // Weights / gradients of one unit, unit-local (through the hooks when sharded, else views of
+  // the model's own buffers). Every acquire is paired with a release / grads_done.
+  const float* unit_params(int u);
+  void release_unit(int u);
+  float* unit_grads(int u);
+  void unit_grads_done(int u);
+  size_t unit_begin(int u) const { return shards_ ? layout_.unit(u).begin : 0; }
 
   Backend* be_;
   ModelConfig cfg_;
   ParamLayout layout_;
   int64_t max_tokens_;
   Recompute recompute_ = Recompute::None;
+  ShardHooks* shards_ = nullptr;
   DeviceBuffer<float> params_, grads_, inv_freq_;
   std::unique_ptr<Acts> a_;
   bool lora_on_ = false;

@@ -1,5 +1,9 @@
 #include "engine/param_layout.h"
 
+#include <algorithm>
+
+#include "engine/error.h"
+
 namespace ftune {
 
 size_t ParamLayout::add(const std::string& name, std::vector<int64_t> shape, ParamKind kind,
@@ -54,6 +58,24 @@ ParamLayout::ParamLayout(const ModelConfig& c) {
   head_ = c.tie_word_embeddings ? embed_
                                 : add("lm_head.weight", {c.vocab_size, d}, ParamKind::Head, -1);
   total_ = (total_ + 15) / 16 * 16;
+}
+
+ParamUnit ParamLayout::unit(int u) const {
+  // Units tile the buffer: each ends where the next begins (alignment padding included).
+  auto begin = [this](int k) -> size_t {
+    if (k == 0) return 0;
+    if (k <= num_layers()) return layers_[size_t(k - 1)].begin;
+    if (k == tail_unit()) return layers_.empty() ? final_norm_ : layers_.back().end;
+    return total_;
+  };
+  FTUNE_CHECK(u >= 0 && u < num_units(), "unit index out of range");
+  return {begin(u), begin(u + 1)};
+}
+
+size_t ParamLayout::max_layer_size() const {
+  size_t m = 0;
+  for (int l = 0; l < num_layers(); ++l) m = std::max(m, unit(layer_unit(l)).size());
+  return m;
 }
 
 const ParamEntry* ParamLayout::find(const std::string& name) const {

@@ -31,6 +31,13 @@ struct LayerOffsets {
   size_t begin, end;  // the layer's contiguous slice
 };
 
+// A contiguous range of the flat buffer that a sharded run gathers and reduces as one: unit 0 is
+// the embedding, unit 1+l decoder layer l, the last unit the tail (final norm and untied head).
+struct ParamUnit {
+  size_t begin = 0, end = 0;
+  size_t size() const { return end - begin; }
+};
+
 class ParamLayout {
  public:
   explicit ParamLayout(const ModelConfig& cfg);
@@ -42,6 +49,12 @@ class ParamLayout {
   size_t head() const { return head_; }  // == embed() when tied
   const LayerOffsets& layer(int i) const { return layers_[size_t(i)]; }
   int num_layers() const { return int(layers_.size()); }
+  int num_units() const { return num_layers() + 2; }
+  ParamUnit unit(int u) const;
+  static int layer_unit(int layer) { return layer + 1; }
+  int tail_unit() const { return num_layers() + 1; }
+  int head_unit() const { return head_ == embed_ ? 0 : tail_unit(); }
+  size_t max_layer_size() const;  // the largest decoder-layer unit
 
  private:
   size_t add(const std::string& name, std::vector<int64_t> shape, ParamKind kind, int layer);

@@ -64,6 +64,7 @@ struct RecipeConfig {
   int64_t seq_len = 256;           // train.seq_len
   int64_t micro_batch_size = 4;    // train.micro_batch_size
   int64_t grad_accum = 1;          // train.grad_accum
+  int64_t global_batch_size = 0;   // train.global_batch_size (0: micro x accum x ranks)
   int64_t max_steps = 0;           // train.max_steps (0: run train.epochs)
   double epochs = 1.0;             // train.epochs
   std::string recompute = "none";  // train.recompute: none | mlp | full
@@ -104,7 +105,7 @@ struct RecipeConfig {
   std::string device = "auto";    // device: auto | cpu | cuda
   int64_t threads = 0;            // threads (0: all cores)
   int64_t log_every = 10;         // log.every: plain progress line period when not a TTY
-  std::string sharding = "none";  // sharding: none | zero1 (with several ranks)
+  std::string sharding = "none";  // sharding: none | zero1 | zero2 | zero3
   double dist_timeout = 600;      // dist.timeout: seconds a collective may take
 };
 

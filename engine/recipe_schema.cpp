@@ -46,9 +46,12 @@ std::vector<KeySpec> build_schema() {
        .min = ge(0)},
       {.key = "sharding",
        .field = &C::sharding,
-       .doc = "with several ranks: none keeps AdamW state whole on every rank; zero1 splits it "
-              "(each rank updates its slice, then the weights are all-gathered)",
-       .allowed = {"none", "zero1"}},
+       .doc = "ZeRO stage across ranks: none keeps everything whole on every rank; zero1 splits "
+              "the AdamW state (each rank updates its slice, then the weights are all-gathered); "
+              "zero2 also keeps only a slice of the gradients (reduce-scattered layer by layer "
+              "during backward); zero3 also splits the weights (each layer gathered just before "
+              "use and freed after); zero2/zero3 are for method: full",
+       .allowed = {"none", "zero1", "zero2", "zero3"}},
       {.key = "method",
        .field = &C::method,
        .doc = "full trains every weight; lora freezes the base and trains low-rank adapters",
@@ -209,6 +212,13 @@ std::vector<KeySpec> build_schema() {
        .field = &C::grad_accum,
        .doc = "micro-batches whose gradients are summed per optimizer step",
        .min = ge(1)},
+      {.key = "train.global_batch_size",
+       .field = &C::global_batch_size,
+       .doc = "rows per optimizer step across all ranks; when set, train.grad_accum is derived "
+              "from it (global / (micro_batch_size x ranks)), so the same recipe gives the same "
+              "training on any number of ranks and a checkpoint resumes on a different count; "
+              "0 uses train.grad_accum",
+       .min = ge(0)},
       {.key = "train.max_steps",
        .field = &C::max_steps,
        .doc = "optimizer steps to run; 0 runs train.epochs instead",

@@ -35,6 +35,7 @@
 #include "engine/signing.h"
 #include "engine/tokenizer.h"
 #include "engine/train_data.h"
+#include "engine/zero.h"
 
 namespace fs = std::filesystem;
 
@@ -97,8 +98,9 @@ EvalResult evaluate(Model& model, const TrainData& data, int64_t max_batches, in
 namespace {
 
 // Files and folders a run writes into output_dir; --force removes only these.
-const char* const kRunEntries[] = {"checkpoints", "model",        "adapter",       "metrics.jsonl",
-                                   "recipe.yaml", "summary.json", "submit.sbatch", "slurm-logs"};
+const char* const kRunEntries[] = {"checkpoints",   "model",         "adapter",
+                                   "metrics.jsonl", "recipe.yaml",   "summary.json",
+                                   "memory.json",   "submit.sbatch", "slurm-logs"};
 
 // What `ftune submit` puts in output_dir before the job starts: not a run yet, and kept.
 bool is_submit_entry(const std::string& name) {
@@ -336,12 +338,33 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     throw Error("the tokenizer in '" + c.model_path + "' has " + std::to_string(tok.vocab_size()) +
                 " tokens but config.json vocab_size is " + std::to_string(mc.vocab_size));
   const std::optional<LoraConfig> lora = recipe_lora_config(c);
+
+  // ---- ranks: ZeRO stage and the global batch ----
+  const int world = comm.world_size();
+  const int stage = c.sharding == "zero3" ? 3 : c.sharding == "zero2" ? 2 : c.sharding == "zero1";
+  if (stage >= 2 && lora)
+    throw Error("sharding: " + c.sharding + " splits a full fine-tune's weights and gradients; " +
+                "with method: lora use zero1 (the adapters' state is small) or none");
+  int64_t grad_accum = c.grad_accum;
+  if (c.global_batch_size > 0) {
+    const int64_t per = c.micro_batch_size * world;
+    if (c.global_batch_size % per != 0)
+      throw Error("train.global_batch_size (" + std::to_string(c.global_batch_size) +
+                  " rows) is not a multiple of train.micro_batch_size x ranks (" +
+                  std::to_string(c.micro_batch_size) + " x " + std::to_string(world) +
+                  "): change one of them");
+    grad_accum = c.global_batch_size / per;
+  }
   // Everything the model needs is allocated here, up front: running out of memory is one clear
   // error now, with what to change, rather than a failure mid-run.
+  std::unique_ptr<ZeroShards> zero;
   std::unique_ptr<Model> model_ptr;
   try {
-    model_ptr = std::make_unique<Model>(be.get(), mc, c.micro_batch_size * c.seq_len, true,
-                                        lora ? &*lora : nullptr, parse_recompute(c.recompute));
+    if (stage >= 2)
+      zero = std::make_unique<ZeroShards>(be.get(), comm, ParamLayout(mc), stage, threads);
+    model_ptr =
+        std::make_unique<Model>(be.get(), mc, c.micro_batch_size * c.seq_len, true,
+                                lora ? &*lora : nullptr, parse_recompute(c.recompute), zero.get());
   } catch (const Error& e) {
     throw Error(std::string(e.what()) + "\nthe model does not fit on " + dev.detail +
                 ": lower train.micro_batch_size or train.seq_len (raise train.grad_accum to keep " +
@@ -366,16 +389,19 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   int64_t total_steps = c.max_steps;
   if (total_steps <= 0)
     total_steps = std::max<int64_t>(
-        1, int64_t(std::ceil(c.epochs * double(batches_per_epoch) / double(c.grad_accum))));
+        1, int64_t(std::ceil(c.epochs * double(batches_per_epoch) / double(grad_accum))));
   Schedule sched{c.schedule_kind, c.lr, c.warmup_steps, total_steps, c.min_lr_ratio};
 
   // ---- optimizer state and resume ----
   // Optimizer state exists only for what is trained (the adapters under LoRA), and with
-  // sharding: zero1 only for this rank's slice of it.
+  // sharding (zero1 and up) only for this rank's slice of it.
   const size_t n_train = model.num_train_params();
-  const bool zero1 = c.sharding == "zero1" && comm.world_size() > 1;
+  const bool sharded = (stage == 1 && world > 1) || stage >= 2;
   const ShardRange shard =
-      zero1 ? shard_range(n_train, comm.rank(), comm.world_size()) : ShardRange{0, n_train};
+      sharded ? shard_range(n_train, comm.rank(), world) : ShardRange{0, n_train};
+  if (zero)
+    FTUNE_CHECK(zero->shard().begin == shard.begin && zero->shard().end == shard.end,
+                "ZeRO shard mismatch");
   DeviceBuffer<float> m(be.get(), shard.size()), v(be.get(), shard.size());
   std::vector<ParamSpan> spans;  // decay spans clipped to the shard, offsets relative to it
   for (const ParamSpan& s : decay_spans(model, c)) {
@@ -385,7 +411,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   // Checkpoints hold the whole moments: a sharded run gathers them to rank 0 to write, and
   // every rank reads them whole and keeps its slice, so any rank count can resume any other's.
   auto whole_moments = [&](auto&& use) {
-    if (!zero1) return use(m.get(), v.get());
+    if (!sharded) return use(m.get(), v.get());
     DeviceBuffer<float> fm(be.get(), lead ? n_train : 0), fv(be.get(), lead ? n_train : 0);
     comm.gather_to_root(m.get(), fm.get(), n_train);
     comm.gather_to_root(v.get(), fv.get(), n_train);
@@ -395,6 +421,8 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   state.total_steps = total_steps;
   state.seed = uint64_t(c.seed);
   state.recipe_sha256 = recipe_sha;
+  state.world_size = world;
+  state.global_micro_batches = grad_accum * world;
   const std::string metrics_path = c.output_dir + "/metrics.jsonl";
   std::optional<Progress> live;  // exists while the step loop draws its line
   auto say = [&](const std::string& s) {
@@ -405,7 +433,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
       std::fprintf(stderr, "%s\n", s.c_str());
   };
   if (!resume_from.empty()) {
-    if (zero1) {
+    if (sharded) {
       DeviceBuffer<float> fm(be.get(), n_train), fv(be.get(), n_train);
       state = load_checkpoint(resume_from, model, fm.get(), fv.get(), okey);
       be->copy(m.get(), fm.get() + shard.begin, shard.size() * sizeof(float));
@@ -415,7 +443,27 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     }
     if (state.recipe_sha256 != recipe_sha || state.total_steps != total_steps)
       throw Error("--resume: checkpoint " + resume_from + " was written by a different recipe");
-    data->set_position(state.data);
+    // The same global batch continues on any number of ranks: the data position is stored per
+    // rank of the writing run, so it converts to micro-batches dealt in total and back.
+    if (state.global_micro_batches > 0 && state.global_micro_batches != grad_accum * world)
+      throw Error("--resume: checkpoint " + resume_from + " was written with " +
+                  std::to_string(state.global_micro_batches) + " micro-batches per step over " +
+                  std::to_string(state.world_size) + " ranks, this run takes " +
+                  std::to_string(grad_accum * world) + " over " + std::to_string(world) +
+                  ": set train.global_batch_size so every rank count trains the same batch");
+    DataPosition pos = state.data;
+    if (state.world_size != world) {
+      const int64_t dealt = pos.index * state.world_size;
+      if (dealt % world != 0)
+        throw Error("--resume: checkpoint " + resume_from + " stopped after " +
+                    std::to_string(dealt) + " micro-batches of its epoch, which " +
+                    std::to_string(world) + " ranks cannot split evenly; resume on " +
+                    std::to_string(state.world_size) + " ranks or from another checkpoint");
+      pos.index = dealt / world;
+    }
+    data->set_position(pos);
+    state.world_size = world;
+    state.global_micro_batches = grad_accum * world;
     if (lead) trim_metrics(metrics_path, state.step);
     say("resumed from " + resume_from + " at step " + std::to_string(state.step));
   } else if (lead) {
@@ -426,7 +474,12 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   if (lead) metrics.open(metrics_path, std::ios::app);
 
   {
-    const ModelMemory mm = model.memory();
+    ModelMemory mm = model.memory();
+    if (zero) {
+      const ZeroMemory zm = zero->memory();
+      mm.weights += zm.weights;
+      mm.gradients += zm.gradients;
+    }
     const size_t opt_bytes = 2 * shard.size() * sizeof(float);
     auto mib = [](size_t b) { return fmt("%.1f", double(b) / double(1 << 20), 0); };
     say("memory: weights " + mib(mm.weights) + " MiB, gradients " + mib(mm.gradients) +
@@ -467,7 +520,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   for (int64_t step = state.step + 1; step <= total_steps; ++step) {
     std::vector<Batch> micro;
     int64_t targets = 0;
-    for (int64_t a = 0; a < c.grad_accum; ++a) {
+    for (int64_t a = 0; a < grad_accum; ++a) {
       micro.push_back(data->next());
       targets += micro.back().target_count();
     }
@@ -476,25 +529,36 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     // Normalise by the step's target tokens, not per micro-batch: accumulation of k
     // micro-batches then equals one batch k times larger.
     const float grad_scale = float(1.0 / std::max(1.0, total_targets));
-    be->zero(model.train_grads(), n_train * sizeof(float));
+    if (zero)
+      zero->zero_grads();
+    else
+      be->zero(model.train_grads(), n_train * sizeof(float));
     double loss_sum = 0;
     if (step == signal_at_step) std::raise(SIGTERM);
     if (hang_rank == comm.rank() && step == 2)
       for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
     for (size_t k = 0; k < micro.size(); ++k) {
-      // Dropout draws from a stream fixed by (seed, step, micro-batch): resume replays it.
-      ctx.seed = (uint64_t(c.seed) * 0x9e3779b97f4a7c15ull) ^ (uint64_t(step) << 16) ^ k;
+      // Dropout draws from a stream fixed by (seed, step, micro-batch): resume replays it. The
+      // micro-batch is counted over all ranks (ranks are dealt batches round-robin), so any rank
+      // count draws the masks of one rank accumulating the same global batch.
+      ctx.seed = (uint64_t(c.seed) * 0x9e3779b97f4a7c15ull) ^ (uint64_t(step) << 16) ^
+                 (uint64_t(k) * uint64_t(world) + uint64_t(comm.rank()));
       loss_sum += model.forward_backward(ctx, micro[k], grad_scale).loss;
       tokens_this_run += micro[k].tokens();
     }
     // A pending stop request (SIGTERM, SIGUSR1, Ctrl-C) rides along with the loss, so every
     // rank learns of it in the same step without a collective of its own.
-    double sums[2] = {loss_sum, g_stop_signal.load() != 0 ? 1.0 : 0.0};
-    comm.all_reduce_sum_host(sums, 2);
+    // ZeRO-2/3 gradients were reduce-scattered during backward: each rank's shard adds its
+    // squared norm to the same all-reduce.
+    const float* shard_grads = zero ? zero->shard_grads() : model.train_grads() + shard.begin;
+    double sums[3] = {loss_sum, g_stop_signal.load() != 0 ? 1.0 : 0.0,
+                      zero ? be->sum_squares(ctx, shard_grads, shard.size()) : 0.0};
+    comm.all_reduce_sum_host(sums, 3);
     loss_sum = sums[0];
-    comm.all_reduce_sum(model.train_grads(), n_train);
+    if (!zero) comm.all_reduce_sum(model.train_grads(), n_train);
     const double loss = loss_sum / std::max(1.0, total_targets);
-    const double gnorm = std::sqrt(be->sum_squares(ctx, model.train_grads(), n_train));
+    const double gnorm =
+        std::sqrt(zero ? sums[2] : be->sum_squares(ctx, model.train_grads(), n_train));
     if (!std::isfinite(loss) || !std::isfinite(gnorm))
       throw Error("non-finite loss or gradient at step " + std::to_string(step) + " (loss " +
                   std::to_string(loss) + "): lower optim.lr or raise schedule." +
@@ -506,9 +570,11 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     h.eps = float(c.eps);
     h.step = step;
     h.grad_scale = (c.clip > 0 && gnorm > c.clip) ? float(c.clip / (gnorm + 1e-6)) : 1.f;
-    be->adamw_step(ctx, model.train_params() + shard.begin, model.train_grads() + shard.begin,
-                   m.get(), v.get(), spans.data(), int(spans.size()), h);
-    if (zero1) comm.all_gather(model.train_params(), n_train);
+    float* shard_params = stage >= 3 ? zero->shard_params() : model.train_params() + shard.begin;
+    be->adamw_step(ctx, shard_params, shard_grads, m.get(), v.get(), spans.data(),
+                   int(spans.size()), h);
+    // Below ZeRO-3 every rank keeps whole weights; ZeRO-3 gathers them layer by layer on use.
+    if (sharded && stage < 3) comm.all_gather(model.train_params(), n_train);
 
     state.step = step;
     state.data = data->position();
@@ -549,12 +615,14 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     const bool stopping = sums[1] > 0 && step != total_steps;
     if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == total_steps ||
         stopping) {
+      if (stage >= 3) zero->gather_whole_to_root();
       whole_moments([&](float* wm, float* wv) {
         if (!lead) return;
         std::string dir = save_checkpoint(c.output_dir, model, wm, wv, state,
                                           c.checkpoint_keep_last, c.model_path, okey);
         if ((c.checkpoint_every > 0 || stopping) && step != total_steps) say("checkpoint: " + dir);
       });
+      if (stage >= 3) zero->drop_whole();
       comm.barrier();  // no rank runs ahead of a checkpoint it might be resumed from
     }
     result.tokens_per_s = tps;
@@ -577,6 +645,29 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   live.reset();
   if (result.first_step > total_steps && has_val)
     result.val_after = evaluate(model, *data, c.eval_max_batches, threads);
+
+  // What each rank held at its peak (`ftune plan` predicts it; tests compare).
+  {
+    std::vector<double> peaks(size_t(world), 0.0);
+    peaks[size_t(comm.rank())] = double(be->peak_allocated_bytes());
+    comm.all_reduce_sum_host(peaks.data(), peaks.size());
+    if (lead) {
+      nlohmann::json ranks = nlohmann::json::array();
+      for (int r = 0; r < world; ++r)
+        ranks.push_back({{"rank", r}, {"peak_allocated_bytes", int64_t(peaks[size_t(r)])}});
+      write_file_atomic(c.output_dir + "/memory.json", nlohmann::json{{"world_size", world},
+                                                                      {"sharding", c.sharding},
+                                                                      {"device", dev.kind},
+                                                                      {"ranks", ranks}}
+                                                               .dump(2) +
+                                                           "\n");
+    }
+  }
+  // ZeRO-3: rank 0 takes the whole weights for the export and generation below.
+  if (stage >= 3) {
+    zero->gather_whole_to_root();
+    if (lead) model.unshard(zero->take_whole());
+  }
 
   // ---- export (rank 0) ----
   if (!lead) return result;

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -17,10 +18,11 @@ namespace {
 
 const std::string kSrc = FTUNE_SOURCE_DIR;
 
-std::string run_args(const std::string& out) {
+std::string run_args(const std::string& out, int steps = 12) {
   return "train " + kSrc + "/recipes/quickstart-base.yaml output_dir=" + out +
          " data.train=" + kSrc + "/data/quickstart/train.jsonl data.packing=pack " +
-         "train.seq_len=64 train.micro_batch_size=4 train.max_steps=12 schedule.warmup_steps=2 " +
+         "train.seq_len=64 train.micro_batch_size=4 train.max_steps=" + std::to_string(steps) +
+         " schedule.warmup_steps=2 " +
          "eval.every=0 checkpoint.every=6 checkpoint.keep_last=0 generate.prompt= threads=1 " +
          "data.cache=false";
 }
@@ -64,37 +66,116 @@ TEST(Launch, TwoRanksEqualOneRankAccumulating) {
 #endif
 }
 
-// ZeRO-1: three ranks (uneven slices of the optimizer state) each update their slice and
-// all-gather the weights; the run still equals one rank accumulating three micro-batches.
-TEST(Launch, Zero1ThreeRanksEqualOneRankAccumulating) {
+void expect_same_weights(const std::string& a_dir, const std::string& b_dir, double tol) {
+  WeightStore wa = WeightStore::open_dir(a_dir), wb = WeightStore::open_dir(b_dir);
+  for (const std::string& name : wb.names()) {
+    const TensorInfo* t = wb.find(name);
+    std::vector<float> x(size_t(t->numel())), y(x.size());
+    wa.read_as(name, DType::F32, x.data());
+    wb.read_as(name, DType::F32, y.data());
+    EXPECT_LT(testing::rel_error(x, y), tol) << name;
+  }
+}
+
+#ifdef FTUNE_HAVE_MPI
+// One rank accumulating k micro-batches: the reference for k ranks, computed once per k.
+const std::string& reference_run(int k) {
+  static std::map<int, std::string> runs;
+  auto it = runs.find(k);
+  if (it != runs.end()) return it->second;
+  const std::string dir = testing::make_temp_dir("zero_ref" + std::to_string(k)) + "/run";
+  testing::CliRun r = testing::ftune(run_args(dir, 20) + " train.grad_accum=" + std::to_string(k));
+  EXPECT_EQ(r.code, 0) << r.out;
+  return runs[k] = dir;
+}
+#endif
+
+// ZeRO-1/2/3 on 2 and 3 ranks (uneven slices: no unit divides evenly) give, over 20 steps, the
+// losses and exported weights of one rank accumulating the same global batch.
+class ZeroRanks : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
+
+TEST_P(ZeroRanks, EqualOneRankWithTheSameGlobalBatch) {
 #ifndef FTUNE_HAVE_MPI
   GTEST_SKIP() << "built without MPI";
 #else
-  const std::string three = testing::make_temp_dir("zero1") + "/run";
-  const std::string one = testing::make_temp_dir("zero1ref") + "/run";
-  testing::CliRun r3 = testing::ftune("launch -n 3 " + run_args(three) + " sharding=zero1");
-  ASSERT_EQ(r3.code, 0) << r3.out;
-  EXPECT_NE(r3.out.find("optimizer"), std::string::npos) << r3.out;
-  testing::CliRun r1 = testing::ftune(run_args(one) + " sharding=zero1 train.grad_accum=3");
-  ASSERT_EQ(r1.code, 0) << r1.out;
-  const std::vector<double> a = losses(three + "/metrics.jsonl");
-  const std::vector<double> b = losses(one + "/metrics.jsonl");
-  ASSERT_EQ(a.size(), b.size());
+  const auto& [stage, n] = GetParam();
+  const std::string out = testing::make_temp_dir(stage + std::to_string(n)) + "/run";
+  testing::CliRun r = testing::ftune("launch -n " + std::to_string(n) + " " + run_args(out, 20) +
+                                     " sharding=" + stage);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string& ref = reference_run(n);
+  const std::vector<double> a = losses(out + "/metrics.jsonl"), b = losses(ref + "/metrics.jsonl");
+  ASSERT_EQ(a.size(), 20u);
+  ASSERT_EQ(b.size(), 20u);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * b[i]) << "step " << i + 1;
-  // The checkpoint holds the whole moments, gathered from the three slices.
-  SafetensorsReader o3 =
-      SafetensorsReader::open(three + "/checkpoints/step-00000012/optimizer.safetensors");
-  SafetensorsReader o1 =
-      SafetensorsReader::open(one + "/checkpoints/step-00000012/optimizer.safetensors");
+  expect_same_weights(out + "/model", ref + "/model", 1e-5);
+  // Checkpoints hold the whole moments, gathered from the slices.
   for (const char* name : {"adamw.exp_avg", "adamw.exp_avg_sq"}) {
-    const TensorInfo* t3 = o3.find(name);
-    const TensorInfo* t1 = o1.find(name);
-    ASSERT_TRUE(t3 && t1);
-    std::vector<float> x(size_t(t3->numel())), y(size_t(t1->numel()));
-    o3.read_as(*t3, DType::F32, x.data());
-    o1.read_as(*t1, DType::F32, y.data());
+    std::vector<float> x, y;
+    for (auto [dir, vec] : {std::pair{&out, &x}, {&ref, &y}}) {
+      SafetensorsReader o =
+          SafetensorsReader::open(*dir + "/checkpoints/step-00000020/optimizer.safetensors");
+      const TensorInfo* t = o.find(name);
+      ASSERT_TRUE(t);
+      vec->resize(size_t(t->numel()));
+      o.read_as(*t, DType::F32, vec->data());
+    }
     EXPECT_LT(testing::rel_error(x, y), 1e-4) << name;
   }
+  // Each rank's peak is on record for `ftune plan` to be checked against.
+  const nlohmann::json mem = nlohmann::json::parse(read_file(out + "/memory.json"));
+  ASSERT_EQ(mem["ranks"].size(), size_t(n));
+  for (const auto& rk : mem["ranks"]) EXPECT_GT(rk["peak_allocated_bytes"].get<int64_t>(), 0);
+#endif
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, ZeroRanks,
+                         ::testing::Combine(::testing::Values("zero1", "zero2", "zero3"),
+                                            ::testing::Values(2, 3)),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) + "_" +
+                                  std::to_string(std::get<1>(info.param)) + "ranks";
+                         });
+
+// A checkpoint written by 3 ranks resumes on 2 ranks and on 1 rank with the same continuation:
+// train.global_batch_size keeps the batch (3x2 = 2x3 = 1x6 micro-batches) and the recipe the same.
+TEST(Launch, ResumeOnADifferentNumberOfRanks) {
+#ifndef FTUNE_HAVE_MPI
+  GTEST_SKIP() << "built without MPI";
+#else
+  const std::string base = testing::make_temp_dir("reshard");
+  auto args = [&](const std::string& dir) {
+    return run_args(dir, 8) + " train.global_batch_size=24 checkpoint.every=0 sharding=zero3";
+  };
+  testing::CliRun whole = testing::ftune("launch -n 3 " + args(base + "/three"));
+  ASSERT_EQ(whole.code, 0) << whole.out;
+  for (int n : {2, 1}) {
+    const std::string dir = base + "/on" + std::to_string(n);
+    // Stopped at step 4 by a signal (checkpoint, exit 75), as a preempted job would be.
+    testing::CliRun first =
+        testing::ftune("launch -n 3 " + args(dir), "FTUNE_TEST_SIGNAL_AT_STEP=4");
+    ASSERT_NE(first.out.find("at step 4"), std::string::npos) << first.out;
+    testing::CliRun rest =
+        testing::ftune("launch -n " + std::to_string(n) + " " + args(dir) + " --resume");
+    ASSERT_EQ(rest.code, 0) << rest.out;
+    EXPECT_NE(rest.out.find("resumed from"), std::string::npos) << rest.out;
+    const std::vector<double> a = losses(dir + "/metrics.jsonl"),
+                              b = losses(base + "/three/metrics.jsonl");
+    ASSERT_EQ(a.size(), 8u) << n;
+    ASSERT_EQ(b.size(), 8u);
+    for (size_t i = 0; i < a.size(); ++i)
+      EXPECT_NEAR(a[i], b[i], 1e-5 * b[i]) << "step " << i + 1 << " on " << n << " ranks";
+    expect_same_weights(dir + "/model", base + "/three/model", 1e-5);
+  }
+  // Without train.global_batch_size the batch would change with the rank count: refused.
+  const std::string odd = base + "/odd";
+  testing::CliRun first = testing::ftune("launch -n 3 " + run_args(odd, 8) + " checkpoint.every=0",
+                                         "FTUNE_TEST_SIGNAL_AT_STEP=4");
+  ASSERT_NE(first.out.find("at step 4"), std::string::npos) << first.out;
+  testing::CliRun refused =
+      testing::ftune("launch -n 2 " + run_args(odd, 8) + " checkpoint.every=0 --resume");
+  EXPECT_NE(refused.code, 0);
+  EXPECT_NE(refused.out.find("train.global_batch_size"), std::string::npos) << refused.out;
 #endif
 }
 

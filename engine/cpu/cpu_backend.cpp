@@ -1,7 +1,10 @@
 // Binds the CPU op functions to the Backend interface. Memory is plain host memory.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
+#include <unordered_map>
 
 #include "engine/cpu/cpu_ops.h"
 #include "engine/dtype.h"
@@ -18,9 +21,29 @@ class CpuBackend final : public Backend {
     void* p = std::aligned_alloc(64, rounded ? rounded : 64);
     if (!p) throw std::bad_alloc();
     std::memset(p, 0, rounded);
+    std::lock_guard<std::mutex> lock(mu_);
+    sizes_[p] = rounded;
+    held_ += rounded;
+    peak_ = std::max(peak_, held_);
     return p;
   }
-  void free(void* p) override { std::free(p); }
+  void free(void* p) override {
+    if (!p) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = sizes_.find(p);
+      if (it != sizes_.end()) {
+        held_ -= it->second;
+        sizes_.erase(it);
+      }
+    }
+    std::free(p);
+  }
+  // What ranks and `ftune plan` are measured by: bytes held through alloc at the high-water mark.
+  size_t peak_allocated_bytes() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return peak_;
+  }
   void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void copy(void* dst, const void* src, size_t bytes) override { std::memmove(dst, src, bytes); }
@@ -108,6 +131,11 @@ class CpuBackend final : public Backend {
                   const ParamSpan* spans, int n_spans, const AdamWHyper& h) override {
     cpu::adamw_step(c.threads, p, g, m, v, spans, n_spans, h);
   }
+
+ private:
+  mutable std::mutex mu_;
+  std::unordered_map<void*, size_t> sizes_;
+  size_t held_ = 0, peak_ = 0;
 };
 
 }  // namespace

@@ -1,0 +1,134 @@
+#include "engine/zero.h"
+
+#include <algorithm>
+
+#include "engine/error.h"
+
+namespace ftune {
+
+ZeroShards::ZeroShards(Backend* be, Communicator& comm, const ParamLayout& layout, int stage,
+                       int threads)
+    : be_(be), comm_(comm), layout_(layout), stage_(stage) {
+  FTUNE_CHECK(stage == 2 || stage == 3, "ZeroShards is for ZeRO-2 and ZeRO-3");
+  ctx_.threads = threads;
+  shard_ = shard_range(layout_.total(), comm_.rank(), comm_.world_size());
+  grads_ = DeviceBuffer<float>(be_, shard_.size());
+  if (stage_ >= 3) params_ = DeviceBuffer<float>(be_, shard_.size());
+  size_t largest_part = 0;
+  for (int u = 0; u < layout_.num_units(); ++u)
+    largest_part = std::max(largest_part, my_part(u).size());
+  reduced_ = DeviceBuffer<float>(be_, largest_part);
+  const size_t sizes[3] = {layout_.unit(0).size(), layout_.unit(layout_.tail_unit()).size(),
+                           layout_.max_layer_size()};
+  for (std::vector<Slot>* slots : {&grad_slots_, &param_slots_}) {
+    if (slots == &param_slots_ && stage_ < 3) break;
+    slots->resize(3);
+    for (int i = 0; i < 3; ++i) (*slots)[size_t(i)].buf = DeviceBuffer<float>(be_, sizes[i]);
+  }
+}
+
+ZeroShards::~ZeroShards() = default;
+
+ShardRange ZeroShards::my_part(int u) const {
+  const ParamUnit pu = layout_.unit(u);
+  const size_t b = std::max(pu.begin, shard_.begin), e = std::min(pu.end, shard_.end);
+  return b < e ? ShardRange{b, e} : ShardRange{b, b};
+}
+
+std::vector<size_t> ZeroShards::parts(int u) const {
+  const ParamUnit pu = layout_.unit(u);
+  std::vector<size_t> counts;
+  for (int r = 0; r < comm_.world_size(); ++r) {
+    const ShardRange s = shard_range(layout_.total(), r, comm_.world_size());
+    const size_t b = std::max(pu.begin, s.begin), e = std::min(pu.end, s.end);
+    counts.push_back(b < e ? e - b : 0);
+  }
+  return counts;
+}
+
+ZeroShards::Slot& ZeroShards::slot(std::vector<Slot>& slots, int u) {
+  Slot& s = slots[u == 0 ? 0 : u == layout_.tail_unit() ? 1 : 2];
+  FTUNE_CHECK(s.holds == 0 || s.unit == u, "ZeRO work slot still held by another unit");
+  return s;
+}
+
+void ZeroShards::zero_grads() {
+  be_->zero(grads_.get(), grads_.bytes());
+}
+
+ZeroMemory ZeroShards::memory() const {
+  ZeroMemory m;
+  m.weights = params_.bytes();
+  for (const Slot& s : param_slots_) m.weights += s.buf.bytes();
+  m.gradients = grads_.bytes() + reduced_.bytes();
+  for (const Slot& s : grad_slots_) m.gradients += s.buf.bytes();
+  return m;
+}
+
+const float* ZeroShards::acquire_params(int u) {
+  FTUNE_CHECK(stage_ >= 3, "weights are whole below ZeRO-3");
+  Slot& s = slot(param_slots_, u);
+  if (s.holds++ == 0) {
+    s.unit = u;
+    const ShardRange mine = my_part(u);
+    comm_.all_gather_v(params_.get() + (mine.begin - shard_.begin), s.buf.get(), parts(u));
+  }
+  return s.buf.get();
+}
+
+void ZeroShards::release_params(int u) {
+  Slot& s = slot(param_slots_, u);
+  FTUNE_CHECK(s.holds > 0, "ZeRO weights released more often than acquired");
+  if (--s.holds == 0) s.unit = -1;
+}
+
+float* ZeroShards::acquire_grads(int u) {
+  Slot& s = slot(grad_slots_, u);
+  if (s.holds == 0) {  // a second acquire before grads_done returns the same buffer
+    s.unit = u;
+    s.holds = 1;
+    be_->zero(s.buf.get(), layout_.unit(u).size() * sizeof(float));
+  }
+  return s.buf.get();
+}
+
+void ZeroShards::grads_done(int u) {
+  Slot& s = slot(grad_slots_, u);
+  FTUNE_CHECK(s.holds == 1, "ZeRO gradients finished without being taken");
+  // Sum this unit's gradients over ranks; each keeps its part and adds it to its shard
+  // (micro-batches accumulate there).
+  const ShardRange mine = my_part(u);
+  comm_.reduce_scatter_sum(s.buf.get(), reduced_.get(), parts(u));
+  if (mine.size() > 0)
+    be_->add_inplace(ctx_, grads_.get() + (mine.begin - shard_.begin), reduced_.get(), mine.size());
+  s.holds = 0;
+  s.unit = -1;
+}
+
+void ZeroShards::params_from_host(const std::vector<float>& host) {
+  FTUNE_CHECK(stage_ >= 3 && host.size() == layout_.total(), "parameter count mismatch");
+  be_->upload(params_.get(), host.data() + shard_.begin, shard_.size() * sizeof(float));
+}
+
+std::vector<float> ZeroShards::params_to_host() const {
+  FTUNE_CHECK(!whole_.empty(), "ZeRO-3 weights were not gathered to rank 0 first");
+  return whole_;
+}
+
+void ZeroShards::gather_whole_to_root() {
+  FTUNE_CHECK(stage_ >= 3, "weights are whole below ZeRO-3");
+  const bool root = comm_.rank() == 0;
+  DeviceBuffer<float> full(be_, root ? layout_.total() : 0);
+  comm_.gather_to_root(params_.get(), full.get(), layout_.total());
+  if (!root) return;
+  whole_.resize(layout_.total());
+  be_->download(whole_.data(), full.get(), full.bytes());
+}
+
+std::vector<float> ZeroShards::take_whole() {
+  std::vector<float> out = std::move(whole_);
+  whole_.clear();
+  return out;
+}
+
+}  // namespace ftune
