@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
       "  ftune inspect runs/quickstart/model\n"
       "  ftune data preview recipes/quickstart.yaml -n 2\n"
       "  ftune bench --threads 2\n"
+      "  ftune plan recipes/quickstart.yaml --gpus 8\n"
       "Run 'ftune COMMAND --help' for each command's options.");
   ftune::cli::Action action;
   ftune::cli::add_train(app, &action);
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
   ftune::cli::add_generate(app, &action);
   ftune::cli::add_inspect(app, &action);
   ftune::cli::add_bench(app, &action);
+  ftune::cli::add_plan(app, &action);
   ftune::cli::add_data(app, &action);
   ftune::cli::add_recipe_docs(app, &action);
   ftune::cli::add_tokenize(app, &action);
