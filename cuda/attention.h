@@ -4,6 +4,7 @@
 // Layouts match Backend::attention_forward/backward (engine/backend.h): q and out [N, Hq, D],
 // k and v [N, Hkv, D], lse [N, Hq]; q head h reads kv head h / (Hq / Hkv).
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -26,5 +27,20 @@ void attention_backward(cudaStream_t stream, const AttentionArgs& a, const float
                         const float* q, const float* k, const float* v, const float* out,
                         const float* lse, float* dq, float* dk, float* dv, void* workspace);
 size_t attention_workspace_bytes(const AttentionArgs& a);
+
+// bf16 on tensor cores (attention_bf16.cu; mma.sync m16n8k16, sm_80+): the same attention, layouts
+// and lse convention (fp32 natural log-sum-exp of the scaled scores, [N, Hq]) as above, with bf16
+// q, k, v, out, dout, dq, dk, dv and fp32 accumulation, softmax statistics and Delta. head_dim
+// must be 64 or 128, every bf16 pointer 16-byte aligned and lse / workspace 4-byte aligned.
+// Bitwise deterministic (no atomics). Writes (not accumulates) dq, dk, dv; `workspace` is at
+// least attention_bf16_workspace_bytes(a).
+void attention_forward_bf16(cudaStream_t stream, const AttentionArgs& a, const __nv_bfloat16* q,
+                            const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* out,
+                            float* lse);
+void attention_backward_bf16(cudaStream_t stream, const AttentionArgs& a, const __nv_bfloat16* dout,
+                             const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                             const __nv_bfloat16* out, const float* lse, __nv_bfloat16* dq,
+                             __nv_bfloat16* dk, __nv_bfloat16* dv, void* workspace);
+size_t attention_bf16_workspace_bytes(const AttentionArgs& a);
 
 }  // namespace ftune::cuda

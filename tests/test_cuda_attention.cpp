@@ -3,11 +3,15 @@
 // fast and generic head dims, unaligned pointers, more documents than a grid dimension holds;
 // document isolation and bitwise determinism. Outputs are poisoned with NaN before every call so
 // an unwritten element fails. Every test that needs a GPU skips without one.
+// CudaAttentionBf16.* does the same for the bf16 tensor-core path (attention_bf16.cu): the
+// reference runs on the bf16-rounded inputs, relative errors within 1e-2 (bf16 outputs, bf16
+// P and dS inside), lse within 1e-3.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -388,8 +392,317 @@ TEST(CudaAttention, RejectsUnsupportedShapes) {
   EXPECT_EQ(cuda::attention_workspace_bytes(a), 0u);
   cuda::attention_forward(nullptr, a, nullptr, nullptr, nullptr, nullptr, nullptr);
 }
+
+// ---- bf16 tensor-core path (cuda/attention_bf16.cu) ----
+
+// fp32 -> bf16 bits, round to nearest even (what __float2bfloat16_rn does); NaN stays NaN.
+uint16_t bf16_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+float bf16_value(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& x) {
+  std::vector<uint16_t> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = bf16_bits(x[i]);
+  return out;
+}
+
+std::vector<float> from_bf16(const std::vector<uint16_t>& x) {
+  std::vector<float> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = bf16_value(x[i]);
+  return out;
+}
+
+// The inputs the bf16 kernels actually see, as floats: what the reference must be fed.
+Inputs rounded_to_bf16(const Inputs& in) {
+  Inputs r = in;
+  for (std::vector<float>* v : {&r.q, &r.k, &r.v, &r.dout}) *v = from_bf16(to_bf16(*v));
+  return r;
+}
+
+const __nv_bfloat16* bf(const uint16_t* p) {
+  return reinterpret_cast<const __nv_bfloat16*>(p);
+}
+__nv_bfloat16* bf(uint16_t* p) {
+  return reinterpret_cast<__nv_bfloat16*>(p);
+}
+
+// The test-side convenience entry of the bf16 path: fp32 host tensors in (rounded to bf16 on the
+// way up, exactly as __float2bfloat16_rn would on the device), bf16 kernels, fp32 host tensors
+// out. forward() and backward() poison their outputs with NaN first (0xffff is a bf16 NaN).
+class GpuAttentionBf16 {
+ public:
+  GpuAttentionBf16(const AttentionShape& s, const Inputs& in)
+      : offs_(std::vector<int32_t>(s.doc_offsets, s.doc_offsets + s.n_docs + 1)),
+        q_(to_bf16(in.q)),
+        k_(to_bf16(in.k)),
+        v_(to_bf16(in.v)),
+        dout_(to_bf16(in.dout)),
+        out_(in.q.size()),
+        lse_(size_t(s.tokens * s.q_heads)),
+        dq_(in.q.size()),
+        dk_(in.k.size()),
+        dv_(in.v.size()) {
+    a_.tokens = s.tokens;
+    a_.q_heads = s.q_heads;
+    a_.kv_heads = s.kv_heads;
+    a_.head_dim = s.head_dim;
+    a_.doc_offsets = offs_.get();
+    a_.n_docs = s.n_docs;
+    for (int d = 0; d < s.n_docs; ++d) {
+      a_.max_doc_len = std::max(a_.max_doc_len, s.doc_offsets[d + 1] - s.doc_offsets[d]);
+    }
+    a_.scale = s.scale;
+    ws_bytes_ = cuda::attention_bf16_workspace_bytes(a_);
+    EXPECT_GE(ws_bytes_, size_t(s.tokens * s.q_heads) * sizeof(float));
+    ws_ = std::make_unique<Dev<unsigned char>>(ws_bytes_);
+    cuda_check(cudaStreamCreate(&stream_), "cudaStreamCreate");
+  }
+  ~GpuAttentionBf16() { cudaStreamDestroy(stream_); }
+
+  void forward() {
+    out_.poison(stream_);
+    lse_.poison(stream_);
+    cuda::attention_forward_bf16(stream_, a_, bf(q_.get()), bf(k_.get()), bf(v_.get()),
+                                 bf(out_.get()), lse_.get());
+    cuda_check(cudaStreamSynchronize(stream_), "bf16 forward");
+  }
+  void backward() {
+    dq_.poison(stream_);
+    dk_.poison(stream_);
+    dv_.poison(stream_);
+    ws_->poison(stream_);
+    cuda::attention_backward_bf16(stream_, a_, bf(dout_.get()), bf(q_.get()), bf(k_.get()),
+                                  bf(v_.get()), bf(out_.get()), lse_.get(), bf(dq_.get()),
+                                  bf(dk_.get()), bf(dv_.get()), ws_->get());
+    cuda_check(cudaStreamSynchronize(stream_), "bf16 backward");
+  }
+  Outputs download() const {
+    return {from_bf16(out_.download()), lse_.download(), from_bf16(dq_.download()),
+            from_bf16(dk_.download()), from_bf16(dv_.download())};
+  }
+
+ private:
+  cuda::AttentionArgs a_;
+  Dev<int32_t> offs_;
+  Dev<uint16_t> q_, k_, v_, dout_, out_;
+  Dev<float> lse_;
+  Dev<uint16_t> dq_, dk_, dv_;
+  std::unique_ptr<Dev<unsigned char>> ws_;
+  size_t ws_bytes_ = 0;
+  cudaStream_t stream_ = nullptr;
+};
+
+Outputs run_gpu_bf16(const AttentionShape& s, const Inputs& in) {
+  GpuAttentionBf16 g(s, in);
+  g.forward();
+  g.backward();
+  return g.download();
+}
+
+void expect_all_finite(const Outputs& o, const std::string& what) {
+  const std::pair<const char*, const std::vector<float>*> all[] = {
+      {"out", &o.out}, {"lse", &o.lse}, {"dq", &o.dq}, {"dk", &o.dk}, {"dv", &o.dv}};
+  for (const auto& [name, v] : all) {
+    size_t bad = 0;
+    for (float x : *v) bad += !std::isfinite(x);
+    EXPECT_EQ(bad, 0u) << name << " has non-finite (unwritten?) elements, " << what;
+  }
+}
+
+// bf16 outputs against the double reference on the same bf16 inputs.
+void expect_bf16_matches(const Outputs& o, const Reference& r, const std::string& what) {
+  expect_all_finite(o, what);
+  EXPECT_LE(rel_error(to_double(o.out), r.out), 1e-2) << "out " << what;
+  EXPECT_LE(rel_error(to_double(o.lse), r.lse), 1e-3) << "lse " << what;
+  EXPECT_LE(rel_error(to_double(o.dq), r.dq), 1e-2) << "dq " << what;
+  EXPECT_LE(rel_error(to_double(o.dk), r.dk), 1e-2) << "dk " << what;
+  EXPECT_LE(rel_error(to_double(o.dv), r.dv), 1e-2) << "dv " << what;
+}
+
+// Around the 16-row warp, 32- and 64-row tile edges; one-token and empty documents.
+const std::vector<int32_t> kBf16Lens = {1, 2, 0, 7, 17, 31, 63, 64, 65, 130, 257};
+
+TEST(CudaAttentionBf16, MatchesReferenceOverDocumentsGroupsAndHeadDims) {
+  REQUIRE_GPU();
+  uint64_t seed = 11000;
+  for (int dim : {64, 128}) {
+    for (int hkv : {8, 4, 2, 1}) {  // GQA ratios 1, 2, 4, 8
+      const Case c{offsets_of(kBf16Lens), 8, hkv, dim};
+      const AttentionShape s = shape_of(c);
+      const Inputs in(s, seed += 10);
+      GpuAttentionBf16 g(s, in);
+      g.forward();
+      g.backward();
+      const Outputs first = g.download();
+      expect_bf16_matches(first, reference(s, rounded_to_bf16(in)), describe(c));
+      g.forward();  // again on the same inputs: bit for bit the same
+      g.backward();
+      expect_bitwise(first, g.download(), "bf16 rerun " + describe(c));
+    }
+  }
+}
+
+TEST(CudaAttentionBf16, SingleLongDocuments) {
+  REQUIRE_GPU();
+  // Lengths that are not multiples of any tile; many key tiles per query tile.
+  const Case cases[] = {{{0, 1000}, 8, 2, 128}, {{0, 777}, 4, 4, 64}, {{0, 600}, 8, 1, 64}};
+  uint64_t seed = 12000;
+  for (const Case& c : cases) {
+    const AttentionShape s = shape_of(c);
+    const Inputs in(s, seed += 10);
+    expect_bf16_matches(run_gpu_bf16(s, in), reference(s, rounded_to_bf16(in)), describe(c));
+  }
+}
+
+TEST(CudaAttentionBf16, MoreDocumentsThanOneGridDimension) {
+  REQUIRE_GPU();
+  // 70,000 documents of 1..3 tokens: past the 65,535 blocks of a grid's z dimension.
+  std::vector<int32_t> lens(70000);
+  for (size_t i = 0; i < lens.size(); ++i) lens[i] = int32_t(1 + i % 3);
+  const Case c{offsets_of(lens), 2, 1, 64};
+  const AttentionShape s = shape_of(c);
+  const Inputs in(s, 13000);
+  expect_bf16_matches(run_gpu_bf16(s, in), reference(s, rounded_to_bf16(in)), describe(c));
+}
+
+TEST(CudaAttentionBf16, LargeScoresStayFinite) {
+  REQUIRE_GPU();
+  // Scores of several hundred: a softmax without the max shift would overflow.
+  for (int dim : {64, 128}) {
+    const Case c{{0, 40, 90, 200}, 4, 2, dim};
+    const AttentionShape s = shape_of(c);
+    Inputs in(s, 14000 + dim);
+    for (float& x : in.q) x *= 30.f;
+    const Outputs o = run_gpu_bf16(s, in);
+    const Reference r = reference(s, rounded_to_bf16(in));
+    expect_all_finite(o, describe(c));
+    EXPECT_LE(rel_error(to_double(o.out), r.out), 1e-2) << dim;
+    EXPECT_LE(rel_error(to_double(o.lse), r.lse), 1e-3) << dim;
+  }
+}
+
+TEST(CudaAttentionBf16, SameLseConventionAsFp32Path) {
+  REQUIRE_GPU();
+  // The fp32 path on the bf16-rounded inputs: the same lse (natural log-sum-exp of the scaled
+  // scores, fp32, [N, Hq]) and nearly the same output, so the two paths can be mixed.
+  for (int dim : {64, 128}) {
+    const Case c{{0, 33, 100, 229}, 4, 2, dim};
+    const AttentionShape s = shape_of(c);
+    const Inputs in = rounded_to_bf16(Inputs(s, 15000 + dim));
+    const Outputs b = run_gpu_bf16(s, in), f = run_gpu(s, in);
+    expect_all_finite(b, describe(c));
+    EXPECT_LE(testing::rel_error(b.lse, f.lse), 1e-4) << describe(c);
+    EXPECT_LE(testing::rel_error(b.out, f.out), 1e-2) << describe(c);
+  }
+}
+
+TEST(CudaAttentionBf16, DocumentsAreIndependent) {
+  REQUIRE_GPU();
+  for (int dim : {64, 128}) {
+    const Case c{{0, 70, 150, 171}, 4, 2, dim};
+    const AttentionShape s = shape_of(c);
+    const Inputs base(s, 16000 + dim);
+    Inputs changed = base;
+    // Replace every input of document 2 (tokens 70..149).
+    const int64_t b = 70, e = 150;
+    const size_t qrow = size_t(s.q_heads * s.head_dim), kvrow = size_t(s.kv_heads * s.head_dim);
+    const std::vector<float> noise = random_vec(size_t(e - b) * qrow + 7, 98, -3.f, 3.f);
+    for (size_t i = 0; i < size_t(e - b) * qrow; ++i) {
+      changed.q[b * qrow + i] = noise[i];
+      changed.dout[b * qrow + i] = -noise[i];
+    }
+    for (size_t i = 0; i < size_t(e - b) * kvrow; ++i) {
+      changed.k[b * kvrow + i] = noise[i] * 0.5f;
+      changed.v[b * kvrow + i] = noise[i + 7];
+    }
+    const Outputs o1 = run_gpu_bf16(s, base), o2 = run_gpu_bf16(s, changed);
+    auto same_outside = [&](const std::vector<float>& x, const std::vector<float>& y, size_t row,
+                            const char* name) {
+      bool any_inside_differs = false;
+      for (int64_t t = 0; t < s.tokens; ++t) {
+        for (size_t j = 0; j < row; ++j) {
+          const size_t i = size_t(t) * row + j;
+          if (t >= b && t < e) {
+            any_inside_differs |= x[i] != y[i];
+          } else {
+            ASSERT_EQ(x[i], y[i]) << name << " token " << t << " D=" << dim;
+          }
+        }
+      }
+      EXPECT_TRUE(any_inside_differs) << name << " D=" << dim;
+    };
+    same_outside(o1.out, o2.out, qrow, "out");
+    same_outside(o1.lse, o2.lse, size_t(s.q_heads), "lse");
+    same_outside(o1.dq, o2.dq, qrow, "dq");
+    same_outside(o1.dk, o2.dk, kvrow, "dk");
+    same_outside(o1.dv, o2.dv, kvrow, "dv");
+  }
+}
+
+TEST(CudaAttentionBf16, DeterministicAcrossRuns) {
+  REQUIRE_GPU();
+  const Case c{offsets_of(kBf16Lens), 8, 2, 128};
+  const AttentionShape s = shape_of(c);
+  const Inputs in(s, 17000);
+  const Outputs first = run_gpu_bf16(s, in);
+  for (int rep = 0; rep < 2; ++rep) expect_bitwise(first, run_gpu_bf16(s, in), describe(c));
+}
+
+// Shape and pointer errors are caught on the host before any device work: runs without a GPU.
+TEST(CudaAttentionBf16, RejectsUnsupportedShapesAndPointers) {
+  cuda::AttentionArgs a;
+  a.tokens = 9;
+  a.q_heads = 4;
+  a.kv_heads = 2;
+  a.head_dim = 96;  // only 64 and 128
+  a.n_docs = 2;
+  a.max_doc_len = 5;
+  a.scale = 0.5f;
+  int32_t offs = 0;
+  a.doc_offsets = &offs;  // never read: the call is refused first
+  alignas(16) uint16_t buf[64] = {};
+  alignas(16) float lse[8] = {};
+  auto fwd = [&](const uint16_t* x) {
+    cuda::attention_forward_bf16(nullptr, a, bf(x), bf(buf), bf(buf), bf(buf), lse);
+  };
+  testing::expect_error([&] { fwd(buf); }, {"CUDA attention (bf16)", "head_dim 96"});
+  a.head_dim = 64;
+  a.kv_heads = 3;
+  testing::expect_error([&] { fwd(buf); }, {"not a multiple"});
+  a.kv_heads = 2;
+  testing::expect_error([&] { fwd(buf + 1); }, {"16-byte aligned"});  // 2 bytes off
+  testing::expect_error(
+      [&] {
+        cuda::attention_backward_bf16(nullptr, a, bf(buf), bf(buf), bf(buf), bf(buf), bf(buf), lse,
+                                      bf(buf), bf(buf), bf(buf), nullptr);
+      },
+      {"workspace"});
+  a.max_doc_len = 0;
+  testing::expect_error([&] { fwd(buf); }, {"max_doc_len"});
+  // No tokens: nothing to do, nothing launched, no pointer looked at.
+  a.tokens = 0;
+  a.n_docs = 0;
+  EXPECT_EQ(cuda::attention_bf16_workspace_bytes(a), 0u);
+  cuda::attention_forward_bf16(nullptr, a, nullptr, nullptr, nullptr, nullptr, nullptr);
+  cuda::attention_backward_bf16(nullptr, a, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                nullptr, nullptr, nullptr, nullptr);
+}
 #else
 TEST(CudaAttention, NotBuilt) {
+  GTEST_SKIP() << "built without CUDA";
+}
+TEST(CudaAttentionBf16, NotBuilt) {
   GTEST_SKIP() << "built without CUDA";
 }
 #endif
