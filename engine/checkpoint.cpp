@@ -71,14 +71,56 @@ void prune(const std::string& ckpt_root, int64_t keep_last) {
 
 }  // namespace
 
+namespace {
+
+// The weights a checkpoint directory holds so that it loads like a model: LoRA runs store the
+// adapters as a PEFT directory (base_model names the base), full runs model.safetensors (HF
+// names, fp32) and config.json.
+void write_model_files(const std::string& dir, const Model& model, const std::string& base_model,
+                       const WeightKey* key) {
+  if (model.has_lora()) {
+    write_adapter_files(model, dir, base_model, DType::F32, key);
+    return;
+  }
+  const ParamLayout& lay = model.layout();
+  std::vector<float> p = model.params_to_host();
+  SafetensorsWriter w;
+  for (const auto& e : lay.entries())
+    w.add(e.name, e.shape, p.data() + e.offset, DType::F32, DType::F32);
+  w.set_metadata("format", "pt");
+  w.write(dir + "/model.safetensors", key);
+  write_file_atomic(dir + "/config.json", model_config_json(model.config(), DType::F32).dump(2));
+}
+
+// state.json last, then the whole directory moves into place and `latest` follows it.
+std::string publish(const std::string& root, const std::string& tmp_dir, const TrainState& state,
+                    int64_t keep_last) {
+  write_file_atomic(tmp_dir + "/state.json", train_state_to_json(state).dump(2));
+  fsync_dir(tmp_dir);
+  const std::string final_dir = root + "/" + step_name(state.step);
+  fs::remove_all(final_dir);  // a stale copy of the same step from an earlier crashed run
+  fs::rename(tmp_dir, final_dir);
+  fsync_dir(root);
+  write_file_atomic(root + "/latest", step_name(state.step) + "\n");
+  prune(root, keep_last);
+  return final_dir;
+}
+
+std::string shard_file(const std::string& dir, const char* kind, int rank, int world) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "/%s.rank-%05d-of-%05d.safetensors", kind, rank, world);
+  return dir + buf;
+}
+
+}  // namespace
+
 std::string save_checkpoint(const std::string& run_dir, const Model& model, const float* m,
                             const float* v, const TrainState& state, int64_t keep_last,
                             const std::string& base_model, const WeightKey* key) {
   const std::string root = run_dir + "/checkpoints";
   fs::create_directories(root);
-  const std::string name = step_name(state.step);
-  const std::string final_dir = root + "/" + name;
-  const std::string tmp_dir = final_dir + ".tmp." + std::to_string(getpid());
+  const std::string tmp_dir =
+      root + "/" + step_name(state.step) + ".tmp." + std::to_string(getpid());
   fs::remove_all(tmp_dir);
   fs::create_directories(tmp_dir);
 
@@ -87,36 +129,161 @@ std::string save_checkpoint(const std::string& run_dir, const Model& model, cons
   std::vector<float> hm(total), hv(total);
   be->download(hm.data(), m, total * sizeof(float));
   be->download(hv.data(), v, total * sizeof(float));
-
-  if (model.has_lora()) {
-    // Only the adapters change; the checkpoint is a PEFT adapter directory of its own.
-    write_adapter_files(model, tmp_dir, base_model, DType::F32, key);
-  } else {
-    // Weights under their HF names (the checkpoint directory loads like a model directory);
-    // moments as two flat tensors: a checkpoint is a few large writes.
-    const ParamLayout& lay = model.layout();
-    std::vector<float> p = model.params_to_host();
-    SafetensorsWriter w;
-    for (const auto& e : lay.entries())
-      w.add(e.name, e.shape, p.data() + e.offset, DType::F32, DType::F32);
-    w.set_metadata("format", "pt");
-    w.write(tmp_dir + "/model.safetensors", key);
-    write_file_atomic(tmp_dir + "/config.json",
-                      model_config_json(model.config(), DType::F32).dump(2));
-  }
+  write_model_files(tmp_dir, model, base_model, key);
+  // Moments as two flat tensors: a checkpoint is a few large writes.
   SafetensorsWriter o;
   o.add("adamw.exp_avg", {int64_t(total)}, hm.data(), DType::F32, DType::F32);
   o.add("adamw.exp_avg_sq", {int64_t(total)}, hv.data(), DType::F32, DType::F32);
   o.write(tmp_dir + "/optimizer.safetensors", key);
-  write_file_atomic(tmp_dir + "/state.json", train_state_to_json(state).dump(2));
-  fsync_dir(tmp_dir);
+  return publish(root, tmp_dir, state, keep_last);
+}
 
-  fs::remove_all(final_dir);  // a stale copy of the same step from an earlier crashed run
-  fs::rename(tmp_dir, final_dir);
-  fsync_dir(root);
-  write_file_atomic(root + "/latest", name + "\n");
-  prune(root, keep_last);
-  return final_dir;
+std::string sharded_checkpoint_tmp_dir(const std::string& run_dir, int64_t step) {
+  return run_dir + "/checkpoints/" + step_name(step) + ".tmp.sharded";
+}
+
+void write_checkpoint_shard(const std::string& tmp_dir, const ShardSlice& s, const float* m,
+                            const float* v, const float* params, Backend* be,
+                            const WeightKey* key) {
+  const size_t n = s.end - s.begin;
+  auto meta = [&](SafetensorsWriter& w) {
+    w.set_metadata("begin", std::to_string(s.begin));
+    w.set_metadata("end", std::to_string(s.end));
+    w.set_metadata("total", std::to_string(s.total));
+  };
+  std::vector<float> a(n), b(n);
+  be->download(a.data(), m, n * sizeof(float));
+  be->download(b.data(), v, n * sizeof(float));
+  SafetensorsWriter o;
+  o.add("adamw.exp_avg", {int64_t(n)}, a.data(), DType::F32, DType::F32);
+  o.add("adamw.exp_avg_sq", {int64_t(n)}, b.data(), DType::F32, DType::F32);
+  meta(o);
+  o.write(shard_file(tmp_dir, "optimizer", s.rank, s.world), key);
+  if (!params) return;
+  be->download(a.data(), params, n * sizeof(float));
+  SafetensorsWriter w;
+  w.add("params", {int64_t(n)}, a.data(), DType::F32, DType::F32);
+  meta(w);
+  w.write(shard_file(tmp_dir, "weights", s.rank, s.world), key);
+}
+
+std::string finish_sharded_checkpoint(const std::string& run_dir, const std::string& tmp_dir,
+                                      const Model* model, const TrainState& state,
+                                      int64_t keep_last, const std::string& base_model,
+                                      const WeightKey* key) {
+  for (int r = 0; r < state.world_size; ++r)
+    if (!path_exists(shard_file(tmp_dir, "optimizer", r, state.world_size)))
+      throw Error("checkpoint " + tmp_dir + ": rank " + std::to_string(r) +
+                  "'s optimizer shard is missing; the checkpoint is not published");
+  if (model) write_model_files(tmp_dir, *model, base_model, key);
+  return publish(run_dir + "/checkpoints", tmp_dir, state, keep_last);
+}
+
+namespace {
+
+// [begin, end) of the flat tensor `name`, from whichever rank files overlap it.
+std::vector<float> read_from_shards(const std::string& dir, const char* kind, const char* name,
+                                    size_t begin, size_t end, size_t total, const WeightKey* key) {
+  std::vector<float> out(end - begin);
+  size_t covered = 0;
+  int world = 0;
+  for (int r = 0; world == 0 || r < world; ++r) {
+    std::string path;
+    if (world == 0) {  // the rank count is in the file names
+      for (const auto& e : fs::directory_iterator(dir)) {
+        const std::string f = e.path().filename().string();
+        if (f.rfind(std::string(kind) + ".rank-00000-of-", 0) == 0)
+          world = std::atoi(f.substr(f.size() - 17, 5).c_str());
+      }
+      if (world <= 0)
+        throw Error(dir + ": no " + kind + " shards (" + kind + ".rank-*.safetensors)");
+    }
+    path = shard_file(dir, kind, r, world);
+    if (!path_exists(path)) throw Error(path + " is missing: the checkpoint is incomplete");
+    SafetensorsReader f = SafetensorsReader::open(path, key);
+    const auto& md = f.metadata();
+    size_t b = 0, e = 0, t = 0;
+    try {
+      b = std::stoull(md.at("begin")), e = std::stoull(md.at("end")),
+      t = std::stoull(md.at("total"));
+    } catch (const std::exception&) {
+      throw Error(path + ": shard metadata (begin, end, total) is missing or damaged");
+    }
+    const TensorInfo* ti = f.find(name);
+    if (t != total || !ti || ti->numel() != int64_t(e - b))
+      throw Error(path + ": tensor '" + name + "' is missing or sized for another model");
+    const size_t lo = std::max(b, begin), hi = std::min(e, end);
+    if (lo >= hi) continue;
+    std::vector<float> all(e - b);
+    f.read_as(*ti, DType::F32, all.data());
+    std::copy(all.begin() + long(lo - b), all.begin() + long(hi - b),
+              out.begin() + long(lo - begin));
+    covered += hi - lo;
+  }
+  if (covered != end - begin)
+    throw Error(dir + ": the " + std::string(kind) + " shards do not cover the buffer");
+  return out;
+}
+
+}  // namespace
+
+bool checkpoint_has_sharded_weights(const std::string& dir) {
+  return !path_exists(dir + "/model.safetensors") && !is_adapter_dir(dir);
+}
+
+std::vector<float> read_checkpoint_weights_range(const std::string& dir, size_t begin, size_t end,
+                                                 size_t total, const WeightKey* key) {
+  return read_from_shards(dir, "weights", "params", begin, end, total, key);
+}
+
+void load_checkpoint_moments(const std::string& dir, size_t begin, size_t end, size_t total,
+                             float* m, float* v, Backend* be, const WeightKey* key) {
+  const size_t n = end - begin;
+  for (auto [name, dst] : {std::pair{"adamw.exp_avg", m}, {"adamw.exp_avg_sq", v}}) {
+    std::vector<float> part;
+    if (path_exists(dir + "/optimizer.safetensors")) {
+      SafetensorsReader opt = SafetensorsReader::open(dir + "/optimizer.safetensors", key);
+      const TensorInfo* t = opt.find(name);
+      if (!t || t->numel() != int64_t(total))
+        throw Error(dir + "/optimizer.safetensors: tensor '" + name +
+                    "' is missing or sized for another model");
+      std::vector<float> all(total);
+      opt.read_as(*t, DType::F32, all.data());
+      part.assign(all.begin() + long(begin), all.begin() + long(end));
+    } else {
+      part = read_from_shards(dir, "optimizer", name, begin, end, total, key);
+    }
+    be->upload(dst, part.data(), n * sizeof(float));
+  }
+}
+
+void load_checkpoint_weights(const std::string& dir, Model& model, const WeightKey* key) {
+  if (model.has_lora()) {
+    if (!is_adapter_dir(dir))
+      throw Error(dir + ": holds full weights, not adapters: it was written by a run with " +
+                  "method: full");
+    load_adapter(model, dir, key);
+    return;
+  }
+  if (is_adapter_dir(dir))
+    throw Error(dir + ": holds LoRA adapters, not full weights: it was written by a run " +
+                "with method: lora");
+  if (checkpoint_has_sharded_weights(dir)) {
+    const size_t n = model.num_params();
+    model.params_from_host(read_checkpoint_weights_range(dir, 0, n, n, key));
+    return;
+  }
+  model.load_weights(WeightStore::open_dir(dir, key));
+}
+
+TrainState read_checkpoint_state(const std::string& dir) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(dir + "/state.json"));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(dir + "/state.json: invalid JSON (" + e.what() + ")");
+  }
+  return train_state_from_json(j, dir + "/state.json");
 }
 
 std::optional<std::string> latest_checkpoint(const std::string& run_dir) {
@@ -136,35 +303,10 @@ std::optional<std::string> latest_checkpoint(const std::string& run_dir) {
 
 TrainState load_checkpoint(const std::string& dir, Model& model, float* m, float* v,
                            const WeightKey* key) {
-  if (model.has_lora()) {
-    if (!is_adapter_dir(dir))
-      throw Error(dir + ": holds full weights, not adapters: it was written by a run with " +
-                  "method: full");
-    load_adapter(model, dir, key);
-  } else {
-    if (is_adapter_dir(dir))
-      throw Error(dir + ": holds LoRA adapters, not full weights: it was written by a run " +
-                  "with method: lora");
-    model.load_weights(WeightStore::open_dir(dir, key));
-  }
+  load_checkpoint_weights(dir, model, key);
   const size_t total = model.num_train_params();
-  SafetensorsReader opt = SafetensorsReader::open(dir + "/optimizer.safetensors", key);
-  std::vector<float> host(total);
-  for (auto [name, dst] : {std::pair{"adamw.exp_avg", m}, {"adamw.exp_avg_sq", v}}) {
-    const TensorInfo* t = opt.find(name);
-    if (!t || t->numel() != int64_t(total))
-      throw Error(dir + "/optimizer.safetensors: tensor '" + name +
-                  "' is missing or sized for another model");
-    opt.read_as(*t, DType::F32, host.data());
-    model.backend()->upload(dst, host.data(), total * sizeof(float));
-  }
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(dir + "/state.json"));
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(dir + "/state.json: invalid JSON (" + e.what() + ")");
-  }
-  return train_state_from_json(j, dir + "/state.json");
+  load_checkpoint_moments(dir, 0, total, total, m, v, model.backend(), key);
+  return read_checkpoint_state(dir);
 }
 
 }  // namespace ftune

@@ -43,6 +43,35 @@ std::string save_checkpoint(const std::string& run_dir, const Model& model, cons
                             const std::string& base_model = "", const WeightKey* key = nullptr);
 // The directory `latest` names, if any.
 std::optional<std::string> latest_checkpoint(const std::string& run_dir);
+// Sharded runs (ZeRO, several ranks): every rank writes its slice of the moments (and with
+// ZeRO-3 of the weights) as optimizer/weights.rank-R-of-W.safetensors (metadata: begin, end,
+// total) into one temporary directory; after a barrier the lead adds the whole weights when it
+// has them (below ZeRO-3, or LoRA adapters) and state.json, and publishes the directory and
+// `latest` only then, so a rank that failed leaves no checkpoint. Any rank count reads any other's.
+struct ShardSlice {
+  size_t begin = 0, end = 0, total = 0;
+  int rank = 0, world = 1;
+};
+std::string sharded_checkpoint_tmp_dir(const std::string& run_dir, int64_t step);
+// params: this rank's weight slice (ZeRO-3), else null.
+void write_checkpoint_shard(const std::string& tmp_dir, const ShardSlice& s, const float* m,
+                            const float* v, const float* params, Backend* be,
+                            const WeightKey* key = nullptr);
+// model: whole weights to store (null under ZeRO-3). Checks every rank's shard is there.
+std::string finish_sharded_checkpoint(const std::string& run_dir, const std::string& tmp_dir,
+                                      const Model* model, const TrainState& state,
+                                      int64_t keep_last, const std::string& base_model = "",
+                                      const WeightKey* key = nullptr);
+// Pieces of a resume, for sharded runs: weights (whole or LoRA), [begin, end) of the moments or
+// of ZeRO-3 weight shards, and the state.
+bool checkpoint_has_sharded_weights(const std::string& dir);
+std::vector<float> read_checkpoint_weights_range(const std::string& dir, size_t begin, size_t end,
+                                                 size_t total, const WeightKey* key = nullptr);
+void load_checkpoint_moments(const std::string& dir, size_t begin, size_t end, size_t total,
+                             float* m, float* v, Backend* be, const WeightKey* key = nullptr);
+void load_checkpoint_weights(const std::string& dir, Model& model, const WeightKey* key = nullptr);
+TrainState read_checkpoint_state(const std::string& dir);
+
 // Restores parameters (LoRA: the adapters, over a base the caller loaded), moments and state.
 // Mismatched shapes are errors naming the tensor.
 TrainState load_checkpoint(const std::string& ckpt_dir, Model& model, float* m, float* v,

@@ -186,9 +186,9 @@ StageMemory stage_memory(const PlanInput& in, Sharding s, int rank) {
     grads = shard + unit_buffers + u.largest_part(range);
   m.grads = grads * cb;
   m.optimizer = 2 * shard * 4;  // AdamW m and v, fp32 at any precision
-  // The trainer writes checkpoints with the whole moments, gathered to rank 0 (ZeRO-3 gathers the
-  // whole weights there first, through a buffer freed before the moments come).
-  if (sharded && rank == 0) m.checkpoint = 2 * uint64_t(trained) * 4;
+  // Checkpoints are written by every rank from its own slices (nothing gathered); ZeRO-3 gathers
+  // the whole weights to rank 0 once, at the end, for the export.
+  if (s == Sharding::Zero3 && rank == 0) m.checkpoint = uint64_t(trained) * 4;
   return m;
 }
 

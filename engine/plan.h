@@ -69,7 +69,7 @@ struct StageMemory {
   uint64_t activations = 0;  // saved for backward (Model::memory().activations)
   uint64_t scratch = 0;      // backward work buffers (Model::memory().scratch)
   uint64_t workspace = 0;    // GPU: cuBLASLt workspace and the backend's op scratch; CPU: 0
-  // Extra on rank 0 while a checkpoint is written: the trainer gathers the whole moments there.
+  // Extra on rank 0 at the end of a ZeRO-3 run: the whole weights, gathered for the export.
   uint64_t checkpoint = 0;
   // Held for the whole run: what the backend's peak counts, checkpoint aside.
   uint64_t arena() const { return weights + grads + optimizer + activations + scratch; }

@@ -258,8 +258,11 @@ namespace {
 std::atomic<int> g_stop_signal{0};
 
 extern "C" void on_stop_signal(int sig) {
-  // A second Ctrl-C or TERM while the first is being honoured ends the process at once.
-  if (g_stop_signal.exchange(sig) != 0) _exit(128 + sig);
+  // A second Ctrl-C while the first is being honoured ends the process at once. TERM and USR1
+  // may arrive twice for one request (Slurm signals the ranks and srun forwards its own copy):
+  // they keep the first request.
+  int expected = 0;
+  if (!g_stop_signal.compare_exchange_strong(expected, sig) && sig == SIGINT) _exit(128 + sig);
 }
 
 // Installs the stop handlers for the life of a run and restores the previous ones after.
@@ -408,14 +411,30 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     const size_t b = std::max(s.offset, shard.begin), e = std::min(s.offset + s.count, shard.end);
     if (b < e) spans.push_back({b - shard.begin, e - b, s.weight_decay});
   }
-  // Checkpoints hold the whole moments: a sharded run gathers them to rank 0 to write, and
-  // every rank reads them whole and keeps its slice, so any rank count can resume any other's.
-  auto whole_moments = [&](auto&& use) {
-    if (!sharded) return use(m.get(), v.get());
-    DeviceBuffer<float> fm(be.get(), lead ? n_train : 0), fv(be.get(), lead ? n_train : 0);
-    comm.gather_to_root(m.get(), fm.get(), n_train);
-    comm.gather_to_root(v.get(), fv.get(), n_train);
-    return use(fm.get(), fv.get());
+  // A sharded run's checkpoint: each rank writes its slices, the lead publishes the directory
+  // once all have (checkpoint.h); any rank count reads any other's.
+  const ShardSlice slice{shard.begin, shard.end, n_train, comm.rank(), world};
+  auto save = [&](const TrainState& st) {
+    std::string dir;
+    if (!sharded) {
+      if (lead)
+        dir = save_checkpoint(c.output_dir, model, m.get(), v.get(), st, c.checkpoint_keep_last,
+                              c.model_path, okey);
+      return dir;
+    }
+    const std::string tmp = sharded_checkpoint_tmp_dir(c.output_dir, st.step);
+    if (lead) {
+      fs::remove_all(tmp);
+      fs::create_directories(tmp);
+    }
+    comm.barrier();
+    write_checkpoint_shard(tmp, slice, m.get(), v.get(),
+                           stage >= 3 ? zero->shard_params() : nullptr, be.get(), okey);
+    comm.barrier();  // every rank's files are written before the lead publishes
+    if (lead)
+      dir = finish_sharded_checkpoint(c.output_dir, tmp, stage >= 3 ? nullptr : &model, st,
+                                      c.checkpoint_keep_last, c.model_path, okey);
+    return dir;
   };
   TrainState state;
   state.total_steps = total_steps;
@@ -434,10 +453,15 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   };
   if (!resume_from.empty()) {
     if (sharded) {
-      DeviceBuffer<float> fm(be.get(), n_train), fv(be.get(), n_train);
-      state = load_checkpoint(resume_from, model, fm.get(), fv.get(), okey);
-      be->copy(m.get(), fm.get() + shard.begin, shard.size() * sizeof(float));
-      be->copy(v.get(), fv.get() + shard.begin, shard.size() * sizeof(float));
+      // Each rank reads only its slices (ZeRO-3 weights included) from whole or sharded files.
+      if (stage >= 3 && checkpoint_has_sharded_weights(resume_from))
+        zero->load_shard(
+            read_checkpoint_weights_range(resume_from, shard.begin, shard.end, n_train, okey));
+      else
+        load_checkpoint_weights(resume_from, model, okey);
+      load_checkpoint_moments(resume_from, shard.begin, shard.end, n_train, m.get(), v.get(),
+                              be.get(), okey);
+      state = read_checkpoint_state(resume_from);
     } else {
       state = load_checkpoint(resume_from, model, m.get(), v.get(), okey);
     }
@@ -615,14 +639,8 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     const bool stopping = sums[1] > 0 && step != total_steps;
     if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == total_steps ||
         stopping) {
-      if (stage >= 3) zero->gather_whole_to_root();
-      whole_moments([&](float* wm, float* wv) {
-        if (!lead) return;
-        std::string dir = save_checkpoint(c.output_dir, model, wm, wv, state,
-                                          c.checkpoint_keep_last, c.model_path, okey);
-        if ((c.checkpoint_every > 0 || stopping) && step != total_steps) say("checkpoint: " + dir);
-      });
-      if (stage >= 3) zero->drop_whole();
+      const std::string dir = save(state);
+      if ((c.checkpoint_every > 0 || stopping) && step != total_steps) say("checkpoint: " + dir);
       comm.barrier();  // no rank runs ahead of a checkpoint it might be resumed from
     }
     result.tokens_per_s = tps;
@@ -646,6 +664,12 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   if (result.first_step > total_steps && has_val)
     result.val_after = evaluate(model, *data, c.eval_max_batches, threads);
 
+  // ZeRO-3: rank 0 takes the whole weights for the export and generation below.
+  if (stage >= 3) {
+    zero->gather_whole_to_root();
+    if (lead) model.unshard(zero->take_whole());
+  }
+
   // What each rank held at its peak (`ftune plan` predicts it; tests compare).
   {
     std::vector<double> peaks(size_t(world), 0.0);
@@ -663,12 +687,6 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
                                                            "\n");
     }
   }
-  // ZeRO-3: rank 0 takes the whole weights for the export and generation below.
-  if (stage >= 3) {
-    zero->gather_whole_to_root();
-    if (lead) model.unshard(zero->take_whole());
-  }
-
   // ---- export (rank 0) ----
   if (!lead) return result;
   const DType out_dtype = resolve_export_dtype(c.export_dtype, base_dtype);

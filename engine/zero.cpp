@@ -110,6 +110,11 @@ void ZeroShards::params_from_host(const std::vector<float>& host) {
   be_->upload(params_.get(), host.data() + shard_.begin, shard_.size() * sizeof(float));
 }
 
+void ZeroShards::load_shard(const std::vector<float>& slice) {
+  FTUNE_CHECK(stage_ >= 3 && slice.size() == shard_.size(), "shard size mismatch");
+  be_->upload(params_.get(), slice.data(), shard_.size() * sizeof(float));
+}
+
 std::vector<float> ZeroShards::params_to_host() const {
   FTUNE_CHECK(!whole_.empty(), "ZeRO-3 weights were not gathered to rank 0 first");
   return whole_;

@@ -42,6 +42,8 @@ class ZeroShards final : public ShardHooks {
   void gather_whole_to_root();
   std::vector<float> take_whole();
   void drop_whole() { whole_.clear(), whole_.shrink_to_fit(); }
+  // ZeRO-3: this rank's weight slice (shard().size() floats, host) from a sharded checkpoint.
+  void load_shard(const std::vector<float>& slice);
 
   bool shards_params() const override { return stage_ >= 3; }
   const float* acquire_params(int u) override;

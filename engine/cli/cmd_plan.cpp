@@ -179,7 +179,7 @@ void print_table(const Plan& p, const std::string& recipe_sharding, const std::s
   mem("scratch", &StageMemory::scratch);
   if (in.device == "cuda") mem("workspace", &StageMemory::workspace);
   row("total", [](const StagePlan& s) { return human_bytes(double(s.memory.total())); });
-  row("+ checkpoint rank 0",
+  row("+ export rank 0",
       [](const StagePlan& s) { return human_bytes(double(s.memory.checkpoint)); });
   const std::string fits_label = "fits in " + human_bytes(double(in.mem_limit_bytes));
   row(fits_label.c_str(), [](const StagePlan& s) { return std::string(s.fits ? "yes" : "NO"); });
@@ -199,8 +199,8 @@ void print_table(const Plan& p, const std::string& recipe_sharding, const std::s
     if (!s.supported) std::printf("%s: %s\n", sharding_name(s.stage), s.why_not.c_str());
   if (!recipe_sharding.empty()) std::printf("*: the recipe's sharding\n");
   std::printf(
-      "checkpoint: rank 0 also holds the whole AdamW moments while it writes a checkpoint\n"
-      "fits: rank 0's total + checkpoint%s within the memory given\n",
+      "export: a zero3 run gathers the whole weights to rank 0 at the end, to export them\n"
+      "fits: rank 0's total + export%s within the memory given\n",
       p.reserve ? (" + " + human_bytes(double(p.reserve)) + " for the CUDA context").c_str() : "");
   if (timed)
     std::printf(

@@ -13,6 +13,28 @@ namespace fs = std::filesystem;
 
 namespace ftune::cli {
 
+namespace {
+
+// "RUNNING", "PENDING (BeginTime)", "COMPLETED", ... from squeue; "" when Slurm's commands are
+// missing, the controller does not answer within a few seconds or no longer knows the job.
+std::string slurm_job_state(const std::string& job) {
+  const std::string cmd = "command -v squeue >/dev/null 2>&1 && timeout 10 squeue -h -j " + job +
+                          " --states=all -o '%T|%r' 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return "";
+  std::string reply;
+  char buf[256];
+  while (fgets(buf, sizeof buf, p)) reply += buf;
+  if (pclose(p) != 0) return "";
+  reply = reply.substr(0, reply.find('\n'));
+  const size_t bar = reply.find('|');
+  if (bar == std::string::npos || bar == 0) return "";
+  const std::string state = reply.substr(0, bar), reason = reply.substr(bar + 1);
+  return reason.empty() || reason == "None" ? state : state + " (" + reason + ")";
+}
+
+}  // namespace
+
 // `ftune status OUTPUT_DIR`: where a run stands, from what it wrote (metrics, checkpoints,
 // summary, the Slurm job script and logs) — without loading any weights.
 void add_status(CLI::App& app, Action* action) {
@@ -76,16 +98,34 @@ void add_status(CLI::App& app, Action* action) {
       for (const char* out : {"model", "adapter"})
         if (fs::is_directory(d + "/" + out)) std::printf("output:     %s/%s\n", d.c_str(), out);
       if (path_exists(d + "/submit.sbatch")) {
-        std::string newest;
-        fs::file_time_type when{};
-        std::error_code ec;
-        for (const auto& e : fs::directory_iterator(d + "/slurm-logs", ec))
-          if (e.is_regular_file() && (newest.empty() || e.last_write_time() > when)) {
-            newest = e.path().string();
-            when = e.last_write_time();
+        // The newest job `ftune submit` recorded, its log, and its state while Slurm knows it.
+        std::string job;
+        if (path_exists(d + "/slurm-logs/jobs")) {
+          std::istringstream in(read_file(d + "/slurm-logs/jobs"));
+          std::string line;
+          while (std::getline(in, line))
+            if (!line.empty()) job = line.substr(0, line.find(' '));
+        } else {  // submitted by hand: the newest slurm-JOBID.out names the job
+          fs::file_time_type when{};
+          std::error_code ec;
+          for (const auto& e : fs::directory_iterator(d + "/slurm-logs", ec)) {
+            const std::string n = e.path().filename().string();
+            if (e.is_regular_file() && n.rfind("slurm-", 0) == 0 && n.size() > 10 &&
+                n.substr(n.size() - 4) == ".out" && (job.empty() || e.last_write_time() > when)) {
+              job = n.substr(6, n.size() - 10);
+              when = e.last_write_time();
+            }
           }
-        std::printf("slurm:      %s%s%s\n", (d + "/submit.sbatch").c_str(),
-                    newest.empty() ? "" : ", newest log ", newest.c_str());
+        }
+        if (job.empty() || job.find_first_not_of("0123456789") != std::string::npos) {
+          std::printf("slurm:      %s (not submitted)\n", (d + "/submit.sbatch").c_str());
+        } else {
+          const std::string state = slurm_job_state(job);
+          const std::string log = d + "/slurm-logs/slurm-" + job + ".out";
+          std::printf("slurm:      job %s%s%s, script %s\n", job.c_str(), state.empty() ? "" : ": ",
+                      state.c_str(), (d + "/submit.sbatch").c_str());
+          std::printf("slurm log:  %s\n", path_exists(log) ? log.c_str() : "none yet");
+        }
       }
       return 0;
     };

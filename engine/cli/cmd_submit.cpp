@@ -1,5 +1,6 @@
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -8,6 +9,7 @@
 #include "engine/cli/commands.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/manifest.h"
 #include "engine/recipe.h"
 
 namespace fs = std::filesystem;
@@ -130,7 +132,19 @@ void add_submit(CLI::App& app, Action* action) {
       if (rc != 0)
         throw Error("submit: sbatch failed: " + (reply.empty() ? "is Slurm installed?" : reply) +
                     " (the script is in " + path + ")");
-      const std::string job = reply.substr(0, reply.find(';'));
+      // --parsable prints "id" or "id;cluster" last; warnings (stderr) may come before it.
+      const size_t nl = reply.rfind('\n');
+      const std::string last = nl == std::string::npos ? reply : reply.substr(nl + 1);
+      const std::string job = last.substr(0, last.find(';'));
+      if (nl != std::string::npos) std::printf("%s\n", reply.substr(0, nl).c_str());
+      if (job.empty() || job.find_first_not_of("0123456789") != std::string::npos)
+        throw Error("submit: sbatch answered '" + reply + "', not a job id (the script is in " +
+                    path + ")");
+      // `ftune status` reads the newest job id from here (a pending job has no log yet).
+      std::string jobs;
+      if (path_exists(out + "/slurm-logs/jobs")) jobs = read_file(out + "/slurm-logs/jobs");
+      write_file_atomic(out + "/slurm-logs/jobs",
+                        jobs + job + " " + utc_timestamp(std::chrono::system_clock::now()) + "\n");
       std::printf("submitted job %s\nscript: %s\nlogs:   %s/slurm-logs/slurm-%s.out\n", job.c_str(),
                   path.c_str(), out.c_str(), job.c_str());
       return 0;
