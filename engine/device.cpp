@@ -30,6 +30,10 @@ int cuda_device_count(std::string* why) {
 }
 
 DeviceChoice resolve_device(const std::string& requested) {
+  return resolve_device(requested, 0);
+}
+
+DeviceChoice resolve_device(const std::string& requested, int local_rank) {
   if (requested == "cpu") return {"cpu", "CPU"};
   std::string why;
   int n = cuda_device_count(&why);
@@ -37,10 +41,10 @@ DeviceChoice resolve_device(const std::string& requested) {
     if (n == 0)
       throw Error("device: cuda was requested but no GPU is usable (" + why +
                   "); set `device: cpu` or `device: auto` to train on the CPU");
-    return {"cuda", "CUDA"};
+    return {"cuda", "CUDA", local_rank % n};
   }
   if (requested == "auto") {
-    if (n > 0 && kCudaVerified) return {"cuda", "CUDA"};
+    if (n > 0 && kCudaVerified) return {"cuda", "CUDA", local_rank % n};
     return {"cpu", n > 0 ? "CPU (a GPU is present; set `device: cuda` to use the CUDA backend, "
                            "not yet verified on a GPU)"
                          : "CPU"};
@@ -51,7 +55,7 @@ DeviceChoice resolve_device(const std::string& requested) {
 std::unique_ptr<Backend> make_backend(const DeviceChoice& choice) {
   if (choice.kind == "cpu") return make_cpu_backend();
 #ifdef FTUNE_HAVE_CUDA
-  return make_cuda_backend(0);
+  return make_cuda_backend(choice.index);
 #else
   throw Error("this ftune was built without CUDA; use `device: cpu`");
 #endif

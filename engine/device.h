@@ -11,6 +11,7 @@ namespace ftune {
 struct DeviceChoice {
   std::string kind;    // "cpu" or "cuda"
   std::string detail;  // human-readable: CPU threads, GPU name
+  int index = 0;       // CUDA: the GPU
 };
 
 bool cuda_built();
@@ -18,7 +19,10 @@ bool cuda_built();
 int cuda_device_count(std::string* why);
 // Resolves "auto" | "cpu" | "cuda". Throws ftune::Error for an impossible request.
 DeviceChoice resolve_device(const std::string& requested);
-// The backend for a resolved choice (CUDA: GPU 0).
+// The same for a rank with local rank L: GPU L % (GPUs it sees), the one its NCCL communicator
+// binds.
+DeviceChoice resolve_device(const std::string& requested, int local_rank);
+// The backend for a resolved choice (CUDA: GPU choice.index).
 std::unique_ptr<Backend> make_backend(const DeviceChoice& choice);
 
 }  // namespace ftune
