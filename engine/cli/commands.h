@@ -24,6 +24,7 @@ void add_generate(CLI::App& app, Action* action);
 void add_inspect(CLI::App& app, Action* action);
 void add_bench(CLI::App& app, Action* action);
 void add_plan(CLI::App& app, Action* action);
+void add_diff(CLI::App& app, Action* action);
 void add_recipe_docs(CLI::App& app, Action* action);
 void add_data(CLI::App& app, Action* action);
 void add_tokenize(CLI::App& app, Action* action);
