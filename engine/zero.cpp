@@ -122,12 +122,16 @@ std::vector<float> ZeroShards::params_to_host() const {
 
 void ZeroShards::gather_whole_to_root() {
   FTUNE_CHECK(stage_ >= 3, "weights are whole below ZeRO-3");
+  // Unit by unit through the work slots, straight into host memory on rank 0: the device never
+  // holds more than one unit beyond the run's own buffers.
   const bool root = comm_.rank() == 0;
-  DeviceBuffer<float> full(be_, root ? layout_.total() : 0);
-  comm_.gather_to_root(params_.get(), full.get(), layout_.total());
-  if (!root) return;
-  whole_.resize(layout_.total());
-  be_->download(whole_.data(), full.get(), full.bytes());
+  if (root) whole_.assign(layout_.total(), 0.f);
+  for (int u = 0; u < layout_.num_units(); ++u) {
+    const ParamUnit pu = layout_.unit(u);
+    const float* w = acquire_params(u);
+    if (root) be_->download(whole_.data() + pu.begin, w, pu.size() * sizeof(float));
+    release_params(u);
+  }
 }
 
 std::vector<float> ZeroShards::take_whole() {

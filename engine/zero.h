@@ -37,8 +37,8 @@ class ZeroShards final : public ShardHooks {
   void zero_grads();
   ZeroMemory memory() const;
 
-  // ZeRO-3, collective: rank 0 receives the whole weights, which params_to_host then returns
-  // (for a checkpoint or the export); drop_whole() frees them again.
+  // ZeRO-3, collective: rank 0 receives the whole weights in host memory (gathered unit by
+  // unit), which params_to_host then returns (for the export); drop_whole() frees them again.
   void gather_whole_to_root();
   std::vector<float> take_whole();
   void drop_whole() { whole_.clear(), whole_.shrink_to_fit(); }
