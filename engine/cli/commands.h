@@ -25,6 +25,7 @@ void add_inspect(CLI::App& app, Action* action);
 void add_bench(CLI::App& app, Action* action);
 void add_plan(CLI::App& app, Action* action);
 void add_diff(CLI::App& app, Action* action);
+void add_report(CLI::App& app, Action* action);
 void add_recipe_docs(CLI::App& app, Action* action);
 void add_data(CLI::App& app, Action* action);
 void add_tokenize(CLI::App& app, Action* action);

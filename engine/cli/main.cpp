@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   ftune::cli::add_bench(app, &action);
   ftune::cli::add_plan(app, &action);
   ftune::cli::add_diff(app, &action);
+  ftune::cli::add_report(app, &action);
   ftune::cli::add_data(app, &action);
   ftune::cli::add_recipe_docs(app, &action);
   ftune::cli::add_tokenize(app, &action);
