@@ -26,6 +26,8 @@ nlohmann::json train_state_to_json(const TrainState& s) {
           {"last_loss", s.last_loss},
           {"world_size", s.world_size},
           {"global_micro_batches", s.global_micro_batches},
+          {"guard",
+           {{"lr_scale", s.lr_scale}, {"rollbacks", s.rollbacks}, {"loss_window", s.loss_window}}},
           {"format", 1}};
 }
 
@@ -42,6 +44,12 @@ TrainState train_state_from_json(const nlohmann::json& j, const std::string& lab
     s.last_loss = j.at("last_loss").get<double>();
     s.world_size = j.value("world_size", 1);
     s.global_micro_batches = j.value("global_micro_batches", int64_t(0));
+    if (j.contains("guard")) {  // absent in checkpoints written before the numeric guards
+      const auto& g = j.at("guard");
+      s.lr_scale = g.value("lr_scale", 1.0);
+      s.rollbacks = g.value("rollbacks", int64_t(0));
+      s.loss_window = g.value("loss_window", std::vector<double>{});
+    }
     return s;
   } catch (const nlohmann::json::exception& e) {
     throw Error(label + ": damaged checkpoint state (" + e.what() + ")");
@@ -56,17 +64,51 @@ std::string step_name(int64_t step) {
   return buf;
 }
 
-void prune(const std::string& ckpt_root, int64_t keep_last) {
-  if (keep_last <= 0) return;
+// After `published` became latest. Checkpoints of later steps are from an abandoned attempt (a
+// run killed after renaming one into place but before moving `latest`, then resumed from an
+// earlier one, or a guard rollback): they go, so that keeping the newest keep_last can never
+// delete the one `latest` names. Failures are ignored: a leftover old checkpoint is harmless
+// and the new one is already safe.
+void prune(const std::string& ckpt_root, const std::string& published, int64_t keep_last) {
+  std::error_code ec;
   std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(ckpt_root)) {
+  for (const auto& e : fs::directory_iterator(ckpt_root, ec)) {
     std::string n = e.path().filename().string();
-    if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos)
+    if (!e.is_directory(ec) || n.rfind("step-", 0) != 0 || n.find(".tmp") != std::string::npos)
+      continue;
+    if (n > published)  // fixed-width step numbers sort as names
+      fs::remove_all(e.path(), ec);
+    else
       names.push_back(n);
   }
+  if (keep_last <= 0) return;
   std::sort(names.begin(), names.end());
   for (size_t i = 0; i + size_t(keep_last) < names.size(); ++i)
-    fs::remove_all(fs::path(ckpt_root) / names[i]);
+    fs::remove_all(fs::path(ckpt_root) / names[i], ec);
+}
+
+// "<operation> '<path>': <OS error>" from a filesystem_error, whose what() reads
+// "filesystem error: <operation>: <OS error> [<path>]".
+std::string fs_error_text(const fs::filesystem_error& e) {
+  std::string op = e.what();
+  const std::string prefix = "filesystem error: ";
+  if (op.rfind(prefix, 0) == 0) op.erase(0, prefix.size());
+  const size_t colon = op.find(": ");
+  if (colon != std::string::npos) op.erase(colon);
+  std::string text = op + " '" + e.path1().string() + "'";
+  if (!e.path2().empty()) text += " to '" + e.path2().string() + "'";
+  return text + ": " + e.code().message();
+}
+
+// Runs one step of writing a checkpoint; any failure becomes an Error naming what failed
+// (std::filesystem reports with its own exception type).
+template <class F>
+auto checkpoint_io(F f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const fs::filesystem_error& e) {
+    throw Error(fs_error_text(e));
+  }
 }
 
 }  // namespace
@@ -93,16 +135,29 @@ void write_model_files(const std::string& dir, const Model& model, const std::st
 }
 
 // state.json last, then the whole directory moves into place and `latest` follows it.
+// Until `latest` moves, a failure removes what this write made (the temp directory, or the
+// renamed one nothing points to) and `latest` still names the previous checkpoint.
 std::string publish(const std::string& root, const std::string& tmp_dir, const TrainState& state,
                     int64_t keep_last) {
-  write_file_atomic(tmp_dir + "/state.json", train_state_to_json(state).dump(2));
-  fsync_dir(tmp_dir);
-  const std::string final_dir = root + "/" + step_name(state.step);
-  fs::remove_all(final_dir);  // a stale copy of the same step from an earlier crashed run
-  fs::rename(tmp_dir, final_dir);
-  fsync_dir(root);
-  write_file_atomic(root + "/latest", step_name(state.step) + "\n");
-  prune(root, keep_last);
+  const std::string name = step_name(state.step);
+  const std::string final_dir = root + "/" + name;
+  bool renamed = false;
+  try {
+    checkpoint_io([&] {
+      write_file_atomic(tmp_dir + "/state.json", train_state_to_json(state).dump(2));
+      fsync_dir(tmp_dir);
+      fs::remove_all(final_dir);  // a stale copy of the same step from an abandoned attempt
+      fs::rename(tmp_dir, final_dir);
+      renamed = true;
+      fsync_dir(root);
+      write_file_atomic(root + "/latest", name + "\n");
+    });
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(renamed ? final_dir : tmp_dir, ec);
+    throw;
+  }
+  prune(root, name, keep_last);
   return final_dir;
 }
 
@@ -118,23 +173,30 @@ std::string save_checkpoint(const std::string& run_dir, const Model& model, cons
                             const float* v, const TrainState& state, int64_t keep_last,
                             const std::string& base_model, const WeightKey* key) {
   const std::string root = run_dir + "/checkpoints";
-  fs::create_directories(root);
   const std::string tmp_dir =
       root + "/" + step_name(state.step) + ".tmp." + std::to_string(getpid());
-  fs::remove_all(tmp_dir);
-  fs::create_directories(tmp_dir);
-
-  Backend* be = model.backend();
-  const size_t total = model.num_train_params();
-  std::vector<float> hm(total), hv(total);
-  be->download(hm.data(), m, total * sizeof(float));
-  be->download(hv.data(), v, total * sizeof(float));
-  write_model_files(tmp_dir, model, base_model, key);
-  // Moments as two flat tensors: a checkpoint is a few large writes.
-  SafetensorsWriter o;
-  o.add("adamw.exp_avg", {int64_t(total)}, hm.data(), DType::F32, DType::F32);
-  o.add("adamw.exp_avg_sq", {int64_t(total)}, hv.data(), DType::F32, DType::F32);
-  o.write(tmp_dir + "/optimizer.safetensors", key);
+  try {
+    checkpoint_io([&] {
+      fs::create_directories(root);
+      fs::remove_all(tmp_dir);
+      fs::create_directories(tmp_dir);
+      Backend* be = model.backend();
+      const size_t total = model.num_train_params();
+      std::vector<float> hm(total), hv(total);
+      be->download(hm.data(), m, total * sizeof(float));
+      be->download(hv.data(), v, total * sizeof(float));
+      write_model_files(tmp_dir, model, base_model, key);
+      // Moments as two flat tensors: a checkpoint is a few large writes.
+      SafetensorsWriter o;
+      o.add("adamw.exp_avg", {int64_t(total)}, hm.data(), DType::F32, DType::F32);
+      o.add("adamw.exp_avg_sq", {int64_t(total)}, hv.data(), DType::F32, DType::F32);
+      o.write(tmp_dir + "/optimizer.safetensors", key);
+    });
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp_dir, ec);
+    throw;
+  }
   return publish(root, tmp_dir, state, keep_last);
 }
 
@@ -152,19 +214,21 @@ void write_checkpoint_shard(const std::string& tmp_dir, const ShardSlice& s, con
     w.set_metadata("total", std::to_string(s.total));
   };
   std::vector<float> a(n), b(n);
-  be->download(a.data(), m, n * sizeof(float));
-  be->download(b.data(), v, n * sizeof(float));
-  SafetensorsWriter o;
-  o.add("adamw.exp_avg", {int64_t(n)}, a.data(), DType::F32, DType::F32);
-  o.add("adamw.exp_avg_sq", {int64_t(n)}, b.data(), DType::F32, DType::F32);
-  meta(o);
-  o.write(shard_file(tmp_dir, "optimizer", s.rank, s.world), key);
-  if (!params) return;
-  be->download(a.data(), params, n * sizeof(float));
-  SafetensorsWriter w;
-  w.add("params", {int64_t(n)}, a.data(), DType::F32, DType::F32);
-  meta(w);
-  w.write(shard_file(tmp_dir, "weights", s.rank, s.world), key);
+  checkpoint_io([&] {
+    be->download(a.data(), m, n * sizeof(float));
+    be->download(b.data(), v, n * sizeof(float));
+    SafetensorsWriter o;
+    o.add("adamw.exp_avg", {int64_t(n)}, a.data(), DType::F32, DType::F32);
+    o.add("adamw.exp_avg_sq", {int64_t(n)}, b.data(), DType::F32, DType::F32);
+    meta(o);
+    o.write(shard_file(tmp_dir, "optimizer", s.rank, s.world), key);
+    if (!params) return;
+    be->download(a.data(), params, n * sizeof(float));
+    SafetensorsWriter w;
+    w.add("params", {int64_t(n)}, a.data(), DType::F32, DType::F32);
+    meta(w);
+    w.write(shard_file(tmp_dir, "weights", s.rank, s.world), key);
+  });
 }
 
 std::string finish_sharded_checkpoint(const std::string& run_dir, const std::string& tmp_dir,
@@ -175,7 +239,7 @@ std::string finish_sharded_checkpoint(const std::string& run_dir, const std::str
     if (!path_exists(shard_file(tmp_dir, "optimizer", r, state.world_size)))
       throw Error("checkpoint " + tmp_dir + ": rank " + std::to_string(r) +
                   "'s optimizer shard is missing; the checkpoint is not published");
-  if (model) write_model_files(tmp_dir, *model, base_model, key);
+  if (model) checkpoint_io([&] { write_model_files(tmp_dir, *model, base_model, key); });
   return publish(run_dir + "/checkpoints", tmp_dir, state, keep_last);
 }
 
@@ -299,6 +363,25 @@ std::optional<std::string> latest_checkpoint(const std::string& run_dir) {
   if (!path_exists(dir + "/state.json"))
     throw Error(latest + " names '" + name + "' but that checkpoint is incomplete or missing");
   return dir;
+}
+
+void reset_checkpoint_dir(const std::string& dir) {
+  checkpoint_io([&] {
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+  });
+}
+
+void remove_checkpoint_temps(const std::string& run_dir) {
+  const std::string root = run_dir + "/checkpoints";
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string n = e.path().filename().string();
+    if ((n.rfind("step-", 0) == 0 || n.rfind("latest.", 0) == 0) &&
+        n.find(".tmp.") != std::string::npos)
+      fs::remove_all(e.path(), ec);
+  }
 }
 
 TrainState load_checkpoint(const std::string& dir, Model& model, float* m, float* v,

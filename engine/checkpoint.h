@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "engine/dataset.h"
 #include "engine/model.h"
@@ -28,11 +29,20 @@ struct TrainState {
   // older checkpoint); data.index counts this rank's micro-batches of the epoch.
   int world_size = 1;
   int64_t global_micro_batches = 0;
+  // Numeric guards (trainer.cpp): the learning-rate factor rollbacks have applied, how many there
+  // were, and the recent accepted losses the spike detector compares against; kept so a resumed
+  // run decides exactly as an uninterrupted one.
+  double lr_scale = 1.0;
+  int64_t rollbacks = 0;
+  std::vector<double> loss_window;
 };
 
 nlohmann::json train_state_to_json(const TrainState& s);
 TrainState train_state_from_json(const nlohmann::json& j, const std::string& label);
 
+// Writing a checkpoint either publishes it whole or fails with an Error naming the file and the
+// OS error (disk full, file-size limit, read-only or unwritable directory); a failure removes
+// what it wrote and leaves the previous checkpoint and `latest` as they were.
 // Writes checkpoint `state.step`; m and v are the AdamW moment buffers (laid out as the trained
 // parameters). Full runs store model.safetensors + config.json; LoRA runs store the adapters as
 // a PEFT directory (base_model names the base) since the base never changes.
@@ -43,6 +53,9 @@ std::string save_checkpoint(const std::string& run_dir, const Model& model, cons
                             const std::string& base_model = "", const WeightKey* key = nullptr);
 // The directory `latest` names, if any.
 std::optional<std::string> latest_checkpoint(const std::string& run_dir);
+// Removes what writers killed mid-way left in run_dir/checkpoints (step-N.tmp.* directories,
+// latest.tmp.* files). Only while no other process writes checkpoints there.
+void remove_checkpoint_temps(const std::string& run_dir);
 // Sharded runs (ZeRO, several ranks): every rank writes its slice of the moments (and with
 // ZeRO-3 of the weights) as optimizer/weights.rank-R-of-W.safetensors (metadata: begin, end,
 // total) into one temporary directory; after a barrier the lead adds the whole weights when it
@@ -53,11 +66,14 @@ struct ShardSlice {
   int rank = 0, world = 1;
 };
 std::string sharded_checkpoint_tmp_dir(const std::string& run_dir, int64_t step);
+// Empties (creates) a checkpoint's temp directory; errors name the directory and the OS error.
+void reset_checkpoint_dir(const std::string& dir);
 // params: this rank's weight slice (ZeRO-3), else null.
 void write_checkpoint_shard(const std::string& tmp_dir, const ShardSlice& s, const float* m,
                             const float* v, const float* params, Backend* be,
                             const WeightKey* key = nullptr);
-// model: whole weights to store (null under ZeRO-3). Checks every rank's shard is there.
+// model: whole weights to store (null under ZeRO-3). Checks every rank's shard is there. A
+// failure before publishing leaves tmp_dir for the caller to remove (or to complete).
 std::string finish_sharded_checkpoint(const std::string& run_dir, const std::string& tmp_dir,
                                       const Model* model, const TrainState& state,
                                       int64_t keep_last, const std::string& base_model = "",

@@ -112,6 +112,10 @@ void write_all(int fd, const void* data, size_t n, const std::string& what) {
                     "); free some space and retry");
       if (err == EDQUOT)
         throw Error("cannot write '" + what + "': disk quota exceeded (" + errno_text(err) + ")");
+      // Only seen when SIGXFSZ is ignored (the trainer does), else the signal ends the process.
+      if (err == EFBIG)
+        throw Error("cannot write '" + what + "': over the process's file-size limit (" +
+                    errno_text(err) + "); raise `ulimit -f` (RLIMIT_FSIZE)");
       throw Error("cannot write '" + what + "': " + errno_text(err));
     }
     p += put;

@@ -85,8 +85,16 @@ struct RecipeConfig {
   int64_t eval_every = 0;        // eval.every (0: only before and after training)
   int64_t eval_max_batches = 0;  // eval.max_batches (0: whole validation set)
   // checkpoint
-  int64_t checkpoint_every = 0;      // checkpoint.every (0: only at the end)
-  int64_t checkpoint_keep_last = 2;  // checkpoint.keep_last
+  int64_t checkpoint_every = 0;              // checkpoint.every (0: only at the end)
+  int64_t checkpoint_keep_last = 2;          // checkpoint.keep_last
+  std::string checkpoint_on_error = "stop";  // checkpoint.on_error: stop | continue
+  // guard: what a bad step (non-finite loss or gradient norm, or a loss spike) does
+  std::string guard_nonfinite = "stop";  // guard.nonfinite: skip | stop | rollback
+  std::string guard_spike = "stop";      // guard.spike: skip | stop | rollback
+  double guard_spike_zscore = 0.0;       // guard.spike_zscore (0: no spike detection)
+  int64_t guard_spike_window = 50;       // guard.spike_window: losses the z-score is taken over
+  double guard_lr_backoff = 0.5;         // guard.lr_backoff: lr factor applied per rollback
+  int64_t guard_max_rollbacks = 3;       // guard.max_rollbacks: then the run stops
   // export
   std::string export_dtype = "auto";   // export.dtype: auto | f32 | bf16 | f16 (auto: base model's)
   int64_t export_max_shard_mb = 5000;  // export.max_shard_mb
@@ -105,6 +113,7 @@ struct RecipeConfig {
   std::string device = "auto";    // device: auto | cpu | cuda
   int64_t threads = 0;            // threads (0: all cores)
   int64_t log_every = 10;         // log.every: plain progress line period when not a TTY
+  int64_t report_every = 0;       // report.every: rewrite report.html every N steps (0: at end)
   std::string sharding = "none";  // sharding: none | zero1 | zero2 | zero3
   double dist_timeout = 600;      // dist.timeout: seconds a collective may take
 };

@@ -294,6 +294,46 @@ std::vector<KeySpec> build_schema() {
        .field = &C::checkpoint_keep_last,
        .doc = "how many of the most recent checkpoints to keep on disk; 0 keeps all",
        .min = ge(0)},
+      {.key = "checkpoint.on_error",
+       .field = &C::checkpoint_on_error,
+       .doc = "a checkpoint that cannot be written (disk full, file-size limit, read-only or "
+              "unwritable directory) leaves the previous one and `latest` intact; stop ends the "
+              "run with the error (resume with --resume once fixed), continue logs it (and a "
+              "metrics.jsonl entry) and keeps training, the next checkpoint trying again",
+       .allowed = {"stop", "continue"}},
+      // guard
+      {.key = "guard.nonfinite",
+       .field = &C::guard_nonfinite,
+       .doc = "a step whose loss or gradient norm is NaN or infinite: skip leaves the weights and "
+              "optimizer state as they were (the step's data is consumed), stop ends the run, "
+              "rollback reloads the last checkpoint (or the initial state) and multiplies the "
+              "learning rate by guard.lr_backoff; each is logged and written to metrics.jsonl",
+       .allowed = {"skip", "stop", "rollback"}},
+      {.key = "guard.spike_zscore",
+       .field = &C::guard_spike_zscore,
+       .doc = "a step whose loss is more than this many standard deviations above the mean of "
+              "the last guard.spike_window steps is a spike, handled per guard.spike; 0 turns "
+              "spike detection off",
+       .min = ge(0)},
+      {.key = "guard.spike_window",
+       .field = &C::guard_spike_window,
+       .doc = "accepted steps whose losses the spike z-score is taken over; detection starts "
+              "once the window is full",
+       .min = ge(2)},
+      {.key = "guard.spike",
+       .field = &C::guard_spike,
+       .doc = "what a loss spike does: skip, stop or rollback, as guard.nonfinite",
+       .allowed = {"skip", "stop", "rollback"}},
+      {.key = "guard.lr_backoff",
+       .field = &C::guard_lr_backoff,
+       .doc = "factor the learning rate is multiplied by at each rollback, for the rest of the "
+              "run (kept in checkpoints, so a resume keeps it)",
+       .min = gt(0),
+       .max = le(1)},
+      {.key = "guard.max_rollbacks",
+       .field = &C::guard_max_rollbacks,
+       .doc = "rollbacks allowed in one run; the next bad step then stops it",
+       .min = ge(0)},
       // export
       {.key = "export.dtype",
        .field = &C::export_dtype,
@@ -340,6 +380,12 @@ std::vector<KeySpec> build_schema() {
        .field = &C::log_every,
        .doc = "steps between plain progress lines when the output is not a terminal",
        .min = ge(1)},
+      // report
+      {.key = "report.every",
+       .field = &C::report_every,
+       .doc = "also rewrite output_dir/report.html every N steps; 0 writes it only when the run "
+              "ends (docs/report.md)",
+       .min = ge(0)},
   };
 }
 
@@ -355,9 +401,11 @@ std::vector<SectionSpec> build_sections() {
       {"schedule", "schedule", "Learning-rate schedule."},
       {"eval", "eval", "Validation during training."},
       {"checkpoint", "checkpoint", "Resumable checkpoints."},
+      {"guard", "guard", "Numeric guards: what a non-finite or spiking step does."},
       {"export", "export", "The fine-tuned model written to `output_dir` at the end."},
       {"generate", "generate", "A sample continuation shown after training."},
       {"log", "log", "Progress output."},
+      {"report", "report", "The HTML report, output_dir/report.html (`ftune report`)."},
   };
 }
 

@@ -13,6 +13,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -30,6 +32,7 @@
 #include "engine/launch_env.h"
 #include "engine/manifest.h"
 #include "engine/progress.h"
+#include "engine/report.h"
 #include "engine/safetensors.h"
 #include "engine/schedule.h"
 #include "engine/signing.h"
@@ -98,9 +101,9 @@ EvalResult evaluate(Model& model, const TrainData& data, int64_t max_batches, in
 namespace {
 
 // Files and folders a run writes into output_dir; --force removes only these.
-const char* const kRunEntries[] = {"checkpoints",   "model",         "adapter",
-                                   "metrics.jsonl", "recipe.yaml",   "summary.json",
-                                   "memory.json",   "submit.sbatch", "slurm-logs"};
+const char* const kRunEntries[] = {"checkpoints", "model",        "adapter",     "metrics.jsonl",
+                                   "recipe.yaml", "summary.json", "memory.json", "submit.sbatch",
+                                   "slurm-logs",  "report.html"};
 
 // What `ftune submit` puts in output_dir before the job starts: not a run yet, and kept.
 bool is_submit_entry(const std::string& name) {
@@ -113,6 +116,13 @@ bool is_run_entry(const std::string& name) {
   return false;
 }
 
+// "<entry>.tmp.<pid>": what an atomic write of a run entry leaves when the process is killed
+// mid-way (write_file_atomic, export). Ours, and garbage once no run is writing.
+bool is_run_temp(const std::string& name) {
+  const size_t t = name.find(".tmp.");
+  return t != std::string::npos && t > 0 && is_run_entry(name.substr(0, t));
+}
+
 // Decides what to do with output_dir before anything is written. Returns the checkpoint to
 // resume from ("" for a fresh start).
 std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
@@ -123,6 +133,10 @@ std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
       throw Error("output_dir '" + out + "' exists and is not a directory");
     for (const auto& e : fs::directory_iterator(out)) {
       std::string n = e.path().filename().string();
+      if (is_run_temp(n)) {
+        fs::remove_all(e.path());
+        continue;
+      }
       entries.push_back(n);
       if (!is_run_entry(n) && n.rfind("model.", 0) != 0 && n.rfind("adapter.", 0) != 0)
         foreign.push_back(n);
@@ -140,6 +154,24 @@ std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
     if (!opt.force) throw;  // a damaged pointer must not block starting over
   }
 
+  auto refuse_foreign = [&](const char* flag) {
+    if (!foreign.empty())
+      throw Error(std::string(flag) + ": output_dir '" + out +
+                  "' holds files ftune did not write (" + foreign.front() +
+                  (foreign.size() > 1 ? ", ..." : "") +
+                  "); refusing to delete them: choose another output_dir");
+  };
+  if ((opt.resume || opt.auto_resume) && same_recipe && !latest && !empty) {
+    // A run of this recipe that ended (crashed, was killed) before its first checkpoint: there
+    // is nothing to continue, so it starts over; resuming must not fail on such a directory.
+    refuse_foreign(opt.resume ? "--resume" : "--auto-resume");
+    for (const auto& n : entries)
+      if (!is_submit_entry(n)) fs::remove_all(fs::path(out) / n);
+    if (!opt.quiet)
+      std::fprintf(stderr, "%s: no checkpoint yet in '%s': starting the run over\n",
+                   opt.resume ? "--resume" : "--auto-resume", out.c_str());
+    return "";
+  }
   if (opt.auto_resume && !opt.resume && same_recipe && latest) return *latest;
   if (opt.resume) {
     if (!latest)
@@ -159,10 +191,7 @@ std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
     throw Error("output_dir '" + out + "' is not empty: choose another output_dir, or pass " +
                 "--force to replace the run in it");
   }
-  if (!foreign.empty())
-    throw Error("--force: output_dir '" + out + "' holds files ftune did not write (" +
-                foreign.front() + (foreign.size() > 1 ? ", ..." : "") +
-                "); refusing to delete them: choose another output_dir");
+  refuse_foreign("--force");
   for (const auto& n : entries)
     if (!is_submit_entry(n)) fs::remove_all(fs::path(out) / n);
   return "";
@@ -266,6 +295,9 @@ extern "C" void on_stop_signal(int sig) {
 }
 
 // Installs the stop handlers for the life of a run and restores the previous ones after.
+// SIGXFSZ is ignored meanwhile: over a file-size limit (ulimit -f) a write then fails with
+// EFBIG, which a checkpoint reports per checkpoint.on_error, instead of the signal killing the
+// process mid-write.
 class StopSignals {
  public:
   StopSignals() {
@@ -274,9 +306,14 @@ class StopSignals {
     sa.sa_handler = on_stop_signal;
     sigemptyset(&sa.sa_mask);
     for (size_t i = 0; i < std::size(kSignals); ++i) sigaction(kSignals[i], &sa, &old_[i]);
+    struct sigaction ign {};
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGXFSZ, &ign, &old_xfsz_);
   }
   ~StopSignals() {
     for (size_t i = 0; i < std::size(kSignals); ++i) sigaction(kSignals[i], &old_[i], nullptr);
+    sigaction(SIGXFSZ, &old_xfsz_, nullptr);
   }
   StopSignals(const StopSignals&) = delete;
   StopSignals& operator=(const StopSignals&) = delete;
@@ -284,9 +321,79 @@ class StopSignals {
  private:
   static constexpr int kSignals[] = {SIGTERM, SIGINT, SIGUSR1};
   struct sigaction old_[3]{};
+  struct sigaction old_xfsz_ {};
 };
 
-TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Communicator& comm) {
+// An error every rank raises in the same step, having agreed on it through a collective (a
+// failed checkpoint, a guard stopping the run): the ranks end together and cleanly, so none is
+// aborted while another still prints why.
+class AgreedError : public Error {
+ public:
+  using Error::Error;
+};
+
+// guard.nonfinite / guard.spike
+enum class GuardAction { kNone = 0, kSkip = 1, kStop = 2, kRollback = 3 };
+
+GuardAction guard_action(const std::string& policy) {
+  if (policy == "skip") return GuardAction::kSkip;
+  if (policy == "rollback") return GuardAction::kRollback;
+  return GuardAction::kStop;
+}
+
+const char* guard_action_name(GuardAction a) {
+  switch (a) {
+    case GuardAction::kSkip:
+      return "skip";
+    case GuardAction::kStop:
+      return "stop";
+    case GuardAction::kRollback:
+      return "rollback";
+    case GuardAction::kNone:
+      break;
+  }
+  return "none";
+}
+
+// How far `loss` lies above the window's mean, in standard deviations (0 when the window is
+// flat: no scale to measure a spike by).
+double loss_zscore(const std::vector<double>& window, double loss) {
+  double mean = 0;
+  for (double x : window) mean += x;
+  mean /= double(window.size());
+  double var = 0;
+  for (double x : window) var += (x - mean) * (x - mean);
+  const double sd = std::sqrt(var / double(window.size()));
+  return sd > 0 ? (loss - mean) / sd : 0.0;
+}
+
+// std::to_string's text for a finite value; "nan" / "inf" / "-inf" otherwise (to_string
+// would print "-nan" for some NaNs).
+std::string num_text(double x) {
+  if (std::isnan(x)) return "nan";
+  if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+  return std::to_string(x);
+}
+
+// The number of a test hook's step from the environment, or -1.
+int64_t env_step(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::atoll(v) : -1;
+}
+
+// report.html is a view of the run, not part of it: failing to write it is a warning, never a
+// failed run. Returns the path, or "" after printing why not.
+std::string write_report_or_warn(const std::string& output_dir) {
+  try {
+    return write_report(output_dir);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ftune: warning: report.html not written: %s\n", e.what());
+    return "";
+  }
+}
+
+TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Communicator& comm,
+                            const DeviceChoice& dev) {
   const RecipeConfig& c = recipe.cfg;
   // Rank 0 leads: it alone prepares output_dir, prints, and writes metrics, checkpoints and
   // outputs; every rank trains its share of each batch and holds the same weights.
@@ -303,11 +410,6 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
        {std::pair{"data.train", c.data_train}, {"data.validation", c.data_validation}})
     if (!path.empty() && !fs::is_regular_file(path))
       throw Error(std::string(key) + ": file '" + path + "' does not exist");
-  DeviceChoice dev = resolve_device(c.device);
-  if (dev.kind == "cuda" && comm.world_size() > 1)
-    throw Error(
-        "several ranks on the GPU need NCCL, which is not part of ftune yet (issue #6); "
-        "run GPU training as one rank, or the ranks with `device: cpu`");
   std::unique_ptr<Backend> be = make_backend(dev);
   // Cores are shared by the ranks on a node unless the recipe says how many threads each gets.
   const int threads =
@@ -324,6 +426,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   if (lead) {
     resume_from = prepare_output_dir(recipe, opt);
     fs::create_directories(c.output_dir);
+    remove_checkpoint_temps(c.output_dir);  // left by a run killed while writing one
   }
   comm.barrier();
   if (!lead && (opt.resume || opt.auto_resume))
@@ -384,9 +487,20 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     base_dtype = mc.dtype;
   }
   if (lora) model.init_lora(uint64_t(c.seed));
+  // The same starting weights again, for a guard rollback with no checkpoint to return to.
+  auto reinit_weights = [&] {
+    if (lora) {
+      model.init_lora(uint64_t(c.seed));  // the base is frozen: only the adapters moved
+    } else if (c.model_init == "pretrained") {
+      model.load_weights(WeightStore::open_dir(c.model_path, base_key ? &*base_key : okey));
+    } else {
+      model.init_random(uint64_t(c.seed));
+    }
+  };
 
   std::unique_ptr<TrainData> data =
       make_train_data(c, c.model_path, tok, threads, comm.rank(), comm.world_size(), !opt.quiet);
+  const DataPosition initial_pos = data->position();
   result.data_summary = data->describe();
   const int64_t batches_per_epoch = data->batches_per_epoch();
   int64_t total_steps = c.max_steps;
@@ -414,34 +528,79 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   // A sharded run's checkpoint: each rank writes its slices, the lead publishes the directory
   // once all have (checkpoint.h); any rank count reads any other's.
   const ShardSlice slice{shard.begin, shard.end, n_train, comm.rank(), world};
+  // A checkpoint write that fails (disk full, file-size limit, unwritable directory) leaves the
+  // previous checkpoint and `latest` intact and is reported per checkpoint.on_error. The ranks
+  // agree on the outcome: a per-rank failure flag is summed across ranks where a barrier stood,
+  // so every rank takes the same path afterwards.
+  struct SaveOutcome {
+    std::string dir;          // the published checkpoint (lead), "" on failure
+    std::string error;        // this rank's own failure, if any
+    std::vector<int> failed;  // every rank that failed, the same list on all ranks
+  };
   auto save = [&](const TrainState& st) {
-    std::string dir;
+    SaveOutcome out;
+    auto attempt = [&](const std::function<void()>& f) {
+      try {
+        f();
+      } catch (const std::exception& e) {
+        out.error = e.what();
+      }
+    };
+    // Also the barrier: no rank runs ahead of a checkpoint it might be resumed from.
+    auto agree = [&] {
+      std::vector<double> flags(size_t(world), 0.0);
+      flags[size_t(comm.rank())] = out.error.empty() ? 0.0 : 1.0;
+      comm.all_reduce_sum_host(flags.data(), flags.size());
+      for (int r = 0; r < world; ++r)
+        if (flags[size_t(r)] > 0 &&
+            std::find(out.failed.begin(), out.failed.end(), r) == out.failed.end())
+          out.failed.push_back(r);
+      return out.failed.empty();
+    };
     if (!sharded) {
       if (lead)
-        dir = save_checkpoint(c.output_dir, model, m.get(), v.get(), st, c.checkpoint_keep_last,
-                              c.model_path, okey);
-      return dir;
+        attempt([&] {
+          out.dir = save_checkpoint(c.output_dir, model, m.get(), v.get(), st,
+                                    c.checkpoint_keep_last, c.model_path, okey);
+        });
+      agree();
+      return out;
     }
     const std::string tmp = sharded_checkpoint_tmp_dir(c.output_dir, st.step);
-    if (lead) {
-      fs::remove_all(tmp);
-      fs::create_directories(tmp);
+    if (lead) attempt([&] { reset_checkpoint_dir(tmp); });
+    if (!agree()) return out;
+    attempt([&] {
+      write_checkpoint_shard(tmp, slice, m.get(), v.get(),
+                             stage >= 3 ? zero->shard_params() : nullptr, be.get(), okey);
+    });
+    // Every rank's files are written before the lead publishes.
+    if (!agree()) {
+      std::error_code ec;
+      if (lead) fs::remove_all(tmp, ec);
+      return out;
     }
-    comm.barrier();
-    write_checkpoint_shard(tmp, slice, m.get(), v.get(),
-                           stage >= 3 ? zero->shard_params() : nullptr, be.get(), okey);
-    comm.barrier();  // every rank's files are written before the lead publishes
     if (lead)
-      dir = finish_sharded_checkpoint(c.output_dir, tmp, stage >= 3 ? nullptr : &model, st,
-                                      c.checkpoint_keep_last, c.model_path, okey);
-    return dir;
+      attempt([&] {
+        out.dir = finish_sharded_checkpoint(c.output_dir, tmp, stage >= 3 ? nullptr : &model, st,
+                                            c.checkpoint_keep_last, c.model_path, okey);
+      });
+    if (!out.error.empty()) {
+      std::error_code ec;
+      fs::remove_all(tmp, ec);
+    }
+    agree();
+    return out;
   };
-  TrainState state;
-  state.total_steps = total_steps;
-  state.seed = uint64_t(c.seed);
-  state.recipe_sha256 = recipe_sha;
-  state.world_size = world;
-  state.global_micro_batches = grad_accum * world;
+  auto fresh_state = [&] {
+    TrainState st;
+    st.total_steps = total_steps;
+    st.seed = uint64_t(c.seed);
+    st.recipe_sha256 = recipe_sha;
+    st.world_size = world;
+    st.global_micro_batches = grad_accum * world;
+    return st;
+  };
+  TrainState state = fresh_state();
   const std::string metrics_path = c.output_dir + "/metrics.jsonl";
   std::optional<Progress> live;  // exists while the step loop draws its line
   auto say = [&](const std::string& s) {
@@ -451,43 +610,57 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     else
       std::fprintf(stderr, "%s\n", s.c_str());
   };
-  if (!resume_from.empty()) {
+  // Weights, moments, data position and state from a checkpoint: for --resume, and for a guard
+  // rollback.
+  auto restore = [&](const std::string& dir) {
+    TrainState st;
     if (sharded) {
       // Each rank reads only its slices (ZeRO-3 weights included) from whole or sharded files.
-      if (stage >= 3 && checkpoint_has_sharded_weights(resume_from))
-        zero->load_shard(
-            read_checkpoint_weights_range(resume_from, shard.begin, shard.end, n_train, okey));
+      if (stage >= 3 && checkpoint_has_sharded_weights(dir))
+        zero->load_shard(read_checkpoint_weights_range(dir, shard.begin, shard.end, n_train, okey));
       else
-        load_checkpoint_weights(resume_from, model, okey);
-      load_checkpoint_moments(resume_from, shard.begin, shard.end, n_train, m.get(), v.get(),
-                              be.get(), okey);
-      state = read_checkpoint_state(resume_from);
+        load_checkpoint_weights(dir, model, okey);
+      load_checkpoint_moments(dir, shard.begin, shard.end, n_train, m.get(), v.get(), be.get(),
+                              okey);
+      st = read_checkpoint_state(dir);
     } else {
-      state = load_checkpoint(resume_from, model, m.get(), v.get(), okey);
+      st = load_checkpoint(dir, model, m.get(), v.get(), okey);
     }
-    if (state.recipe_sha256 != recipe_sha || state.total_steps != total_steps)
-      throw Error("--resume: checkpoint " + resume_from + " was written by a different recipe");
+    if (st.recipe_sha256 != recipe_sha || st.total_steps != total_steps)
+      throw Error("--resume: checkpoint " + dir + " was written by a different recipe");
     // The same global batch continues on any number of ranks: the data position is stored per
     // rank of the writing run, so it converts to micro-batches dealt in total and back.
-    if (state.global_micro_batches > 0 && state.global_micro_batches != grad_accum * world)
-      throw Error("--resume: checkpoint " + resume_from + " was written with " +
-                  std::to_string(state.global_micro_batches) + " micro-batches per step over " +
-                  std::to_string(state.world_size) + " ranks, this run takes " +
+    if (st.global_micro_batches > 0 && st.global_micro_batches != grad_accum * world)
+      throw Error("--resume: checkpoint " + dir + " was written with " +
+                  std::to_string(st.global_micro_batches) + " micro-batches per step over " +
+                  std::to_string(st.world_size) + " ranks, this run takes " +
                   std::to_string(grad_accum * world) + " over " + std::to_string(world) +
                   ": set train.global_batch_size so every rank count trains the same batch");
-    DataPosition pos = state.data;
-    if (state.world_size != world) {
-      const int64_t dealt = pos.index * state.world_size;
+    DataPosition pos = st.data;
+    if (st.world_size != world) {
+      const int64_t dealt = pos.index * st.world_size;
       if (dealt % world != 0)
-        throw Error("--resume: checkpoint " + resume_from + " stopped after " +
-                    std::to_string(dealt) + " micro-batches of its epoch, which " +
-                    std::to_string(world) + " ranks cannot split evenly; resume on " +
-                    std::to_string(state.world_size) + " ranks or from another checkpoint");
+        throw Error("--resume: checkpoint " + dir + " stopped after " + std::to_string(dealt) +
+                    " micro-batches of its epoch, which " + std::to_string(world) +
+                    " ranks cannot split evenly; resume on " + std::to_string(st.world_size) +
+                    " ranks or from another checkpoint");
       pos.index = dealt / world;
     }
     data->set_position(pos);
-    state.world_size = world;
-    state.global_micro_batches = grad_accum * world;
+    st.world_size = world;
+    st.global_micro_batches = grad_accum * world;
+    return st;
+  };
+  // The state a run starts in, for a rollback with no checkpoint to return to.
+  auto restore_initial = [&] {
+    reinit_weights();
+    be->zero(m.get(), shard.size() * sizeof(float));
+    be->zero(v.get(), shard.size() * sizeof(float));
+    data->set_position(initial_pos);
+    return fresh_state();
+  };
+  if (!resume_from.empty()) {
+    state = restore(resume_from);
     if (lead) trim_metrics(metrics_path, state.step);
     say("resumed from " + resume_from + " at step " + std::to_string(state.step));
   } else if (lead) {
@@ -536,11 +709,25 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   int64_t tokens_this_run = 0;
   if (!opt.quiet) live.emplace(total_steps, state.step, c.log_every, stderr);
   // Fault injection for tests only: SIGTERM to this process at step N; rank R stops answering
-  // at step 2.
-  const char* signal_env = std::getenv("FTUNE_TEST_SIGNAL_AT_STEP");
+  // at step 2; a NaN in rank 0's gradients, or rank 0's loss x1000, once, at step N.
+  const int64_t signal_at_step = env_step("FTUNE_TEST_SIGNAL_AT_STEP");
   const char* hang_env = std::getenv("FTUNE_TEST_HANG_RANK");
-  const int64_t signal_at_step = signal_env ? std::atoll(signal_env) : -1;
   const int hang_rank = hang_env ? std::atoi(hang_env) : -1;
+  int64_t nan_at_step = env_step("FTUNE_TEST_NAN_AT_STEP");
+  int64_t spike_at_step = env_step("FTUNE_TEST_SPIKE_AT_STEP");
+  auto latest_name = [&]() -> std::string {
+    try {
+      const std::optional<std::string> l = latest_checkpoint(c.output_dir);
+      return l ? fs::path(*l).filename().string() : "";
+    } catch (const Error&) {
+      return "";
+    }
+  };
+  auto write_metrics = [&](const nlohmann::json& line) {
+    if (!lead) return;
+    metrics << line.dump() << "\n";
+    metrics.flush();
+  };
   for (int64_t step = state.step + 1; step <= total_steps; ++step) {
     std::vector<Batch> micro;
     int64_t targets = 0;
@@ -570,11 +757,22 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
       loss_sum += model.forward_backward(ctx, micro[k], grad_scale).loss;
       tokens_this_run += micro[k].tokens();
     }
-    // A pending stop request (SIGTERM, SIGUSR1, Ctrl-C) rides along with the loss, so every
-    // rank learns of it in the same step without a collective of its own.
     // ZeRO-2/3 gradients were reduce-scattered during backward: each rank's shard adds its
     // squared norm to the same all-reduce.
-    const float* shard_grads = zero ? zero->shard_grads() : model.train_grads() + shard.begin;
+    float* shard_grads = zero ? zero->shard_grads() : model.train_grads() + shard.begin;
+    if (step == nan_at_step) {
+      nan_at_step = -1;  // once: a rollback replaying this step then trains through it
+      if (lead) {
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        be->upload(zero ? shard_grads : model.train_grads(), &nan, sizeof nan);
+      }
+    }
+    if (step == spike_at_step) {
+      spike_at_step = -1;
+      if (lead) loss_sum *= 1000;
+    }
+    // A pending stop request (SIGTERM, SIGUSR1, Ctrl-C) rides along with the loss, so every
+    // rank learns of it in the same step without a collective of its own.
     double sums[3] = {loss_sum, g_stop_signal.load() != 0 ? 1.0 : 0.0,
                       zero ? be->sum_squares(ctx, shard_grads, shard.size()) : 0.0};
     comm.all_reduce_sum_host(sums, 3);
@@ -583,27 +781,122 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     const double loss = loss_sum / std::max(1.0, total_targets);
     const double gnorm =
         std::sqrt(zero ? sums[2] : be->sum_squares(ctx, model.train_grads(), n_train));
-    if (!std::isfinite(loss) || !std::isfinite(gnorm))
-      throw Error("non-finite loss or gradient at step " + std::to_string(step) + " (loss " +
-                  std::to_string(loss) + "): lower optim.lr or raise schedule." +
-                  "warmup_steps; the last checkpoint is intact for --resume");
     AdamWHyper h;
-    h.lr = float(sched.lr_at(step));
+    h.lr = float(sched.lr_at(step) * state.lr_scale);
     h.beta1 = float(c.beta1);
     h.beta2 = float(c.beta2);
     h.eps = float(c.eps);
     h.step = step;
     h.grad_scale = (c.clip > 0 && gnorm > c.clip) ? float(c.clip / (gnorm + 1e-6)) : 1.f;
-    float* shard_params = stage >= 3 ? zero->shard_params() : model.train_params() + shard.begin;
-    be->adamw_step(ctx, shard_params, shard_grads, m.get(), v.get(), spans.data(),
-                   int(spans.size()), h);
-    // Below ZeRO-3 every rank keeps whole weights; ZeRO-3 gathers them layer by layer on use.
-    if (sharded && stage < 3) comm.all_gather(model.train_params(), n_train);
 
+    // ---- numeric guards ----
+    // The loss and the squared-norm sums are all-reduced, so every rank sees the same values;
+    // the lead's verdict is still what all ranks act on (one more tiny all-reduce with several
+    // ranks), so no reduction-order rounding can make ranks part ways.
+    GuardAction act = GuardAction::kNone;
+    int guard_kind = 0;  // 1: non-finite, 2: spike
+    double z = 0;
+    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
+      guard_kind = 1;
+      act = guard_action(c.guard_nonfinite);
+    } else if (c.guard_spike_zscore > 0 &&
+               int64_t(state.loss_window.size()) >= c.guard_spike_window) {
+      z = loss_zscore(state.loss_window, loss);
+      if (z > c.guard_spike_zscore) {
+        guard_kind = 2;
+        act = guard_action(c.guard_spike);
+      }
+    }
+    if (world > 1) {
+      double verdict[3] = {lead ? double(act) : 0.0, lead ? double(guard_kind) : 0.0,
+                           lead ? z : 0.0};
+      comm.all_reduce_sum_host(verdict, 3);
+      act = GuardAction(int(verdict[0]));
+      guard_kind = int(verdict[1]);
+      z = verdict[2];
+    }
+    if (act != GuardAction::kNone) {
+      const std::string key = guard_kind == 1 ? "guard.nonfinite" : "guard.spike";
+      const std::string what =
+          guard_kind == 1
+              ? "non-finite loss or gradient at step " + std::to_string(step) + " (loss " +
+                    num_text(loss) + ", gradient norm " + num_text(gnorm) + ")"
+              : "loss spike at step " + std::to_string(step) + ": loss " + fmt("%.4f", loss, 0) +
+                    " is " + fmt("%.1f", z, 0) + " standard deviations above the mean of the " +
+                    "last " + std::to_string(c.guard_spike_window) + " steps (guard.spike_zscore " +
+                    fmt("%g", c.guard_spike_zscore, 0) + ")";
+      const std::string advice =
+          ": lower optim.lr or raise schedule.warmup_steps; the last checkpoint is intact for "
+          "--resume";
+      if (act == GuardAction::kRollback && state.rollbacks >= c.guard_max_rollbacks)
+        throw AgreedError(what + " after " + std::to_string(state.rollbacks) +
+                          " rollbacks (guard.max_rollbacks " +
+                          std::to_string(c.guard_max_rollbacks) + "; learning rate now x" +
+                          fmt("%g", state.lr_scale, 0) + ")" + advice);
+      if (act == GuardAction::kStop)
+        throw AgreedError(what + advice + " (" + key +
+                          ": skip or rollback carries a run past such steps)");
+      nlohmann::json event = {{"step", step},
+                              {"guard", guard_kind == 1 ? "nonfinite" : "spike"},
+                              {"action", guard_action_name(act)},
+                              {"detail", what}};
+      if (guard_kind == 2) event["zscore"] = z;
+      if (act == GuardAction::kRollback) {
+        const std::optional<std::string> ck = latest_checkpoint(c.output_dir);
+        const TrainState before = state;
+        state = ck ? restore(*ck) : restore_initial();
+        state.rollbacks = before.rollbacks + 1;
+        state.lr_scale = before.lr_scale * c.guard_lr_backoff;
+        // metrics.jsonl reads like one run, as after a resume: the undone steps' lines go, and
+        // the event is filed under the step returned to so later trims keep it.
+        event["step"] = state.step;
+        event["at_step"] = step;
+        event["lr_scale"] = state.lr_scale;
+        if (lead) {
+          metrics.close();
+          trim_metrics(metrics_path, state.step);
+          metrics.open(metrics_path, std::ios::app);
+        }
+        write_metrics(event);
+        say(what + ": rolled back to " +
+            (ck ? fs::path(*ck).filename().string() : std::string("the initial weights")) +
+            ", learning rate x" + fmt("%g", state.lr_scale, 0) + " from now on (" + key +
+            ": rollback, " + std::to_string(state.rollbacks) + " of guard.max_rollbacks " +
+            std::to_string(c.guard_max_rollbacks) + ")");
+        // losses[i] stays the loss of step first_step + i.
+        if (state.step + 1 >= result.first_step) {
+          result.losses.resize(size_t(state.step + 1 - result.first_step));
+          result.grad_norms.resize(result.losses.size());
+        } else {
+          result.losses.clear();
+          result.grad_norms.clear();
+          result.first_step = state.step + 1;
+        }
+        step = state.step;  // the loop's ++ makes it the step after the checkpoint
+        continue;
+      }
+      write_metrics(event);
+      say(what + ": update skipped (" + key + ": skip)");
+    }
+    const bool apply = act == GuardAction::kNone;
+    if (apply) {
+      float* shard_params = stage >= 3 ? zero->shard_params() : model.train_params() + shard.begin;
+      be->adamw_step(ctx, shard_params, shard_grads, m.get(), v.get(), spans.data(),
+                     int(spans.size()), h);
+      // Below ZeRO-3 every rank keeps whole weights; ZeRO-3 gathers them layer by layer on use.
+      if (sharded && stage < 3) comm.all_gather(model.train_params(), n_train);
+      state.last_loss = loss;
+      if (c.guard_spike_zscore > 0) {
+        state.loss_window.push_back(loss);
+        if (int64_t(state.loss_window.size()) > c.guard_spike_window)
+          state.loss_window.erase(state.loss_window.begin());
+      }
+    }
+
+    // A skipped step still consumed its data.
     state.step = step;
     state.data = data->position();
     state.tokens_seen += int64_t(total_targets);
-    state.last_loss = loss;
     result.losses.push_back(loss);
     result.grad_norms.push_back(gnorm);
     const double elapsed =
@@ -612,12 +905,14 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     if (live) live->update(step, loss, h.lr, tps);
 
     nlohmann::json line = {{"step", step},
-                           {"loss", loss},
                            {"lr", h.lr},
-                           {"grad_norm", gnorm},
                            {"tokens", state.tokens_seen},
                            {"tokens_per_s", tps},
                            {"elapsed_s", elapsed}};
+    // JSON has no NaN: a skipped non-finite step's line leaves those values out.
+    if (std::isfinite(loss)) line["loss"] = loss;
+    if (std::isfinite(gnorm)) line["grad_norm"] = gnorm;
+    if (!apply) line["skipped"] = true;
     if (c.eval_every > 0 && step % c.eval_every == 0 && step != total_steps && has_val) {
       EvalResult e = evaluate(model, *data, c.eval_max_batches, threads);
       line["val_loss"] = e.loss;
@@ -630,24 +925,58 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
       line["val_loss"] = result.val_after.loss;
       line["val_perplexity"] = result.val_after.perplexity;
     }
-    if (lead) {
-      metrics << line.dump() << "\n";
-      metrics.flush();
-    }
+    write_metrics(line);
     // The stop request is honoured at this step boundary on every rank at once: checkpoint,
     // then return as interrupted.
     const bool stopping = sums[1] > 0 && step != total_steps;
+    bool checkpoint_failed = false;
     if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == total_steps ||
         stopping) {
-      const std::string dir = save(state);
-      if ((c.checkpoint_every > 0 || stopping) && step != total_steps) say("checkpoint: " + dir);
-      comm.barrier();  // no rank runs ahead of a checkpoint it might be resumed from
+      const SaveOutcome saved = save(state);
+      if (saved.failed.empty()) {
+        if ((c.checkpoint_every > 0 || stopping) && step != total_steps)
+          say("checkpoint: " + saved.dir);
+      } else {
+        checkpoint_failed = true;
+        std::string why = saved.error;
+        if (why.empty())
+          why = "rank " + std::to_string(saved.failed.front()) + " failed to write it (rank " +
+                std::to_string(saved.failed.front()) + "'s message says why)";
+        else if (!lead)
+          std::fprintf(stderr, "ftune: rank %d: %s\n", comm.rank(), why.c_str());
+        const std::string prev = latest_name();
+        const std::string what = "checkpoint at step " + std::to_string(step) +
+                                 " was not written: " + why + "; " +
+                                 (prev.empty() ? "there is no earlier checkpoint"
+                                               : "checkpoints/latest still names " + prev);
+        if (c.checkpoint_on_error != "continue")
+          throw AgreedError(what +
+                            ". Fix the cause (free disk space, raise the file-size limit, make "
+                            "the directory writable), then continue the run: the same `ftune "
+                            "train` command with --resume (checkpoint.on_error: continue keeps a "
+                            "run training when a checkpoint fails)");
+        say(what +
+            "; training continues (checkpoint.on_error: continue), the next checkpoint "
+            "tries again");
+        write_metrics({{"step", step},
+                       {"checkpoint", "failed"},
+                       {"action", "continue"},
+                       {"error", why},
+                       {"latest", prev}});
+      }
     }
+    // Before the model is exported the report holds the curves so far (rank 0 alone reads).
+    if (lead && c.report_every > 0 && step % c.report_every == 0 && step != total_steps)
+      write_report_or_warn(c.output_dir);
     result.tokens_per_s = tps;
     if (stopping) {
       const int sig = g_stop_signal.load();
+      const std::string prev = checkpoint_failed ? latest_name() : "";
       say(std::string("stopped by ") + (sig > 0 ? strsignal(sig) : "a signal") + " at step " +
-          std::to_string(step) + "; resume with --resume");
+          std::to_string(step) + "; resume with --resume" +
+          (checkpoint_failed ? (prev.empty() ? " (it starts over: no checkpoint was written)"
+                                             : " (it continues from " + prev + ")")
+                             : ""));
       result.interrupted = true;
       result.stop_signal = sig > 0 ? sig : SIGTERM;
       if (live) live->finish();
@@ -756,18 +1085,26 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     m["output"] = dir == result.adapter_dir ? "adapter" : c.method == "lora" ? "merged" : "model";
     write_manifest(dir, m, c.export_sign_key);
   }
+  // Last, so that it shows the manifests (and checks the hashes) of what was just written.
+  if (const std::string report = write_report_or_warn(c.output_dir); !report.empty())
+    say("report written to " + report);
   return result;
 }
 
 }  // namespace
 
 TrainResult run_training(const Recipe& recipe, const TrainOptions& opt) {
-  std::unique_ptr<Communicator> comm =
-      make_communicator(detect_launch_env(), recipe.cfg.dist_timeout);
+  // The device decides the communicator: MPI between CPU ranks, NCCL between GPU ranks (each on
+  // GPU local_rank % GPUs, which its backend uses too).
+  const LaunchEnv env = detect_launch_env();
+  const DeviceChoice dev = resolve_device(recipe.cfg.device, env.local_rank);
+  std::unique_ptr<Communicator> comm = make_communicator(env, recipe.cfg.dist_timeout, dev.kind);
   StopSignals stop_signals;
-  if (comm->world_size() == 1) return run_training_on(recipe, opt, *comm);
+  if (comm->world_size() == 1) return run_training_on(recipe, opt, *comm, dev);
   try {
-    return run_training_on(recipe, opt, *comm);
+    return run_training_on(recipe, opt, *comm, dev);
+  } catch (const AgreedError&) {
+    throw;  // every rank stops here with it; the communicator shuts down normally
   } catch (const std::exception& e) {
     // One rank failing must end the job, not leave the others waiting in a collective.
     std::fprintf(stderr, "ftune: error on rank %d: %s\n", comm->rank(), e.what());

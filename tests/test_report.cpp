@@ -421,6 +421,9 @@ TEST(Browser, ReportRendersInHeadlessChromium) {
       small);
   ASSERT_EQ(tr.code, 0) << tr.out;
   const double train_s = since(t_train);
+  // `ftune train` writes the report itself at the end of the run.
+  EXPECT_TRUE(fs::exists(run + "/report.html"));
+  EXPECT_NE(tr.out.find("report written to"), std::string::npos) << tr.out;
 
   testing::CliRun rep = testing::ftune("report " + run);
   ASSERT_EQ(rep.code, 0) << rep.out;

@@ -3,10 +3,14 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "engine/adapter.h"
+#include "engine/checkpoint.h"
 #include "engine/encryption.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
@@ -385,6 +389,221 @@ TEST(Trainer, StopSignalCheckpointsAndResumesExactly) {
   struct sigaction now {};
   sigaction(SIGTERM, nullptr, &now);
   EXPECT_EQ(now.sa_handler, SIG_DFL);
+}
+
+// ---- checkpoint write failures (checkpoint.on_error) ----
+// Through the CLI: a file-size limit or a mount covers the whole process. Tests run as root
+// here and root writes through permission bits (chmod 0555 stops nothing), so an unwritable
+// directory is a read-only bind mount and a full disk a small tmpfs, each inside `unshare -rm`
+// (a user + mount namespace: no privileges needed where user namespaces are enabled; the tests
+// skip where they are not). RLIMIT_FSIZE (`ulimit -f`) needs neither, but breaks MPI's
+// shared-memory files, so the two-rank case uses the read-only mount.
+
+std::string cli_train(const std::string& out, const std::string& extra = "") {
+  return "train " + kSrc + "/recipes/quickstart-base.yaml output_dir=" + out +
+         " data.train=" + kSrc + "/data/quickstart/train.jsonl data.cache=false " +
+         "data.packing=pack train.seq_len=32 train.micro_batch_size=2 train.max_steps=10 " +
+         "schedule.warmup_steps=1 eval.max_batches=1 checkpoint.every=5 checkpoint.keep_last=0 " +
+         "threads=1 " + extra;
+}
+
+// `sh -c '<prefix> <ftune args>'`: a limit or a mount set up just for this ftune.
+testing::CliRun ftune_under(const std::string& prefix, const std::string& args) {
+  testing::CliRun r;
+  r.code = testing::run_command(
+      "sh -c '" + prefix + " " + testing::ftune_binary() + " " + args + "; exit $?'", &r.out);
+  return r;
+}
+
+bool have_unshare() {
+  std::string out;
+  return testing::run_command("unshare -rm sh -c 'mount -t tmpfs tmpfs /mnt'", &out) == 0;
+}
+
+std::vector<std::string> names_in(const std::string& dir) {
+  std::vector<std::string> names;
+  if (!fs::is_directory(dir)) return names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+const std::vector<std::string> kOnlyStep5 = {"latest", "step-00000005"};
+
+// The run every failure case must end on, weights bit for bit.
+const std::string& clean_cli_run() {
+  static const std::string dir = [] {
+    const std::string d = testing::make_temp_dir("ckerr-clean") + "/run";
+    testing::CliRun r = testing::ftune(cli_train(d));
+    EXPECT_EQ(r.code, 0) << r.out;
+    return d;
+  }();
+  return dir;
+}
+
+void expect_needles(const std::string& text, std::initializer_list<std::string> needles) {
+  for (const auto& n : needles) EXPECT_NE(text.find(n), std::string::npos) << n << "\n" << text;
+}
+
+// 5 MB (prlimit counts bytes; the shell's `ulimit -f` counts 512- or 1024-byte blocks by
+// shell): the weights (3.5 MB) fit, the AdamW moments (7 MB) do not.
+const char* const kFsizeLimit = "prlimit --fsize=5000000";
+
+// Over the file-size limit (EFBIG): the run stops with an error naming the file, the step-5
+// checkpoint and `latest` are untouched, nothing half-written is left, and --resume (limit gone)
+// ends on the clean run's weights.
+TEST(CheckpointErrors, FileSizeLimitStopsAndKeepsThePreviousCheckpoint) {
+  const std::string out = testing::make_temp_dir("efbig") + "/run";
+  testing::CliRun first = testing::ftune(cli_train(out), "FTUNE_TEST_SIGNAL_AT_STEP=5");
+  ASSERT_EQ(first.code, 75) << first.out;
+  testing::CliRun limited = ftune_under(kFsizeLimit, cli_train(out) + " --resume");
+  EXPECT_EQ(limited.code, 1) << limited.out;
+  expect_needles(limited.out,
+                 {"ftune: error: checkpoint at step 10 was not written: cannot write '" + out +
+                      "/checkpoints/step-00000010.tmp.",
+                  "/optimizer.safetensors': over the process's file-size limit (File too large)",
+                  "checkpoints/latest still names step-00000005", "with --resume",
+                  "(checkpoint.on_error: continue keeps a run training"});
+  EXPECT_EQ(names_in(out + "/checkpoints"), kOnlyStep5);
+  EXPECT_EQ(read_file(out + "/checkpoints/latest"), "step-00000005\n");
+  EXPECT_FALSE(fs::exists(out + "/model"));
+  testing::CliRun rest = testing::ftune(cli_train(out) + " --resume");
+  ASSERT_EQ(rest.code, 0) << rest.out;
+  EXPECT_EQ(read_file(out + "/model/model.safetensors"),
+            read_file(clean_cli_run() + "/model/model.safetensors"));
+}
+
+// checkpoint.on_error: continue: each failed checkpoint is logged and on record, training goes
+// on unchanged, and every later checkpoint is tried again.
+TEST(CheckpointErrors, ContinueKeepsTrainingAndTriesEachCheckpoint) {
+  const std::string out = testing::make_temp_dir("efbig-cont") + "/run";
+  testing::CliRun r = ftune_under(kFsizeLimit, cli_train(out, "checkpoint.on_error=continue"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  size_t logged = 0;
+  for (size_t p = 0; (p = r.out.find("training continues (checkpoint.on_error: continue)", p)) !=
+                     std::string::npos;
+       ++p)
+    ++logged;
+  EXPECT_EQ(logged, 2u) << r.out;
+  expect_needles(r.out, {"checkpoint at step 5 was not written", "there is no earlier checkpoint",
+                         "checkpoint at step 10 was not written"});
+  std::vector<int64_t> failed;
+  std::istringstream in(read_file(out + "/metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("checkpoint")) {
+      EXPECT_EQ(j["checkpoint"], "failed");
+      EXPECT_EQ(j["action"], "continue");
+      EXPECT_NE(j["error"].get<std::string>().find("File too large"), std::string::npos) << j;
+      failed.push_back(j["step"]);
+    }
+  }
+  EXPECT_EQ(failed, (std::vector<int64_t>{5, 10}));
+  EXPECT_EQ(names_in(out + "/checkpoints"), std::vector<std::string>{});
+  EXPECT_EQ(read_file(out + "/model/model.safetensors"),
+            read_file(clean_cli_run() + "/model/model.safetensors"));
+}
+
+// A full disk (ENOSPC): output_dir on a 12 MB tmpfs holds the step-5 checkpoint (10.5 MB) but
+// not the step-10 one.
+TEST(CheckpointErrors, DiskFullKeepsThePreviousCheckpoint) {
+  if (!have_unshare()) GTEST_SKIP() << "no user and mount namespaces here (unshare -rm)";
+  const std::string out = testing::make_temp_dir("enospc") + "/run";
+  fs::create_directories(out);
+  testing::CliRun r = ftune_under("unshare -rm sh -c \"mount -t tmpfs -o size=12m tmpfs " + out +
+                                      " && " + testing::ftune_binary() + " " + cli_train(out) +
+                                      "; echo exit=\\$?; echo listing: \\$(ls " + out +
+                                      "/checkpoints) \\$(cat " + out + "/checkpoints/latest)\" #",
+                                  "");
+  expect_needles(
+      r.out, {"checkpoint at step 10 was not written: cannot write '" + out +
+                  "/checkpoints/step-00000010.tmp.",
+              "disk full (No space left on device)", "checkpoints/latest still names step-00000005",
+              "exit=1", "listing: latest step-00000005 step-00000005\n"});
+}
+
+// A read-only checkpoints directory (EROFS: unwritable even for root), on one rank and on two
+// ZeRO-2 ranks, which must agree: both stop, or both continue, and neither is aborted.
+TEST(CheckpointErrors, UnwritableDirectoryOnOneAndTwoRanks) {
+  if (!have_unshare()) GTEST_SKIP() << "no user and mount namespaces here (unshare -rm)";
+  auto ro = [](const std::string& dir) {
+    return "unshare -rm sh -c \"mount --bind " + dir + " " + dir + " && mount -o remount,bind,ro " +
+           dir + " && ";
+  };
+  struct Case {
+    std::string launch, policy;
+    int code;
+  };
+  const std::vector<Case> cases = {{"", "stop", 1}, {"", "continue", 0}};
+  std::vector<Case> all = cases;
+#ifdef FTUNE_HAVE_MPI
+  all.push_back({"launch -n 2 ", "stop", 1});
+  all.push_back({"launch -n 2 ", "continue", 0});
+#endif
+  for (const Case& c : all) {
+    SCOPED_TRACE(c.launch + c.policy);
+    const std::string out = testing::make_temp_dir("erofs") + "/run";
+    const std::string args = cli_train(
+        out, "checkpoint.on_error=" + c.policy + (c.launch.empty() ? "" : " sharding=zero2"));
+    testing::CliRun first = testing::ftune(c.launch + args, "FTUNE_TEST_SIGNAL_AT_STEP=5");
+    ASSERT_EQ(first.code, 75) << first.out;
+    testing::CliRun r = ftune_under(ro(out + "/checkpoints") + testing::ftune_binary() + " " +
+                                        c.launch + args + " --resume; exit \\$?\" #",
+                                    "");
+    EXPECT_EQ(r.code, c.code) << r.out;
+    expect_needles(r.out,
+                   {"checkpoint at step 10 was not written: cannot create directories '" + out +
+                        "/checkpoints/step-00000010.tmp.",
+                    "Read-only file system", "checkpoints/latest still names step-00000005"});
+    EXPECT_EQ(r.out.find("MPI_ABORT"), std::string::npos) << r.out;
+    EXPECT_EQ(names_in(out + "/checkpoints"), kOnlyStep5);
+    EXPECT_EQ(fs::exists(out + "/model"), c.code == 0);
+  }
+}
+
+// Signals through the CLI: a second Ctrl-C exits at once (130) without corrupting anything;
+// SIGUSR1 (as Slurm sends before the time limit) checkpoints at the step boundary and exits 75
+// (EX_TEMPFAIL, so a batch script requeues; issue #7 asked for 0); --resume then ends on the
+// uninterrupted run's weights.
+TEST(Signals, SecondCtrlCAndStopLeaveAResumableRun) {
+  const std::string out = testing::make_temp_dir("signals") + "/run";
+  const std::string args = cli_train(out, "checkpoint.every=1");
+  // Started in the background; the signals go once checkpoint `step` is written.
+  auto run_and_signal = [&](const std::string& env, const std::string& flags, int step,
+                            const std::string& signals) {
+    char ckpt[32];
+    std::snprintf(ckpt, sizeof ckpt, "step-%08d", step);
+    std::string log;
+    const int code = testing::run_command(
+        "sh -c '" + env + " " + testing::ftune_binary() + " " + args + " " + flags +
+            " & pid=$!; while [ ! -f " + out + "/checkpoints/" + ckpt +
+            "/state.json ]; do sleep 0.005; done; " + signals + " wait $pid; echo exit=$?'",
+        &log);
+    EXPECT_EQ(code, 0) << log;
+    return log;
+  };
+  // FTUNE_TEST_HANG_RANK=0 holds the run at step 2, so the first Ctrl-C is surely being honoured
+  // (the stop is due at the end of that step) when the second comes. The second is sent only
+  // once the first was delivered (nothing pending in /proc/PID/status): two pending SIGINTs
+  // would merge into one.
+  const std::string kDelivered =
+      "while [ \"$(grep -cE \"^(SigPnd|ShdPnd):[[:space:]]*0+$\" /proc/$pid/status)\" != 2 ]; "
+      "do sleep 0.005; done;";
+  std::string log = run_and_signal("FTUNE_TEST_HANG_RANK=0", "", 1,
+                                   "kill -INT $pid; " + kDelivered + " kill -INT $pid;");
+  expect_needles(log, {"exit=130"});
+  EXPECT_EQ(read_file(out + "/checkpoints/latest"), "step-00000001\n");
+  ASSERT_TRUE(latest_checkpoint(out).has_value());
+  log = run_and_signal("", "--resume", 3, "kill -USR1 $pid;");
+  expect_needles(log, {"resumed from", "stopped by User defined signal 1 at step",
+                       "resume with --resume", "exit=75"});
+  const int64_t stopped = read_checkpoint_state(latest_checkpoint(out).value()).step;
+  EXPECT_GE(stopped, 3);
+  testing::CliRun rest = testing::ftune(args + " --resume");
+  ASSERT_EQ(rest.code, 0) << rest.out;
+  EXPECT_NE(rest.out.find("at step " + std::to_string(stopped)), std::string::npos) << rest.out;
+  EXPECT_EQ(read_file(out + "/model/model.safetensors"),
+            read_file(clean_cli_run() + "/model/model.safetensors"));
 }
 
 }  // namespace

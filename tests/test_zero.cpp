@@ -114,8 +114,9 @@ TEST(Zero, ThirdStageHoldsOnlyTheShardAndWorkSlots) {
 TEST(Zero, RecipeErrorsSayWhatToChange) {
   const std::string src = FTUNE_SOURCE_DIR;
   const std::string out = testing::make_temp_dir("zero_err");
-  testing::CliRun lora = testing::ftune("train " + src + "/recipes/quickstart-lora.yaml " +
-                                        "output_dir=" + out + "/a sharding=zero3 data.cache=false");
+  testing::CliRun lora =
+      testing::ftune("train " + src + "/recipes/quickstart-base.yaml method=lora " +
+                     "output_dir=" + out + "/a sharding=zero3 data.cache=false");
   EXPECT_NE(lora.code, 0);
   EXPECT_NE(lora.out.find("with method: lora use zero1"), std::string::npos) << lora.out;
   testing::CliRun gb = testing::ftune("train " + src + "/recipes/quickstart-base.yaml " +

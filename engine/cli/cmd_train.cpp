@@ -27,7 +27,11 @@ void add_train(CLI::App& app, Action* action) {
       "  ftune train recipes/quickstart.yaml\n"
       "  ftune train recipes/quickstart.yaml optim.lr=1e-4 train.max_steps=50\n"
       "  ftune train recipes/quickstart.yaml --resume\n"
-      "See docs/recipes.md for every recipe key.");
+      "Exit status: 0 trained and exported; 75 stopped by SIGTERM, SIGUSR1 or Ctrl-C after\n"
+      "writing a checkpoint (resume with --resume; EX_TEMPFAIL, which schedulers requeue);\n"
+      "1 an error (a failed checkpoint with checkpoint.on_error: stop, a numeric guard that\n"
+      "stops, bad input), the last checkpoint left intact.\n"
+      "See docs/recipes.md for every recipe key and docs/reliability.md for crash safety.");
   *action = nullptr;
   cmd->callback([o, action] {
     *action = [o] {
