@@ -15,6 +15,7 @@
 
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/json_limits.h"
 
 namespace ftune {
 
@@ -239,6 +240,8 @@ Header read_header(const ReadFd& f, const std::string& path) {
     throw Error(auth_failed(path, "the encryption header is damaged (" + what +
                                       "); the file was modified or corrupted"));
   };
+  if (json_nesting_depth(text) > kMaxJsonDepth)
+    damaged("JSON nested more than " + std::to_string(kMaxJsonDepth) + " levels deep");
   try {
     h.j = json::parse(text);
   } catch (const json::exception&) {
@@ -252,7 +255,10 @@ Header read_header(const ReadFd& f, const std::string& path) {
   if (!jn.is_string() || !from_hex(jn.get<std::string>(), h.nonce, kNonceBytes))
     damaged("'nonce' must be 24 hex characters");
   const json& jk = h.j.value("key_id", json());
-  if (!jk.is_string() || jk.get<std::string>().size() != 16) damaged("'key_id' is missing");
+  // Hex only: key_id is echoed in wrong-key messages, so it must not carry terminal controls.
+  uint8_t id_bytes[8];
+  if (!jk.is_string() || !from_hex(jk.get<std::string>(), id_bytes, sizeof id_bytes))
+    damaged("'key_id' must be 16 hex characters");
   h.key_id = jk.get<std::string>();
   const json& jp = h.j.value("plaintext_bytes", json());
   if (!jp.is_number_unsigned() || jp.get<uint64_t>() > kMaxEncryptedBytes)

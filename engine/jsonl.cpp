@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "engine/error.h"
+#include "engine/json_limits.h"
 
 namespace ftune {
 
@@ -28,8 +29,14 @@ void for_each_jsonl(const std::string& path, bool skip_bad, const JsonlVisitor& 
     nlohmann::json j;
     std::string bad;
     try {
-      j = nlohmann::json::parse(line);
-      if (!j.is_object()) bad = "not a JSON object; each line must be one {...} record";
+      // Records are copied and compared later, which recurses once per nesting level.
+      if (json_nesting_depth(line) > kMaxJsonDepth) {
+        bad = "JSON nested more than " + std::to_string(kMaxJsonDepth) +
+              " levels deep; each line must be one plain {...} record";
+      } else {
+        j = nlohmann::json::parse(line);
+        if (!j.is_object()) bad = "not a JSON object; each line must be one {...} record";
+      }
     } catch (const nlohmann::json::exception& e) {
       bad = std::string("not valid JSON (") + e.what() + "); each line must be one JSON object";
     }

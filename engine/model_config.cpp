@@ -5,6 +5,7 @@
 
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/json_limits.h"
 
 namespace ftune {
 namespace {
@@ -17,7 +18,7 @@ int64_t get_int(const nlohmann::json& j, const char* key, const std::string& lab
     return fallback;
   }
   if (!it->is_number_integer())
-    throw Error(label + ": key '" + key + "' must be an integer, got " + it->dump());
+    throw Error(label + ": key '" + key + "' must be an integer, got " + json_excerpt(*it));
   return it->get<int64_t>();
 }
 
@@ -26,8 +27,18 @@ double get_num(const nlohmann::json& j, const char* key, double fallback,
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
   if (!it->is_number())
-    throw Error(label + ": key '" + key + "' must be a number, got " + it->dump());
+    throw Error(label + ": key '" + key + "' must be a number, got " + json_excerpt(*it));
   return it->get<double>();
+}
+
+// j.value(key, fallback) throws nlohmann's type_error for a non-string; this names the key.
+std::string get_str(const nlohmann::json& j, const char* key, const std::string& fallback,
+                    const std::string& label) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_string())
+    throw Error(label + ": key '" + key + "' must be a string, got " + json_excerpt(*it));
+  return it->get<std::string>();
 }
 
 bool get_bool(const nlohmann::json& j, const char* key, bool fallback, const std::string& label) {
@@ -38,14 +49,24 @@ bool get_bool(const nlohmann::json& j, const char* key, bool fallback, const std
 }
 
 // eos_token_id may be an int or a list (Llama 3 instruct); the first entry ends generation.
-int32_t get_token_id(const nlohmann::json& j, const char* key) {
+int32_t get_token_id(const nlohmann::json& j, const char* key, const std::string& label) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return -1;
-  if (it->is_number_integer()) return it->get<int32_t>();
-  if (it->is_array() && !it->empty() && (*it)[0].is_number_integer())
-    return (*it)[0].get<int32_t>();
-  return -1;
+  const nlohmann::json* v = &*it;
+  if (v->is_array() && !v->empty()) v = &(*v)[0];
+  if (!v->is_number_integer()) return -1;
+  // Token ids are int32 everywhere; a larger value would silently wrap to another token.
+  const bool in_range = v->is_number_unsigned()
+                            ? v->get<uint64_t>() <= uint64_t(INT32_MAX)
+                            : v->get<int64_t>() >= -1 && v->get<int64_t>() <= INT32_MAX;
+  if (!in_range) throw Error(label + ": '" + key + "' " + json_excerpt(*v) + " is not a token id");
+  return v->get<int32_t>();
 }
+
+// Far above any released model (the largest have hidden 16384, intermediate 53248, 126 layers)
+// and low enough that sizes ftune derives (layers x hidden x intermediate x bytes) fit in int64.
+constexpr int64_t kMaxDim = int64_t(1) << 20;
+constexpr int64_t kMaxVocab = INT32_MAX;  // token ids are int32
 
 }  // namespace
 
@@ -53,12 +74,12 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& label
   if (!j.is_object()) throw Error(label + ": expected a JSON object");
   ModelConfig c;
   c.raw = j;
-  c.model_type = j.value("model_type", std::string());
+  c.model_type = get_str(j, "model_type", "", label);
   if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2")
     throw Error(label + ": model_type '" + c.model_type +
                 "' is not supported (ftune trains llama, mistral, qwen2 and models built on them "
                 "such as SmolLM and TinyLlama)");
-  std::string act = j.value("hidden_act", std::string("silu"));
+  std::string act = get_str(j, "hidden_act", "silu", label);
   if (act != "silu" && act != "swish")
     throw Error(label + ": hidden_act '" + act +
                 "' is not supported (ftune's MLP is SwiGLU: silu)");
@@ -74,8 +95,8 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& label
   c.max_position_embeddings = get_int(j, "max_position_embeddings", label, false, 2048);
   c.rms_norm_eps = get_num(j, "rms_norm_eps", 1e-6, label);
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, label);
-  c.bos_token_id = get_token_id(j, "bos_token_id");
-  c.eos_token_id = get_token_id(j, "eos_token_id");
+  c.bos_token_id = get_token_id(j, "bos_token_id", label);
+  c.eos_token_id = get_token_id(j, "eos_token_id", label);
 
   for (auto [name, v] : {std::pair{"vocab_size", c.vocab_size},
                          {"hidden_size", c.hidden_size},
@@ -84,7 +105,10 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& label
                          {"num_attention_heads", c.num_heads},
                          {"num_key_value_heads", c.num_kv_heads},
                          {"head_dim", c.head_dim}})
-    if (v <= 0) throw Error(label + ": '" + name + "' must be positive, got " + std::to_string(v));
+    if (v <= 0 || v > (std::string_view(name) == "vocab_size" ? kMaxVocab : kMaxDim))
+      throw Error(label + ": '" + name + "' must be positive and at most " +
+                  std::to_string(std::string_view(name) == "vocab_size" ? kMaxVocab : kMaxDim) +
+                  ", got " + std::to_string(v));
   if (c.num_heads % c.num_kv_heads != 0)
     throw Error(label + ": num_attention_heads (" + std::to_string(c.num_heads) +
                 ") must be a multiple of num_key_value_heads (" + std::to_string(c.num_kv_heads) +
@@ -102,7 +126,7 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& label
     if (c.model_type == "mistral") c.sliding_window = get_int(j, "sliding_window", label, false, 0);
   }
 
-  std::string dt = j.value("torch_dtype", j.value("dtype", std::string("float32")));
+  std::string dt = get_str(j, "torch_dtype", get_str(j, "dtype", "float32", label), label);
   if (dt == "bfloat16")
     c.dtype = DType::BF16;
   else if (dt == "float16")
@@ -119,7 +143,9 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& label
   c.rope_theta = get_num(j, "rope_theta", 10000.0, label);
   if (rp) {
     c.rope_theta = get_num(*rp, "rope_theta", c.rope_theta, label + ": rope parameters");
-    std::string type = rp->value("rope_type", rp->value("type", std::string("default")));
+    std::string type =
+        get_str(*rp, "rope_type", get_str(*rp, "type", "default", label + ": rope parameters"),
+                label + ": rope parameters");
     c.rope_scaling.type = type;
     if (type == "default") {
     } else if (type == "linear") {
@@ -145,7 +171,7 @@ ModelConfig load_model_config(const std::string& dir) {
                 "' has no config.json: point model.path at a Hugging Face model directory");
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(read_file(path));
+    j = parse_json_bounded(read_file(path), path);
   } catch (const nlohmann::json::exception& e) {
     throw Error(path + ": invalid JSON: " + e.what());
   }

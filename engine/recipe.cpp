@@ -1,6 +1,7 @@
 // Recipe loading: YAML file -> schema-checked RecipeConfig, then `key=value` overrides.
 #include "engine/recipe.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <variant>
 
@@ -483,6 +485,31 @@ struct Loader {
   }
 };
 
+// Walks a YAML stream's documents without building them. yaml-cpp 0.7's LoadAll never returns
+// on a stream whose document starts with ',' ("," or ",a}"): it yields an empty document
+// without consuming the token, again and again, allocating until memory runs out (yaml-cpp issue
+// #1040, fixed after 0.8 by PR #1319). A document starting where the previous one did is that
+// loop, and is reported as the syntax error it is; found by tests/fuzz/fuzz_recipe.cpp.
+struct DocumentWalk : YAML::EventHandler {
+  std::optional<int> last_start;
+  std::optional<YAML::Mark> stuck;
+  void OnDocumentStart(const YAML::Mark& m) override {
+    if (last_start == m.pos) stuck = m;
+    last_start = m.pos;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
 Recipe load_impl(const std::string& yaml, const std::string& label, const fs::path& base_dir,
                  const std::vector<std::string>& overrides) {
   Loader ld;
@@ -490,6 +517,17 @@ Recipe load_impl(const std::string& yaml, const std::string& label, const fs::pa
   ld.base_dir = base_dir;
   std::vector<YAML::Node> docs;
   try {
+    std::istringstream in(yaml);
+    YAML::Parser parser(in);
+    DocumentWalk walk;
+    while (parser.HandleNextDocument(walk)) {
+      if (walk.stuck) {
+        const size_t at = size_t(walk.stuck->pos);
+        const std::string what = at < yaml.size() ? "'" + yaml.substr(at, 1) + "'" : "text";
+        throw Error(ld.where(*walk.stuck) + ": YAML syntax error: unexpected " + what +
+                    " where a value should start");
+      }
+    }
     docs = YAML::LoadAll(yaml);
   } catch (const YAML::Exception& e) {
     throw Error(ld.where(e.mark) + ": YAML syntax error: " + e.msg);

@@ -15,6 +15,7 @@
 #include "engine/encryption.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/json_limits.h"
 
 namespace ftune {
 
@@ -26,6 +27,8 @@ constexpr DType kAllDTypes[] = {DType::F32, DType::BF16, DType::F16,
                                 DType::F64, DType::I32,  DType::I64};
 // The HF reference implementation refuses headers over 100 MB; a real header is kilobytes.
 constexpr uint64_t kMaxHeaderBytes = 100u << 20;
+// A sharded index has one line per tensor: kilobytes for the largest public models.
+constexpr uint64_t kMaxIndexBytes = 100u << 20;
 // Conversion works through buffers of this size so a 10 GB model never needs a 10 GB copy.
 constexpr size_t kChunkBytes = 4u << 20;
 
@@ -177,6 +180,10 @@ SafetensorsReader::SafetensorsReader(std::unique_ptr<ByteSource> src) : src_(std
     }
     return true;
   };
+  if (json_nesting_depth(header) > kMaxJsonDepth)
+    throw Error(file + ": header nests JSON more than " + std::to_string(kMaxJsonDepth) +
+                " levels deep (a safetensors header needs 3); the file is corrupt or not "
+                "safetensors");
   json root;
   try {
     root = json::parse(header, on_event);
@@ -189,13 +196,16 @@ SafetensorsReader::SafetensorsReader(std::unique_ptr<ByteSource> src) : src_(std
   if (!duplicate.empty())
     throw Error(file + ": tensor '" + duplicate + "': name appears twice in the header");
 
-  for (auto& [name, v] : root.items()) {
+  for (auto& item : root.items()) {
+    // Not a structured binding: clang before 16 cannot capture those in the lambda below.
+    const std::string& name = item.key();
+    json& v = item.value();
     if (name == "__metadata__") {
       if (!v.is_object()) throw Error(file + ": '__metadata__' must be an object of string values");
       for (auto& [k, mv] : v.items()) {
         if (!mv.is_string())
           throw Error(file + ": '__metadata__' key '" + k + "' must have a string value, got " +
-                      mv.dump());
+                      json_excerpt(mv));
         metadata_[k] = mv.get<std::string>();
       }
       continue;
@@ -210,18 +220,19 @@ SafetensorsReader::SafetensorsReader(std::unique_ptr<ByteSource> src) : src_(std
     TensorInfo t;
     t.name = name;
     const json& jd = v["dtype"];
-    if (!jd.is_string()) fail("'dtype' must be a string, got " + jd.dump());
+    if (!jd.is_string()) fail("'dtype' must be a string, got " + json_excerpt(jd));
     if (!parse_stored_dtype(jd.get<std::string>(), &t.dtype))
       fail("unsupported dtype '" + jd.get<std::string>() +
            "' (ftune reads F32, BF16, F16, F64, I32, I64)");
 
     const json& js = v["shape"];
-    if (!js.is_array()) fail("'shape' must be a list of non-negative integers, got " + js.dump());
+    if (!js.is_array())
+      fail("'shape' must be a list of non-negative integers, got " + json_excerpt(js));
     for (const json& d : js) {
       if (!d.is_number_integer())
-        fail("'shape' must be a list of non-negative integers, got " + js.dump());
+        fail("'shape' must be a list of non-negative integers, got " + json_excerpt(js));
       if (d.is_number_unsigned() && d.get<uint64_t>() > uint64_t(INT64_MAX))
-        fail("shape " + js.dump() + " overflows the element count");
+        fail("shape " + json_excerpt(js) + " overflows the element count");
       t.shape.push_back(d.get<int64_t>());
     }
     const int64_t numel = checked_numel(t.shape, t.dtype, fail);
@@ -229,17 +240,18 @@ SafetensorsReader::SafetensorsReader(std::unique_ptr<ByteSource> src) : src_(std
     const json& jo = v["data_offsets"];
     if (!jo.is_array() || jo.size() != 2 || !jo[0].is_number_unsigned() ||
         !jo[1].is_number_unsigned())
-      fail("'data_offsets' must be [begin, end] with non-negative integers, got " + jo.dump());
+      fail("'data_offsets' must be [begin, end] with non-negative integers, got " +
+           json_excerpt(jo));
     const uint64_t begin = jo[0].get<uint64_t>(), end = jo[1].get<uint64_t>();
-    if (begin > end) fail("data_offsets " + jo.dump() + " end before they begin");
+    if (begin > end) fail("data_offsets " + json_excerpt(jo) + " end before they begin");
     if (end > data_size)
-      fail("data_offsets " + jo.dump() + " lie outside the data block (" +
+      fail("data_offsets " + json_excerpt(jo) + " lie outside the data block (" +
            std::to_string(data_size) + " bytes); the file is truncated or corrupt");
     const uint64_t want = uint64_t(numel) * dtype_size(t.dtype);
     if (end - begin != want)
-      fail("data_offsets " + jo.dump() + " hold " + std::to_string(end - begin) + " bytes but " +
-           dtype_name(t.dtype) + " " + shape_str(t.shape) + " needs " + std::to_string(want) +
-           " bytes");
+      fail("data_offsets " + json_excerpt(jo) + " hold " + std::to_string(end - begin) +
+           " bytes but " + dtype_name(t.dtype) + " " + shape_str(t.shape) + " needs " +
+           std::to_string(want) + " bytes");
     t.begin = size_t(begin);
     t.end = size_t(end);
     tensors_.push_back(std::move(t));
@@ -289,10 +301,12 @@ void SafetensorsReader::read_as(const TensorInfo& t, DType dst_t, void* dst) con
   if (!is_float(t.dtype) || !is_float(dst_t))
     throw Error(path() + ": tensor '" + t.name + "': cannot convert stored " + dtype_name(t.dtype) +
                 " to " + dtype_name(dst_t) + " (only floating types convert)");
-  FTUNE_CHECK(t.begin <= t.end && t.end <= src_->size() - data_start_,
-              "tensor '" + t.name + "' does not belong to " + path());
   const size_t n = size_t(t.numel());
   const size_t in_size = dtype_size(t.dtype), out_size = dtype_size(dst_t);
+  // The conversion reads n elements: a TensorInfo not from this reader must not read past it.
+  FTUNE_CHECK(
+      t.begin <= t.end && t.end <= src_->size() - data_start_ && t.end - t.begin == n * in_size,
+      "tensor '" + t.name + "' does not belong to " + path());
   const size_t offset = data_start_ + t.begin;
   auto* out = static_cast<uint8_t*>(dst);
   const size_t chunk = kChunkBytes / in_size;
@@ -484,9 +498,14 @@ WeightStore WeightStore::open_dir(const std::string& dir, const WeightKey* key) 
   if (path_exists(single)) {
     ws.files_.push_back(SafetensorsReader::open(single, key));
   } else if (path_exists(index_path)) {
+    struct stat st;
+    if (::stat(index_path.c_str(), &st) == 0 && uint64_t(st.st_size) > kMaxIndexBytes)
+      throw Error(index_path + ": " + std::to_string(st.st_size) +
+                  " bytes is over the 100 MB limit for a shard index (real ones are kilobytes); "
+                  "the file is not a safetensors index");
     json index;
     try {
-      index = json::parse(read_file(index_path));
+      index = parse_json_bounded(read_file(index_path), index_path);
     } catch (const json::exception& e) {
       throw Error(index_path + ": not valid JSON (" + strip_json_prefix(e.what()) + ")");
     }
@@ -499,12 +518,14 @@ WeightStore WeightStore::open_dir(const std::string& dir, const WeightKey* key) 
     for (auto& [tensor, f] : weight_map.items()) {
       if (!f.is_string())
         throw Error(index_path + ": weight_map entry for tensor '" + tensor +
-                    "' must be a file name, got " + f.dump());
+                    "' must be a file name, got " + json_excerpt(f));
       const std::string& fname = f.get_ref<const std::string&>();
       // Shards live in the model directory; anything else is a broken or hostile index.
-      if (fname.empty() || fname[0] == '/' || fname.find("..") != std::string::npos)
-        throw Error(index_path + ": weight_map entry for tensor '" + tensor + "' names '" + fname +
-                    "', which is not a file inside the model directory");
+      // A NUL would cut the name short at open(2), loading a file other than the one named.
+      if (fname.empty() || fname[0] == '/' || fname.find("..") != std::string::npos ||
+          fname.find('\0') != std::string::npos)
+        throw Error(index_path + ": weight_map entry for tensor '" + tensor + "' names " +
+                    json_excerpt(f) + ", which is not a file inside the model directory");
       shard_files.insert(fname);
       example.emplace(fname, tensor);
     }

@@ -24,6 +24,7 @@
 
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/json_limits.h"
 #include "engine/unicode.h"
 
 namespace ftune {
@@ -36,6 +37,10 @@ constexpr char kScope[] =
     "ftune reads BPE tokenizers, byte-level (GPT-2, Llama 3, Qwen2, SmolLM style) or "
     "SentencePiece-style with byte fallback (Llama 2, Mistral, TinyLlama); convert other "
     "tokenizers with Hugging Face tokenizers or pick a model that ships one of these";
+
+// Tables are sized by the largest id (32+ bytes per id), so a 60-byte file claiming id 2^31 asked
+// for 64 GB and died of bad_alloc. Real vocabularies stay below 300k.
+constexpr int64_t kMaxTokenId = (int64_t(1) << 22) - 1;
 
 // GPT-2's ByteLevel split, used when ByteLevel has use_regex=true.
 constexpr char kGpt2Pattern[] =
@@ -540,8 +545,9 @@ void Tokenizer::Impl::load_model(const json& model) {
   vocab.reserve(v->size());
   for (auto it = v->begin(); it != v->end(); ++it) {
     if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
-        it.value().get<int64_t>() > INT32_MAX)
-      throw Error(file + ": model.vocab['" + it.key() + "'] must be a non-negative integer id");
+        it.value().get<int64_t>() > kMaxTokenId)
+      throw Error(file + ": model.vocab['" + it.key() + "'] must be an integer id from 0 to " +
+                  std::to_string(kMaxTokenId));
     int32_t id = it.value().get<int32_t>();
     vocab[it.key()] = id;
     size = std::max<int64_t>(size, int64_t(id) + 1);
@@ -609,8 +615,9 @@ void Tokenizer::Impl::load_added_tokens(const json& j) {
     std::string where = file + ": added_tokens[" + std::to_string(i) + "]";
     const json* id = find_key(e, "id");
     const json* content = find_key(e, "content");
-    if (!id || !id->is_number_integer() || id->get<int64_t>() < 0 || id->get<int64_t>() > INT32_MAX)
-      throw Error(where + ": 'id' must be a non-negative integer");
+    if (!id || !id->is_number_integer() || id->get<int64_t>() < 0 ||
+        id->get<int64_t>() > kMaxTokenId)
+      throw Error(where + ": 'id' must be an integer from 0 to " + std::to_string(kMaxTokenId));
     if (!content || !content->is_string()) throw Error(where + ": 'content' must be a string");
     auto t = std::make_unique<AddedToken>();
     t->content = content->get<std::string>();
@@ -855,7 +862,7 @@ void Tokenizer::Impl::load_post_processor(const json& j) {
       if (!ids || !ids->is_array())
         throw Error(where + ": special_tokens has no ids for '" + name->get<std::string>() + "'");
       for (const json& id : *ids) {
-        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxTokenId)
           throw Error(where + ": special_tokens['" + name->get<std::string>() + "'] has a bad id");
         (seen_text ? suffix_ids : prefix_ids).push_back(id.get<int32_t>());
       }
@@ -912,8 +919,8 @@ void Tokenizer::Impl::build_decode_table() {
 void Tokenizer::Impl::load_special_ids(const fs::path& dir) {
   auto read_json = [](const fs::path& p) {
     try {
-      return json::parse(read_file(p.string()));
-    } catch (const json::parse_error& e) {
+      return parse_json_bounded(read_file(p.string()), p.string());
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for 1e999
       throw Error(p.string() + ": not valid JSON (" + e.what() + ")");
     }
   };
@@ -1381,8 +1388,8 @@ Tokenizer Tokenizer::load(const std::string& path) {
   impl->file = file.string();
   json j;
   try {
-    j = json::parse(read_file(impl->file));
-  } catch (const json::parse_error& e) {
+    j = parse_json_bounded(read_file(impl->file), impl->file);
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for 1e999
     throw Error(impl->file + ": not valid JSON (" + e.what() + ")");
   }
   if (!j.is_object()) throw Error(impl->file + ": expected a JSON object");

@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -15,6 +17,7 @@
 
 #include "engine/byte_source.h"
 #include "engine/dtype.h"
+#include "engine/encryption.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
 #include "engine/inspect.h"
@@ -378,6 +381,259 @@ TEST_F(SafetensorsDir, TruncatedRealFileIsRejected) {
   expect_error([&] { SafetensorsReader::open(path); }, {path, "past the end"});
   expect_error([&] { SafetensorsReader::open(dir_ + "/absent.safetensors"); },
                {dir_ + "/absent.safetensors", "No such file"});
+}
+
+// ---------------------------------------------------------------- hostile input (issue #7)
+// One test per limit the reader enforces on a file it does not trust.
+
+// Claims to be `size` bytes but holds only the 8-byte length; any other read fails the test, so
+// a check that runs after reading the header would be caught.
+class LengthOnlySource final : public ByteSource {
+ public:
+  LengthOnlySource(uint64_t size, uint64_t header_len) : size_(size), len_(header_len) {}
+  size_t size() const override { return size_; }
+  void read(size_t offset, void* dst, size_t n) const override {
+    if (offset != 0 || n != 8) {
+      ADD_FAILURE() << "read of " << n << " bytes at " << offset << " before the length check";
+      throw Error("unexpected read");
+    }
+    auto* b = static_cast<uint8_t*>(dst);
+    for (int i = 0; i < 8; ++i) b[i] = uint8_t(len_ >> (8 * i));
+  }
+  const std::string& label() const override { return label_; }
+
+ private:
+  size_t size_;
+  uint64_t len_;
+  std::string label_ = "huge.safetensors";
+};
+
+TEST(SafetensorsLimits, HeaderLengthIsCappedBeforeAnythingIsRead) {
+  // A 200 MB file whose header claims 150 MB: within the file, over the 100 MB cap.
+  expect_error(
+      [] { SafetensorsReader(std::make_unique<LengthOnlySource>(200u << 20, 150u << 20)); },
+      {"huge.safetensors", "header length 157286400", "over the 100 MB limit"});
+  // Exactly at the cap passes both length checks and goes on to read the header.
+  struct AtCap final : public ByteSource {
+    bool* header_read;
+    std::string name = "cap.safetensors";
+    explicit AtCap(bool* flag) : header_read(flag) {}
+    size_t size() const override { return (100u << 20) + 8; }
+    void read(size_t offset, void* dst, size_t n) const override {
+      if (offset != 0) {
+        *header_read = true;
+        throw Error("stop");
+      }
+      for (int i = 0; i < 8; ++i) static_cast<uint8_t*>(dst)[i] = uint8_t((100u << 20) >> (8 * i));
+    }
+    const std::string& label() const override { return name; }
+  };
+  bool header_read = false;
+  expect_error([&] { SafetensorsReader r(std::make_unique<AtCap>(&header_read)); }, {"stop"});
+  EXPECT_TRUE(header_read);
+}
+
+TEST(SafetensorsLimits, OffsetsMustLieInsideTheFile) {
+  const std::string four(4, '\0');
+  // Empty tensors own no bytes but still may not point past the data block.
+  expect_error(
+      [&] {
+        reader_of_bytes(
+            make_file(R"({"e":{"dtype":"F32","shape":[0],"data_offsets":[8,8]}})", four), "e.st");
+      },
+      {"e.st", "tensor 'e'", "outside the data block (4 bytes)"});
+  // Offsets near 2^64: end - begin matches the byte count, and begin + size would wrap.
+  expect_error(
+      [&] {
+        reader_of_bytes(make_file(R"({"w":{"dtype":"F32","shape":[1],)"
+                                  R"("data_offsets":[18446744073709551612,18446744073709551615]}})",
+                                  four),
+                        "wrap.st");
+      },
+      {"wrap.st", "tensor 'w'", "outside the data block"});
+}
+
+TEST(SafetensorsLimits, TensorsMayNotOverlap) {
+  const std::string eight(8, '\0');
+  expect_error(
+      [&] {
+        reader_of_bytes(make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},)"
+                                  R"("b":{"dtype":"I32","shape":[1],"data_offsets":[4,8]}})",
+                                  eight),
+                        "same.st");
+      },
+      {"same.st", "overlap tensor"});
+  // Adjacent ranges and empty tensors anywhere inside are fine.
+  const SafetensorsReader r =
+      reader_of_bytes(make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                                R"("e":{"dtype":"F32","shape":[0,3],"data_offsets":[2,2]},)"
+                                R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                                eight),
+                      "ok.st");
+  EXPECT_EQ(r.tensors().size(), 3u);
+}
+
+TEST(SafetensorsLimits, ByteCountMustMatchDtypeTimesShape) {
+  const std::string sixteen(16, '\0');
+  // 16 bytes: right for F32 [4] and F64 [2], wrong for F64 [4] and BF16 [4].
+  EXPECT_NO_THROW(reader_of_bytes(
+      make_file(R"({"w":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})", sixteen), "ok.st"));
+  expect_error(
+      [&] {
+        reader_of_bytes(
+            make_file(R"({"w":{"dtype":"F64","shape":[4],"data_offsets":[0,16]}})", sixteen),
+            "f64.st");
+      },
+      {"f64.st", "hold 16 bytes", "F64 [4] needs 32 bytes"});
+  expect_error(
+      [&] {
+        reader_of_bytes(
+            make_file(R"({"w":{"dtype":"BF16","shape":[4],"data_offsets":[0,16]}})", sixteen),
+            "bf16.st");
+      },
+      {"bf16.st", "hold 16 bytes", "BF16 [4] needs 8 bytes"});
+}
+
+TEST(SafetensorsLimits, SizeArithmeticCannotOverflow) {
+  const std::string four(4, '\0');
+  // A dimension that does not fit int64.
+  expect_error(
+      [&] {
+        reader_of_bytes(
+            make_file(R"({"w":{"dtype":"F32","shape":[9223372036854775808],"data_offsets":[0,4]}})",
+                      four),
+            "dim.st");
+      },
+      {"dim.st", "overflows the element count"});
+  // numel * 4 wraps to exactly 4 bytes in 64 bits: must be an overflow, not a match.
+  expect_error(
+      [&] {
+        reader_of_bytes(
+            make_file(R"({"w":{"dtype":"F32","shape":[4611686018427387905],"data_offsets":[0,4]}})",
+                      four),
+            "wrap.st");
+      },
+      {"wrap.st", "overflows the byte count"});
+  // A zero dimension makes any other dimension harmless.
+  const SafetensorsReader r = reader_of_bytes(
+      make_file(R"({"w":{"dtype":"F32","shape":[0,4611686018427387904],"data_offsets":[0,0]}})",
+                ""),
+      "zero.st");
+  EXPECT_EQ(r.find("w")->numel(), 0);
+}
+
+TEST(SafetensorsLimits, DeepJsonIsRefusedNotACrash) {
+  // Printing a value 1,000,000 levels deep for the error message used to overflow the stack.
+  const std::string deep = std::string(1000000, '[') + std::string(1000000, ']');
+  expect_error(
+      [&] {
+        reader_of_bytes(
+            make_file(R"({"w":{"dtype":"F32","shape":)" + deep + R"(,"data_offsets":[0,0]}})", ""),
+            "deep.st");
+      },
+      {"deep.st", "nests JSON more than 512 levels"});
+  // 512 levels is still parsed (and then refused for what it is, with a short message).
+  const std::string ok = std::string(510, '[') + std::string(510, ']');
+  try {
+    reader_of_bytes(
+        make_file(R"({"w":{"dtype":"F32","shape":)" + ok + R"(,"data_offsets":[0,0]}})", ""),
+        "ok.st");
+    ADD_FAILURE() << "expected ftune::Error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("'shape' must be a list of non-negative integers"), std::string::npos)
+        << msg;
+    EXPECT_LT(msg.size(), 300u) << "the value is quoted in full";
+  }
+}
+
+TEST_F(SafetensorsDir, MappedFilesAreReadOnly) {
+  float v[4] = {1, 2, 3, 4};
+  SafetensorsWriter w;
+  w.add("v", {4}, v, DType::F32, DType::F32);
+  const std::string path = dir_ + "/ro.safetensors";
+  w.write(path);
+  const auto src = open_mapped_file(path);
+  const auto addr = reinterpret_cast<uintptr_t>(src->data());
+  // /proc/self/maps lists each mapping as "start-end perms offset dev inode path".
+  const std::string maps = read_file("/proc/self/maps");
+  bool found = false;
+  for (size_t pos = 0; pos < maps.size();) {
+    const size_t eol = maps.find('\n', pos);
+    const std::string line = maps.substr(pos, eol - pos);
+    pos = eol == std::string::npos ? maps.size() : eol + 1;
+    unsigned long lo = 0, hi = 0;
+    char perms[5] = {};
+    if (std::sscanf(line.c_str(), "%lx-%lx %4s", &lo, &hi, perms) != 3) continue;
+    if (addr < lo || addr >= hi) continue;
+    found = true;
+    EXPECT_EQ(perms[1], '-') << "mapping is writable: " << line;
+    EXPECT_NE(line.find("ro.safetensors"), std::string::npos) << line;
+  }
+  EXPECT_TRUE(found) << "no mapping holds " << std::hex << addr;
+}
+
+TEST(SafetensorsLimits, ReadAsRefusesATensorOfAnotherFile) {
+  // A TensorInfo whose shape needs more bytes than its range would make the conversion read
+  // past the tensor; it is an internal error, not an out-of-bounds read.
+  const SafetensorsReader r = reader_of_bytes(
+      make_file(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", std::string(4, '\0')),
+      "one.st");
+  TensorInfo forged = *r.find("w");
+  forged.shape = {1 << 20};
+  std::vector<double> out(1 << 20);
+  expect_error([&] { r.read_as(forged, DType::F64, out.data()); },
+               {"internal error", "does not belong to one.st"});
+}
+
+TEST_F(SafetensorsDir, IndexLimits) {
+  float one = 1.f;
+  SafetensorsWriter s1;
+  s1.add("a", {1}, &one, DType::F32, DType::F32);
+  s1.write(dir_ + "/s1.safetensors");
+  const std::string index = dir_ + "/model.safetensors.index.json";
+  // A NUL inside the name would make open(2) load "s1.safetensors" for "s1.safetensors\0x".
+  write_file_atomic(index, R"({"weight_map": {"a": "s1.safetensors\u0000x"}})");
+  expect_error([&] { WeightStore::open_dir(dir_); }, {index, "not a file inside"});
+  // Deep nesting, as for headers.
+  write_file_atomic(index, R"({"weight_map": {"a": )" + std::string(100000, '[') +
+                               std::string(100000, ']') + "}}");
+  expect_error([&] { WeightStore::open_dir(dir_); }, {index, "nested more than 512 levels"});
+  // Over 100 MB: refused from its size alone (a sparse file, so the test writes nothing).
+  ASSERT_EQ(::truncate(index.c_str(), (100 << 20) + 1), 0);
+  expect_error([&] { WeightStore::open_dir(dir_); }, {index, "over the 100 MB limit"});
+}
+
+// The same kind of checks on the FTENC001 header, which is parsed before it is authenticated.
+std::string encrypted_file(const std::string& header, uint64_t plaintext_bytes) {
+  std::string out = "FTENC001";
+  for (int i = 0; i < 8; ++i) out += char((uint64_t(header.size()) >> (8 * i)) & 0xff);
+  return out + header + std::string(plaintext_bytes + 16, '\0');
+}
+
+TEST_F(SafetensorsDir, EncryptedHeaderLimits) {
+  WeightKey key;
+  key.origin = "test key";
+  const std::string path = dir_ + "/w.safetensors";
+  const std::string good_rest =
+      R"("nonce":"000000000000000000000000","plaintext_bytes":0,"cipher":"AES-256-GCM"})";
+  // key_id is echoed in messages: an escape sequence in it is refused, not printed.
+  write_file_atomic(path,
+                    encrypted_file(R"({"key_id":"\u001b[2J\u001b[31mabcdefg",)" + good_rest, 0));
+  expect_error([&] { SafetensorsReader::open(path, &key); },
+               {path, "'key_id' must be 16 hex characters"});
+  write_file_atomic(path, encrypted_file("{\"key_id\":" + std::string(100000, '[') +
+                                             std::string(100000, ']') + "," + good_rest,
+                                         0));
+  expect_error([&] { read_encrypted_header(path); }, {path, "nested more than 512 levels"});
+  // The header length is checked against the file and the 100 MB cap before any allocation.
+  std::string huge = "FTENC001";
+  for (int i = 0; i < 8; ++i) huge += char(0xff);
+  write_file_atomic(path, huge + std::string(32, '\0'));
+  expect_error([&] { read_encrypted_header(path); }, {path, "header length field"});
+  // plaintext_bytes must describe the file exactly.
+  write_file_atomic(path, encrypted_file(R"({"key_id":"0123456789abcdef",)" + good_rest, 0) + "x");
+  expect_error([&] { read_encrypted_header(path); }, {path, "unexpected bytes"});
 }
 
 TEST(SafetensorsWriter, RejectsBadTensors) {
