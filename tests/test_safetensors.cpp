@@ -424,7 +424,8 @@ TEST(SafetensorsLimits, HeaderLengthIsCappedBeforeAnythingIsRead) {
         *header_read = true;
         throw Error("stop");
       }
-      for (int i = 0; i < 8; ++i) static_cast<uint8_t*>(dst)[i] = uint8_t((100u << 20) >> (8 * i));
+      for (int i = 0; i < 8; ++i)
+        static_cast<uint8_t*>(dst)[i] = uint8_t((uint64_t(100) << 20) >> (8 * i));
     }
     const std::string& label() const override { return name; }
   };

@@ -10,14 +10,12 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
 #include <string_view>
-
-#include "engine/error.h"
-#include "engine/fs_util.h"
 
 namespace ftune::fuzz {
 
