@@ -56,36 +56,47 @@ void classify(const std::string& name, int* layer, std::string* module) {
   if (name == "model.norm.weight") *module = "final_norm";
 }
 
-// Eigenvalues of a symmetric n x n matrix (row-major, destroyed) by cyclic Jacobi rotations:
-// the plain reference beside LAPACK, and the path of builds without it.
-std::vector<double> sym_eigenvalues(std::vector<double> a, int64_t n) {
-  auto at = [&](int64_t i, int64_t j) -> double& { return a[size_t(i * n + j)]; };
+// Cyclic Jacobi rotations on a symmetric n x n matrix (row-major), in place: the diagonal ends up
+// holding the eigenvalues, and V (when given, n x n) the eigenvectors as columns. The plain
+// reference beside LAPACK, and the path of builds without it.
+void jacobi_eigen(std::vector<double>& a, int64_t n, std::vector<double>* V) {
+  auto at = [n](std::vector<double>& x, int64_t i, int64_t j) -> double& {
+    return x[size_t(i * n + j)];
+  };
+  if (V) {
+    V->assign(size_t(n * n), 0.0);
+    for (int64_t i = 0; i < n; ++i) at(*V, i, i) = 1;
+  }
   for (int sweep = 0; sweep < 100; ++sweep) {
     double off = 0, diag = 0;
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n; ++j) (i == j ? diag : off) += at(i, j) * at(i, j);
+      for (int64_t j = 0; j < n; ++j) (i == j ? diag : off) += at(a, i, j) * at(a, i, j);
     if (off <= 1e-30 * std::max(diag, 1e-300)) break;
     for (int64_t p = 0; p < n; ++p)
       for (int64_t q = p + 1; q < n; ++q) {
-        const double apq = at(p, q);
+        const double apq = at(a, p, q);
         if (apq == 0) continue;
-        const double theta = (at(q, q) - at(p, p)) / (2 * apq);
+        const double theta = (at(a, q, q) - at(a, p, p)) / (2 * apq);
         const double t = (theta >= 0 ? 1 : -1) / (std::fabs(theta) + std::sqrt(theta * theta + 1));
         const double c = 1 / std::sqrt(t * t + 1), s = t * c;
-        for (int64_t k = 0; k < n; ++k) {  // columns p, q
-          const double akp = at(k, p), akq = at(k, q);
-          at(k, p) = c * akp - s * akq;
-          at(k, q) = s * akp + c * akq;
+        auto rotate = [c, s](double& x, double& y) {
+          const double xp = x, yq = y;
+          x = c * xp - s * yq;
+          y = s * xp + c * yq;
+        };
+        for (int64_t k = 0; k < n; ++k) {
+          rotate(at(a, k, p), at(a, k, q));  // columns p, q
+          if (V) rotate(at(*V, k, p), at(*V, k, q));
         }
-        for (int64_t k = 0; k < n; ++k) {  // rows p, q
-          const double apk = at(p, k), aqk = at(q, k);
-          at(p, k) = c * apk - s * aqk;
-          at(q, k) = s * apk + c * aqk;
-        }
+        for (int64_t k = 0; k < n; ++k) rotate(at(a, p, k), at(a, q, k));  // rows p, q
       }
   }
+}
+
+std::vector<double> sym_eigenvalues(std::vector<double> a, int64_t n) {
+  jacobi_eigen(a, n, nullptr);
   std::vector<double> ev(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) ev[size_t(i)] = at(i, i);
+  for (int64_t i = 0; i < n; ++i) ev[size_t(i)] = a[size_t(i * n + i)];
   return ev;
 }
 
@@ -146,39 +157,12 @@ std::vector<double> lora_singular_values(const std::vector<double>& B, const std
       G[size_t(i * r + j)] = g;
       H[size_t(i * r + j)] = h;
     }
-  // G^1/2 through Jacobi eigenvectors: accumulate V while diagonalising a copy.
-  std::vector<double> a = G, V(size_t(r * r), 0.0);
-  for (int64_t i = 0; i < r; ++i) V[size_t(i * r + i)] = 1;
+  // G^1/2 through G's eigenvectors.
+  std::vector<double> a = G, V;
+  jacobi_eigen(a, r, &V);
   auto at = [&](std::vector<double>& x, int64_t i, int64_t j) -> double& {
     return x[size_t(i * r + j)];
   };
-  for (int sweep = 0; sweep < 100; ++sweep) {
-    double off = 0, diag = 0;
-    for (int64_t i = 0; i < r; ++i)
-      for (int64_t j = 0; j < r; ++j) (i == j ? diag : off) += at(a, i, j) * at(a, i, j);
-    if (off <= 1e-30 * std::max(diag, 1e-300)) break;
-    for (int64_t p = 0; p < r; ++p)
-      for (int64_t q = p + 1; q < r; ++q) {
-        const double apq = at(a, p, q);
-        if (apq == 0) continue;
-        const double theta = (at(a, q, q) - at(a, p, p)) / (2 * apq);
-        const double t = (theta >= 0 ? 1 : -1) / (std::fabs(theta) + std::sqrt(theta * theta + 1));
-        const double c = 1 / std::sqrt(t * t + 1), s = t * c;
-        for (int64_t k = 0; k < r; ++k) {
-          const double akp = at(a, k, p), akq = at(a, k, q);
-          at(a, k, p) = c * akp - s * akq;
-          at(a, k, q) = s * akp + c * akq;
-          const double vkp = at(V, k, p), vkq = at(V, k, q);
-          at(V, k, p) = c * vkp - s * vkq;
-          at(V, k, q) = s * vkp + c * vkq;
-        }
-        for (int64_t k = 0; k < r; ++k) {
-          const double apk = at(a, p, k), aqk = at(a, q, k);
-          at(a, p, k) = c * apk - s * aqk;
-          at(a, q, k) = s * apk + c * aqk;
-        }
-      }
-  }
   // S = G^1/2 = V diag(sqrt(max(ev, 0))) V^T; M = s^2 S H S (symmetric PSD, r x r).
   std::vector<double> S(size_t(r * r), 0.0), T(size_t(r * r), 0.0), M(size_t(r * r), 0.0);
   for (int64_t i = 0; i < r; ++i)
