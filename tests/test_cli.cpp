@@ -193,6 +193,15 @@ TEST(Cli, SubmitRendersAScriptAndAutoResumeContinues) {
   EXPECT_EQ(st.code, 0) << st.out;
   for (const char* want : {"step:       6 of 6", "finished", "step-00000006", "slurm:"})
     EXPECT_NE(st.out.find(want), std::string::npos) << want << "\n" << st.out;
+  // A guard or checkpoint event after the last step line (no loss) does not hide that step.
+  {
+    std::ofstream m(out + "/metrics.jsonl", std::ios::app);
+    m << R"({"step":6,"guard":"nonfinite","action":"skip","detail":"x"})"
+      << "\n";
+  }
+  CliRun st2 = ftune("status " + out);
+  EXPECT_NE(st2.out.find("step:       6 of 6"), std::string::npos) << st2.out;
+  EXPECT_EQ(st2.out.find("train loss: 0.0000"), std::string::npos) << st2.out;
 }
 
 TEST(Cli, CudaWithoutGpuIsRefusedCleanly) {

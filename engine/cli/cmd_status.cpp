@@ -55,6 +55,8 @@ void add_status(CLI::App& app, Action* action) {
         while (std::getline(in, line)) {
           try {
             auto j = nlohmann::json::parse(line);
+            // Guard and checkpoint events share the file; only step lines carry a loss.
+            if (!j.contains("loss")) continue;
             last = j;
             if (j.contains("val_loss")) last_val = j;
             ++lines;
