@@ -33,7 +33,8 @@ __device__ __forceinline__ int find_span(const DeviceSpan* spans, int n_spans,
 __global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g,
                              float* __restrict__ m, float* __restrict__ v,
                              const DeviceSpan* __restrict__ spans, int n_spans,
-                             unsigned long long total, AdamWCoeffs k) {
+                             unsigned long long total, AdamWCoeffs k,
+                             __nv_bfloat16* __restrict__ p16) {
   for (unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
        t += (unsigned long long)gridDim.x * blockDim.x) {
     const DeviceSpan sp = spans[find_span(spans, n_spans, t)];
@@ -45,7 +46,9 @@ __global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g,
     const float vi = fmaf(__fmul_rn(k.w2, gi), gi, __fmul_rn(v[i], k.b2));
     const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), k.bc2_sqrt), k.eps);
     const float upd = __fdiv_rn(__fmul_rn(-k.step_size, mi), denom);
-    p[i] = __fadd_rn(__fmul_rn(p[i], sp.decay), upd);
+    const float pi = __fadd_rn(__fmul_rn(p[i], sp.decay), upd);
+    p[i] = pi;
+    if (p16) p16[i] = __float2bfloat16_rn(pi);
     m[i] = mi;
     v[i] = vi;
   }
@@ -72,10 +75,10 @@ AdamWCoeffs adamw_coeffs(const AdamWHyper& h) {
 
 void adamw_step(cudaStream_t s, float* p, const float* g, float* m, float* v,
                 const DeviceSpan* spans, int n_spans, unsigned long long total,
-                const AdamWCoeffs& k) {
+                const AdamWCoeffs& k, __nv_bfloat16* p16) {
   if (n_spans <= 0 || total == 0) return;
   adamw_kernel<<<grid_for(size_t(total), kBlock, 8192), kBlock, 0, s>>>(p, g, m, v, spans, n_spans,
-                                                                        total, k);
+                                                                        total, k, p16);
   check_launch("adamw_kernel", "adamw_step");
 }
 

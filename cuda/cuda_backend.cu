@@ -10,11 +10,20 @@
 // wait for their stream too. Scratch is shared by the ops, so one stream at a time uses a backend.
 // A caller passing its own stream calls synchronize() with it before destroying it.
 //
+// bf16 mixed precision (set_bf16_compute): linear layers, the LM head and attention (head_dim 64
+// or 128) convert their fp32 operands to bf16 in scratch, or take weights from the bf16 copy of
+// the registered weight buffer (set_weight_mirror), and run on the tensor cores with fp32
+// accumulation into fp32 outputs. Every other op and every buffer the model owns stays fp32.
+// The copy is refreshed by adamw_step in the same pass; every op writing into the registered
+// range marks it stale, and a stale copy is re-made from the fp32 weights at its next use.
+//
 // Errors: every CUDA and cuBLAS call is checked; a failure is an ftune::Error naming the call and
 // the backend op. Kernels run asynchronously, so a fault inside one surfaces at the next call that
 // waits for the stream.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -79,6 +88,12 @@ class CudaBackend final : public Backend {
       gemm_ = std::make_unique<cuda::Gemm>();
       FTUNE_CUDA(cudaMalloc(reinterpret_cast<void**>(&dev_small_), cuda::kSmallBytes), "init");
       FTUNE_CUDA(cudaMallocHost(reinterpret_cast<void**>(&host_small_), cuda::kSmallBytes), "init");
+      int major = 0;
+      FTUNE_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_),
+                 "init");
+      bf16_capable_ = major >= 8;  // bf16 tensor cores (mma.sync m16n8k16 bf16): Ampere and later
+      const char* prof = std::getenv("FTUNE_PROFILE");
+      profiling_ = prof && *prof && std::string(prof) != "0";
     } catch (...) {
       release();
       throw;
@@ -87,6 +102,23 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override { release(); }
 
   std::string name() const override { return "cuda"; }
+
+  // ---- compute precision ----
+  bool set_bf16_compute(bool on) override {
+    if (on && !bf16_capable_) return false;
+    bf16_ = on;
+    return true;
+  }
+  void set_weight_mirror(const float* params, size_t count) override {
+    activate();
+    drop_mirror();
+    if (!params || count == 0) return;
+    void* p = alloc(count * sizeof(__nv_bfloat16));  // counted with the model's buffers
+    mirror_ = static_cast<__nv_bfloat16*>(p);
+    mirror_base_ = params;
+    mirror_count_ = count;
+    mirror_stale_ = true;
+  }
   size_t peak_allocated_bytes() const override { return peak_bytes_; }
 
   // ---- memory ----
@@ -126,6 +158,7 @@ class CudaBackend final : public Backend {
       std::fprintf(stderr, "ftune: cuda backend: free of a pointer it did not allocate (%p)\n", p);
       return;
     }
+    if (p == mirror_base_) drop_mirror();  // the weights it copies are going away
     live_bytes_ -= it->second;
     allocs_.erase(it);
     const cudaError_t e = cudaFree(p);
@@ -135,17 +168,22 @@ class CudaBackend final : public Backend {
     }
   }
   void upload(void* dst, const void* src, size_t bytes) override {
+    written(dst, bytes);
     memcpy_sync(dst, src, bytes, cudaMemcpyHostToDevice, "upload");
   }
   void download(void* dst, const void* src, size_t bytes) override {
     memcpy_sync(dst, src, bytes, cudaMemcpyDeviceToHost, "download");
   }
   void copy(void* dst, const void* src, size_t bytes) override {
+    ProfScope prof_scope(this, nullptr, "copy");
+    written(dst, bytes);
     memcpy_sync(dst, src, bytes, cudaMemcpyDeviceToDevice, "copy");
   }
   void zero(void* p, size_t bytes) override {
+    ProfScope prof_scope(this, nullptr, "zero");
     if (bytes == 0) return;
     activate();
+    written(p, bytes);
     FTUNE_CUDA(cudaMemsetAsync(p, 0, bytes, cur_), "zero");
     FTUNE_CUDA(cudaStreamSynchronize(cur_), "zero");
   }
@@ -159,26 +197,56 @@ class CudaBackend final : public Backend {
   void gemm(const ExecContext& c, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
             const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
             int64_t ldc) override {
+    ProfScope prof_scope(this, &c, "gemm");
+    // Stays fp32 in bf16 mode too: it serves LoRA's rank-r products, which are small.
+    if (M > 0) written(C, size_t((M - 1) * ldc + N) * sizeof(float));
     gemm_->run(stream(c), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr, "gemm");
   }
   void linear_forward(const ExecContext& c, const float* x, const float* W, const float* bias,
                       float* y, int64_t n, int64_t in, int64_t out) override {
+    ProfScope prof_scope(this, &c, "linear_forward");
     const cudaStream_t s = stream(c);
     if (n == 0 || out == 0) return;
+    written(y, size_t(n * out) * sizeof(float));
     // y[n,out] = x[n,in] W[out,in]^T + bias: bias through cuBLASLt's epilogue.
+    if (bf16_) {
+      const char* op = "linear_forward";
+      const bf16* x16 = to_bf16(s, x, size_t(n * in), c16_[0], op);
+      const bf16* W16 = weight_bf16(s, W, size_t(out * in), c16_[1], op);
+      gemm_->run_bf16(s, false, true, n, out, in, 1.f, x16, in, W16, in, 0.f, y, out, bias, op);
+      return;
+    }
     gemm_->run(s, false, true, n, out, in, 1.f, x, in, W, in, 0.f, y, out, bias, "linear_forward");
   }
   void linear_backward(const ExecContext& c, const float* dy, const float* x, const float* W,
                        float* dx, float* dW, float* dbias, int64_t n, int64_t in, int64_t out,
                        bool acc) override {
+    ProfScope prof_scope(this, &c, "linear_backward");
     const cudaStream_t s = stream(c);
     const char* op = "linear_backward";
-    // dx[n,in] (= or +=) dy[n,out] W[out,in]
-    if (dx)
-      gemm_->run(s, false, false, n, in, out, 1.f, dy, out, W, in, acc ? 1.f : 0.f, dx, in, nullptr,
-                 op);
-    // dW[out,in] += dy^T x
-    if (dW) gemm_->run(s, true, false, out, in, n, 1.f, dy, out, x, in, 1.f, dW, in, nullptr, op);
+    if (dx) written(dx, size_t(n * in) * sizeof(float));
+    if (dW) written(dW, size_t(out * in) * sizeof(float));
+    if (dbias) written(dbias, size_t(out) * sizeof(float));
+    if (bf16_ && n > 0 && in > 0 && out > 0 && (dx || dW)) {
+      const bf16* dy16 = to_bf16(s, dy, size_t(n * out), c16_[0], op);
+      if (dx) {
+        const bf16* W16 = weight_bf16(s, W, size_t(out * in), c16_[1], op);
+        gemm_->run_bf16(s, false, false, n, in, out, 1.f, dy16, out, W16, in, acc ? 1.f : 0.f, dx,
+                        in, nullptr, op);
+      }
+      if (dW) {
+        const bf16* x16 = to_bf16(s, x, size_t(n * in), c16_[2], op);
+        gemm_->run_bf16(s, true, false, out, in, n, 1.f, dy16, out, x16, in, 1.f, dW, in, nullptr,
+                        op);
+      }
+    } else {
+      // dx[n,in] (= or +=) dy[n,out] W[out,in]
+      if (dx)
+        gemm_->run(s, false, false, n, in, out, 1.f, dy, out, W, in, acc ? 1.f : 0.f, dx, in,
+                   nullptr, op);
+      // dW[out,in] += dy^T x
+      if (dW) gemm_->run(s, true, false, out, in, n, 1.f, dy, out, x, in, 1.f, dW, in, nullptr, op);
+    }
     if (dbias && n > 0 && out > 0) {
       double* partials = reduce_.get_as<double>(cuda::column_sum_partials(n, out), op);
       cuda::column_sums_add(s, dy, dbias, n, out, partials);
@@ -187,16 +255,23 @@ class CudaBackend final : public Backend {
 
   // ---- elementwise / reductions ----
   void add_inplace(const ExecContext& c, float* y, const float* x, size_t n) override {
+    ProfScope prof_scope(this, &c, "add_inplace");
+    written(y, n * sizeof(float));
     cuda::add_inplace(stream(c), y, x, n);
   }
   void scale_inplace(const ExecContext& c, float* x, float s, size_t n) override {
+    ProfScope prof_scope(this, &c, "scale_inplace");
+    written(x, n * sizeof(float));
     cuda::scale_inplace(stream(c), x, s, n);
   }
   void dropout(const ExecContext& c, const float* x, float* y, size_t n, float p, uint64_t seed,
                bool accumulate) override {
+    ProfScope prof_scope(this, &c, "dropout");
+    written(y, n * sizeof(float));
     cuda::dropout(stream(c), x, y, n, p, seed, accumulate);
   }
   double sum_squares(const ExecContext& c, const float* x, size_t n) override {
+    ProfScope prof_scope(this, &c, "sum_squares");
     const cudaStream_t s = stream(c);
     const char* op = "sum_squares";
     if (n == 0) return 0.0;
@@ -210,12 +285,15 @@ class CudaBackend final : public Backend {
   }
   void cast(const ExecContext& c, const void* src, DType st, void* dst, DType dt,
             size_t n) override {
+    ProfScope prof_scope(this, &c, "cast");
+    written(dst, n * dtype_size(dt));
     cuda::cast(stream(c), src, st, dst, dt, n);
   }
 
   // ---- embedding ----
   void embedding_forward(const ExecContext& c, const int32_t* ids, const float* table, float* out,
                          int64_t n, int64_t dim) override {
+    ProfScope prof_scope(this, &c, "embedding_forward");
     const cudaStream_t s = stream(c);
     // The vocabulary size is not passed here, so only the sign can be checked (as on the CPU).
     int32_t bad = 0;
@@ -225,10 +303,12 @@ class CudaBackend final : public Backend {
       throw Error("embedding_forward: token id " + std::to_string(bad) + " at position " +
                   std::to_string(pos) +
                   " is negative; the tokenized data is corrupt, re-tokenize the dataset");
+    written(out, size_t(n * dim) * sizeof(float));
     cuda::embedding_forward(s, ids, table, out, n, dim);
   }
   void embedding_backward(const ExecContext& c, const int32_t* ids, const float* dout,
                           float* dtable, int64_t n, int64_t dim, int64_t vocab) override {
+    ProfScope prof_scope(this, &c, "embedding_backward");
     const cudaStream_t s = stream(c);
     const char* op = "embedding_backward";
     // Validate every id before touching dtable, so a bad id leaves the gradient unchanged.
@@ -241,6 +321,7 @@ class CudaBackend final : public Backend {
                   std::to_string(vocab) +
                   "); the dataset was tokenized with a different tokenizer than this model's");
     if (n <= 0 || dim <= 0) return;
+    written(dtable, size_t(vocab * dim) * sizeof(float));
     const size_t bytes = cuda::embedding_backward_scratch_bytes(n, vocab);
     void* scratch = sort_.get(bytes, op);
     cuda::embedding_backward(s, ids, dout, dtable, n, dim, vocab, scratch, bytes);
@@ -249,12 +330,18 @@ class CudaBackend final : public Backend {
   // ---- RMSNorm ----
   void rmsnorm_forward(const ExecContext& c, const float* x, const float* w, float* y, float* rstd,
                        int64_t rows, int64_t dim, float eps) override {
+    ProfScope prof_scope(this, &c, "rmsnorm_forward");
+    written(y, size_t(rows * dim) * sizeof(float));
+    written(rstd, size_t(rows) * sizeof(float));
     cuda::rmsnorm_forward(stream(c), x, w, y, rstd, rows, dim, eps);
   }
   void rmsnorm_backward(const ExecContext& c, const float* dy, const float* x, const float* w,
                         const float* rstd, float* dx, float* dw, int64_t rows,
                         int64_t dim) override {
+    ProfScope prof_scope(this, &c, "rmsnorm_backward");
     const cudaStream_t s = stream(c);
+    written(dx, size_t(rows * dim) * sizeof(float));
+    if (dw) written(dw, size_t(dim) * sizeof(float));
     double* partials = nullptr;
     if (dw && rows > 0 && dim > 0)
       partials = reduce_.get_as<double>(cuda::rmsnorm_dw_partials(rows, dim), "rmsnorm_backward");
@@ -264,39 +351,98 @@ class CudaBackend final : public Backend {
   // ---- RoPE ----
   void rope_forward(const ExecContext& c, float* x, const int32_t* pos, const float* inv_freq,
                     int64_t n, int heads, int head_dim) override {
+    ProfScope prof_scope(this, &c, "rope_forward");
+    written(x, size_t(n * heads * head_dim) * sizeof(float));
     cuda::rope_rotate(stream(c), x, pos, inv_freq, n, heads, head_dim, 1);
   }
   void rope_backward(const ExecContext& c, float* dx, const int32_t* pos, const float* inv_freq,
                      int64_t n, int heads, int head_dim) override {
+    ProfScope prof_scope(this, &c, "rope_backward");
+    written(dx, size_t(n * heads * head_dim) * sizeof(float));
     cuda::rope_rotate(stream(c), dx, pos, inv_freq, n, heads, head_dim, -1);
   }
 
   // ---- SwiGLU ----
   void swiglu_forward(const ExecContext& c, const float* g, const float* u, float* h,
                       size_t n) override {
+    ProfScope prof_scope(this, &c, "swiglu_forward");
+    written(h, n * sizeof(float));
     cuda::swiglu_forward(stream(c), g, u, h, n);
   }
   void swiglu_backward(const ExecContext& c, const float* dh, const float* g, const float* u,
                        float* dg, float* du, size_t n) override {
+    ProfScope prof_scope(this, &c, "swiglu_backward");
+    written(dg, n * sizeof(float));
+    written(du, n * sizeof(float));
     cuda::swiglu_backward(stream(c), dh, g, u, dg, du, n);
   }
 
   // ---- attention (cuda/attention.cu) ----
   void attention_forward(const ExecContext& c, const AttentionShape& sh, const float* q,
                          const float* k, const float* v, float* out, float* lse) override {
+    ProfScope prof_scope(this, &c, "attention_forward");
     const cudaStream_t s = stream(c);
-    const cuda::AttentionArgs a = attention_args(s, sh, "attention_forward");
+    const char* op = "attention_forward";
+    const cuda::AttentionArgs a = attention_args(s, sh, op);
     if (a.tokens == 0) return;
+    const size_t nq = size_t(a.tokens) * size_t(a.q_heads) * size_t(a.head_dim);
+    const size_t nkv = size_t(a.tokens) * size_t(a.kv_heads) * size_t(a.head_dim);
+    written(out, nq * sizeof(float));
+    written(lse, size_t(a.tokens) * size_t(a.q_heads) * sizeof(float));
+    if (bf16_attention(a)) {
+      // q16 | k16 | v16 | o16, each a multiple of 8 elements (16 bytes) long.
+      bf16* q16 = attn16_.get_as<bf16>(2 * nq + 2 * nkv, op);
+      bf16* k16 = q16 + nq;
+      bf16* v16 = k16 + nkv;
+      bf16* o16 = v16 + nkv;
+      cuda::cast(s, q, DType::F32, q16, DType::BF16, nq);
+      cuda::cast(s, k, DType::F32, k16, DType::BF16, nkv);
+      cuda::cast(s, v, DType::F32, v16, DType::BF16, nkv);
+      cuda::attention_forward_bf16(s, a, q16, k16, v16, o16, lse);
+      cuda::check_launch("attention_forward_bf16", op);
+      cuda::cast(s, o16, DType::BF16, out, DType::F32, nq);
+      return;
+    }
     cuda::attention_forward(s, a, q, k, v, out, lse);
     cuda::check_launch("attention_forward", "attention_forward");
   }
   void attention_backward(const ExecContext& c, const AttentionShape& sh, const float* dout,
                           const float* q, const float* k, const float* v, const float* out,
                           const float* lse, float* dq, float* dk, float* dv) override {
+    ProfScope prof_scope(this, &c, "attention_backward");
     const cudaStream_t s = stream(c);
     const char* op = "attention_backward";
     const cuda::AttentionArgs a = attention_args(s, sh, op);
     if (a.tokens == 0) return;
+    const size_t nq = size_t(a.tokens) * size_t(a.q_heads) * size_t(a.head_dim);
+    const size_t nkv = size_t(a.tokens) * size_t(a.kv_heads) * size_t(a.head_dim);
+    written(dq, nq * sizeof(float));
+    written(dk, nkv * sizeof(float));
+    written(dv, nkv * sizeof(float));
+    if (bf16_attention(a)) {
+      // q16 | k16 | v16 | o16 | do16 | dq16 | dk16 | dv16
+      bf16* q16 = attn16_.get_as<bf16>(4 * nq + 4 * nkv, op);
+      bf16* k16 = q16 + nq;
+      bf16* v16 = k16 + nkv;
+      bf16* o16 = v16 + nkv;
+      bf16* do16 = o16 + nq;
+      bf16* dq16 = do16 + nq;
+      bf16* dk16 = dq16 + nq;
+      bf16* dv16 = dk16 + nkv;
+      cuda::cast(s, q, DType::F32, q16, DType::BF16, nq);
+      cuda::cast(s, k, DType::F32, k16, DType::BF16, nkv);
+      cuda::cast(s, v, DType::F32, v16, DType::BF16, nkv);
+      // out came from a bf16 forward, so this gives back exactly what the forward produced.
+      cuda::cast(s, out, DType::F32, o16, DType::BF16, nq);
+      cuda::cast(s, dout, DType::F32, do16, DType::BF16, nq);
+      void* ws = attn_ws_.get(cuda::attention_bf16_workspace_bytes(a), op);
+      cuda::attention_backward_bf16(s, a, do16, q16, k16, v16, o16, lse, dq16, dk16, dv16, ws);
+      cuda::check_launch("attention_backward_bf16", op);
+      cuda::cast(s, dq16, DType::BF16, dq, DType::F32, nq);
+      cuda::cast(s, dk16, DType::BF16, dk, DType::F32, nkv);
+      cuda::cast(s, dv16, DType::BF16, dv, DType::F32, nkv);
+      return;
+    }
     const size_t bytes = cuda::attention_workspace_bytes(a);
     void* ws = attn_ws_.get(bytes, op);
     cuda::attention_backward(s, a, dout, q, k, v, out, lse, dq, dk, dv, ws);
@@ -307,13 +453,27 @@ class CudaBackend final : public Backend {
   LossSum lm_head_loss(const ExecContext& c, const float* hidden, const float* W,
                        const int32_t* targets, int64_t n, int64_t d, int64_t vocab,
                        float grad_scale, float* dhidden, float* dW) override {
-    return cuda::lm_head_loss(stream(c), *gemm_, hidden, W, targets, n, d, vocab, grad_scale,
-                              dhidden, dW, logits_, losses_, dev_small_, host_small_);
+    ProfScope prof_scope(this, &c, "lm_head_loss");
+    const cudaStream_t s = stream(c);
+    if (dhidden) written(dhidden, size_t(n * d) * sizeof(float));
+    if (dW) written(dW, size_t(vocab * d) * sizeof(float));
+    if (bf16_ && n > 0 && d > 0 && vocab > 0) {
+      const char* op = "lm_head_loss";
+      cuda::LmHeadBf16 b;
+      b.hidden = to_bf16(s, hidden, size_t(n * d), c16_[2], op);
+      b.W = weight_bf16(s, W, size_t(vocab * d), c16_[1], op);
+      b.dlogits = &dlogits16_;
+      return cuda::lm_head_loss(s, *gemm_, hidden, W, targets, n, d, vocab, grad_scale, dhidden, dW,
+                                logits_, losses_, dev_small_, host_small_, &b);
+    }
+    return cuda::lm_head_loss(s, *gemm_, hidden, W, targets, n, d, vocab, grad_scale, dhidden, dW,
+                              logits_, losses_, dev_small_, host_small_);
   }
 
   // ---- AdamW ----
   void adamw_step(const ExecContext& c, float* p, const float* g, float* m, float* v,
                   const ParamSpan* spans, int n_spans, const AdamWHyper& h) override {
+    ProfScope prof_scope(this, &c, "adamw_step");
     const cudaStream_t s = stream(c);
     const char* op = "adamw_step";
     const cuda::AdamWCoeffs k = cuda::adamw_coeffs(h);
@@ -334,10 +494,135 @@ class CudaBackend final : public Backend {
         cudaMemcpyAsync(dspans, host_spans_.data(), size_t(n_spans) * sizeof(cuda::DeviceSpan),
                         cudaMemcpyHostToDevice, s),
         op);
-    cuda::adamw_step(s, p, g, m, v, dspans, n_spans, total, k);
+    // Weights inside the registered buffer get their bf16 copy written in the same pass; any
+    // other parameter buffer is just marked written.
+    bf16* p16 = nullptr;
+    if (mirror_ && p >= mirror_base_ && p < mirror_base_ + mirror_count_) {
+      size_t end = 0;
+      for (int i = 0; i < n_spans; ++i) end = std::max(end, spans[i].offset + spans[i].count);
+      FTUNE_CHECK(size_t(p - mirror_base_) + end <= mirror_count_,
+                  "adamw_step: spans run past the registered weight buffer");
+      p16 = mirror_ + (p - mirror_base_);
+    } else {
+      size_t end = 0;
+      for (int i = 0; i < n_spans; ++i) end = std::max(end, spans[i].offset + spans[i].count);
+      written(p, end * sizeof(float));
+    }
+    cuda::adamw_step(s, p, g, m, v, dspans, n_spans, total, k, p16);
   }
 
  private:
+  using bf16 = __nv_bfloat16;
+
+  // FTUNE_PROFILE=1: a pair of CUDA events around every op, read and summed per op name by
+  // take_op_profile (or every few thousand ops, so the events never pile up).
+  struct ProfEvent {
+    const char* op;
+    cudaEvent_t begin, end;
+  };
+  class ProfScope {
+   public:
+    ProfScope(CudaBackend* be, const ExecContext* c, const char* op) {
+      if (!be->profiling_) return;
+      be_ = be;
+      s_ = c && c->stream ? static_cast<cudaStream_t>(c->stream) : c ? be->stream_ : be->cur_;
+      index_ = be->prof_begin(op, s_);
+    }
+    ~ProfScope() {
+      if (be_ && index_ < be_->prof_.size()) cudaEventRecord(be_->prof_[index_].end, s_);
+    }
+    ProfScope(const ProfScope&) = delete;
+    ProfScope& operator=(const ProfScope&) = delete;
+
+   private:
+    CudaBackend* be_ = nullptr;
+    cudaStream_t s_ = nullptr;
+    size_t index_ = 0;
+  };
+  size_t prof_begin(const char* op, cudaStream_t s) {
+    if (prof_.size() >= 4096) prof_fold();
+    ProfEvent e{op, nullptr, nullptr};
+    for (cudaEvent_t* ev : {&e.begin, &e.end}) {
+      if (!event_pool_.empty()) {
+        *ev = event_pool_.back();
+        event_pool_.pop_back();
+      } else {
+        FTUNE_CUDA(cudaEventCreate(ev), "profile");
+      }
+    }
+    FTUNE_CUDA(cudaEventRecord(e.begin, s), "profile");
+    prof_.push_back(e);
+    return prof_.size() - 1;
+  }
+  // Reads every recorded pair into prof_totals_ and returns the events to the pool.
+  void prof_fold() {
+    FTUNE_CUDA(cudaDeviceSynchronize(), "profile");
+    for (const ProfEvent& e : prof_) {
+      float ms = 0.f;
+      if (cudaEventElapsedTime(&ms, e.begin, e.end) == cudaSuccess) {
+        auto& t = prof_totals_[e.op];
+        t.first += 1;
+        t.second += double(ms);
+      }
+      (void)cudaGetLastError();
+      event_pool_.push_back(e.begin);
+      event_pool_.push_back(e.end);
+    }
+    prof_.clear();
+  }
+
+ public:
+  std::vector<OpTime> take_op_profile() override {
+    if (!profiling_) return {};
+    activate();
+    prof_fold();
+    std::vector<OpTime> out;
+    for (const auto& [op, t] : prof_totals_) out.push_back({op, t.first, t.second});
+    prof_totals_.clear();
+    std::sort(out.begin(), out.end(), [](const OpTime& a, const OpTime& b) { return a.ms > b.ms; });
+    return out;
+  }
+
+ private:
+  // A write of [p, p + bytes) through this backend: the bf16 weight copy is stale if it overlaps.
+  void written(const void* p, size_t bytes) {
+    if (!mirror_ || !p || bytes == 0) return;
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    const auto lo = reinterpret_cast<uintptr_t>(mirror_base_);
+    const uintptr_t hi = lo + mirror_count_ * sizeof(float);
+    if (a < hi && a + bytes > lo) mirror_stale_ = true;
+  }
+  void drop_mirror() {
+    void* m = mirror_;
+    mirror_ = nullptr;
+    mirror_base_ = nullptr;
+    mirror_count_ = 0;
+    if (m) free(m);
+  }
+  // fp32 x[n] converted into `slot`.
+  const bf16* to_bf16(cudaStream_t s, const float* x, size_t n, cuda::Scratch& slot,
+                      const char* op) {
+    bf16* d = slot.get_as<bf16>(n, op);
+    cuda::cast(s, x, DType::F32, d, DType::BF16, n);
+    return d;
+  }
+  // A weight's bf16 values: from the registered copy when W lies inside it (re-made first when
+  // stale), else converted into `slot`.
+  const bf16* weight_bf16(cudaStream_t s, const float* W, size_t n, cuda::Scratch& slot,
+                          const char* op) {
+    if (mirror_ && W >= mirror_base_ && W + n <= mirror_base_ + mirror_count_) {
+      if (mirror_stale_) {
+        cuda::cast(s, mirror_base_, DType::F32, mirror_, DType::BF16, mirror_count_);
+        mirror_stale_ = false;
+      }
+      return mirror_ + (W - mirror_base_);
+    }
+    return to_bf16(s, W, n, slot, op);
+  }
+  bool bf16_attention(const cuda::AttentionArgs& a) const {
+    return bf16_ && (a.head_dim == 64 || a.head_dim == 128);
+  }
+
   void activate() {
     int cur = -1;
     FTUNE_CUDA(cudaGetDevice(&cur), "cudaGetDevice");
@@ -410,6 +695,16 @@ class CudaBackend final : public Backend {
       activate_nothrow();
       cudaDeviceSynchronize();
     }
+    for (const ProfEvent& e : prof_) {
+      cudaEventDestroy(e.begin);
+      cudaEventDestroy(e.end);
+    }
+    for (cudaEvent_t e : event_pool_) cudaEventDestroy(e);
+    prof_.clear();
+    event_pool_.clear();
+    mirror_ = nullptr;  // freed with allocs_ below
+    mirror_base_ = nullptr;
+    mirror_count_ = 0;
     for (auto& [p, bytes] : allocs_) cudaFree(p);
     allocs_.clear();
     gemm_.reset();
@@ -430,6 +725,18 @@ class CudaBackend final : public Backend {
   cuda::Small* host_small_ = nullptr;  // pinned
   // Scratch per purpose, so ops that need two at once never share one.
   cuda::Scratch reduce_, sort_, logits_, losses_, attn_ws_, doc_offsets_, spans_;
+  // bf16 mixed precision: operand conversions (gemm A, B and a third for linear_backward), the
+  // attention tensors and one chunk of bf16 dlogits.
+  cuda::Scratch c16_[3], attn16_, dlogits16_;
+  bool bf16_capable_ = false, bf16_ = false;
+  bf16* mirror_ = nullptr;  // bf16 copy of [mirror_base_, mirror_base_ + mirror_count_)
+  const float* mirror_base_ = nullptr;
+  size_t mirror_count_ = 0;
+  bool mirror_stale_ = true;
+  bool profiling_ = false;
+  std::vector<ProfEvent> prof_;
+  std::vector<cudaEvent_t> event_pool_;
+  std::map<std::string, std::pair<int64_t, double>> prof_totals_;
   std::vector<cuda::DeviceSpan> host_spans_;
   std::unordered_map<void*, size_t> allocs_;
   size_t live_bytes_ = 0, peak_bytes_ = 0;

@@ -8,6 +8,7 @@
 // need it; only float is instantiated today.
 #pragma once
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -131,9 +132,11 @@ struct AdamWCoeffs {
 };
 AdamWCoeffs adamw_coeffs(const AdamWHyper& h);
 // spans (device) hold n_spans entries sorted by start; total = elements over all spans.
+// With `p16` (the bf16 copy of p, same offsets) each updated weight is also written there,
+// rounded to nearest even: the compute copy of bf16 mixed precision, in the same pass.
 void adamw_step(cudaStream_t s, float* p, const float* g, float* m, float* v,
                 const DeviceSpan* spans, int n_spans, unsigned long long total,
-                const AdamWCoeffs& k);
+                const AdamWCoeffs& k, __nv_bfloat16* p16 = nullptr);
 
 // ---- lm_head_loss.cu ----
 class Gemm;
@@ -161,10 +164,17 @@ int64_t lm_head_chunk_rows(int64_t n, int64_t vocab);
 // first bad one, outputs untouched); per chunk a logits GEMM, one kernel turning each row into
 // its loss and, with dhidden, its dlogits in place, then the dhidden and dW GEMMs; the per-token
 // losses are summed in a fixed order at the end. Waits for the stream before returning.
+// bf16 operands for lm_head_loss (bf16 mixed precision): hidden and W already in bf16, and a
+// buffer for one chunk of dlogits in bf16. Logits, the loss and every output stay fp32.
+struct LmHeadBf16 {
+  const __nv_bfloat16* hidden = nullptr;  // [n, d]
+  const __nv_bfloat16* W = nullptr;       // [vocab, d]
+  Scratch* dlogits = nullptr;
+};
 LossSum lm_head_loss(cudaStream_t s, Gemm& gemm, const float* hidden, const float* W,
                      const int32_t* targets, int64_t n, int64_t d, int64_t vocab, float grad_scale,
                      float* dhidden, float* dW, Scratch& logits, Scratch& losses, Small* dev_small,
-                     Small* host_small);
+                     Small* host_small, const LmHeadBf16* bf16 = nullptr);
 
 #ifdef __CUDACC__
 // ---- device helpers ----

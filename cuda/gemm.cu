@@ -112,6 +112,11 @@ struct Gemm::Impl {
         FTUNE_CUBLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
                                                     sizeof(epi)),
                      op);
+        // fp32 bias for bf16 operands too (the output's type, stated rather than left implied).
+        const cudaDataType bias_t = CUDA_R_32F;
+        FTUNE_CUBLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                    &bias_t, sizeof(bias_t)),
+                     op);
         // The heuristic reads the bias pointer's alignment from here.
         FTUNE_CUBLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                     &bias, sizeof(bias)),
@@ -163,7 +168,9 @@ struct Gemm::Impl {
       p.found = st == CUBLAS_STATUS_SUCCESS && count > 0 && result.state == CUBLAS_STATUS_SUCCESS;
       if (p.found) p.algo = result.algo;
       if (!p.found && !with_bias)
-        throw Error(std::string(op) + ": cuBLASLt has no fp32 algorithm for " + shape_str(k));
+        throw Error(std::string(op) + ": cuBLASLt has no " +
+                    (k.a_type == int32_t(CUDA_R_16BF) ? "bf16" : "fp32") + " algorithm for " +
+                    shape_str(k));
     } catch (...) {
       p.destroy();
       throw;
@@ -189,6 +196,22 @@ size_t Gemm::cached_plans() const {
 void Gemm::run(cudaStream_t stream, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
                float* C, int64_t ldc, const float* bias, const char* op) {
+  run_typed(stream, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias,
+            CUDA_R_32F, op);
+}
+
+void Gemm::run_bf16(cudaStream_t stream, bool trans_a, bool trans_b, int64_t M, int64_t N,
+                    int64_t K, float alpha, const __nv_bfloat16* A, int64_t lda,
+                    const __nv_bfloat16* B, int64_t ldb, float beta, float* C, int64_t ldc,
+                    const float* bias, const char* op) {
+  run_typed(stream, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias,
+            CUDA_R_16BF, op);
+}
+
+void Gemm::run_typed(cudaStream_t stream, bool trans_a, bool trans_b, int64_t M, int64_t N,
+                     int64_t K, float alpha, const void* A, int64_t lda, const void* B, int64_t ldb,
+                     float beta, float* C, int64_t ldc, const float* bias, cudaDataType in_type,
+                     const char* op) {
   FTUNE_CHECK(M >= 0 && N >= 0 && K >= 0, std::string(op) + ": negative gemm dimension");
   if (M == 0 || N == 0) return;
   FTUNE_CHECK(lda >= std::max<int64_t>(1, trans_a ? M : K), std::string(op) + ": lda too small");
@@ -200,7 +223,7 @@ void Gemm::run(cudaStream_t stream, bool trans_a, bool trans_b, int64_t M, int64
     return;
   }
   Key k{};
-  k.a_type = int32_t(CUDA_R_32F);
+  k.a_type = int32_t(in_type);
   k.c_type = int32_t(CUDA_R_32F);
   k.compute = int32_t(CUBLAS_COMPUTE_32F);
   k.flags = int32_t(trans_a) | int32_t(trans_b) << 1 | int32_t(beta != 0.f) << 2 |
@@ -225,7 +248,8 @@ void Gemm::run(cudaStream_t stream, bool trans_a, bool trans_b, int64_t M, int64
   if (bias && !p.found) {
     // No algorithm with the bias epilogue for this shape: C = beta * C + bias, then accumulate.
     scale_rows_add_bias(stream, C, M, N, ldc, beta, bias);
-    run(stream, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, 1.f, C, ldc, nullptr, op);
+    run_typed(stream, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, 1.f, C, ldc, nullptr,
+              in_type, op);
     return;
   }
   if (bias)

@@ -4,6 +4,7 @@
 // GEMM (=) and the dW GEMM (+=) reading that buffer. Per-token losses go to a buffer summed in a
 // fixed order at the end, so the returned loss is bitwise reproducible, as is everything else
 // (the GEMMs reuse one cached algorithm per shape).
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -110,7 +111,7 @@ int64_t lm_head_chunk_rows(int64_t n, int64_t vocab) {
 LossSum lm_head_loss(cudaStream_t s, Gemm& gemm, const float* hidden, const float* W,
                      const int32_t* targets, int64_t n, int64_t d, int64_t vocab, float grad_scale,
                      float* dhidden, float* dW, Scratch& logits_buf, Scratch& losses_buf,
-                     Small* dev_small, Small* host_small) {
+                     Small* dev_small, Small* host_small, const LmHeadBf16* bf16) {
   const char* op = "lm_head_loss";
   FTUNE_CHECK(n >= 0 && d > 0 && vocab > 0, "lm_head_loss needs n >= 0, d > 0 and vocab > 0");
   FTUNE_CHECK(vocab <= INT32_MAX, "lm_head_loss: vocabulary too large");
@@ -127,18 +128,36 @@ LossSum lm_head_loss(cudaStream_t s, Gemm& gemm, const float* hidden, const floa
   }
   if (n == 0) return {};
   const bool grad = dhidden != nullptr;
-  const int64_t chunk = lm_head_chunk_rows(n, vocab);
+  // bf16: four times the chunk, as every chunk re-reads and re-writes the whole fp32 dW.
+  const int64_t chunk =
+      bf16 ? std::min<int64_t>(n, 4 * lm_head_chunk_rows(n, vocab)) : lm_head_chunk_rows(n, vocab);
   FTUNE_CHECK(chunk <= INT32_MAX, "lm_head_loss: chunk too large");
   float* logits = logits_buf.get_as<float>(size_t(chunk * vocab), op);
   double* losses = losses_buf.get_as<double>(size_t(n), op);
+  __nv_bfloat16* dl16 = nullptr;
+  if (bf16 && grad) dl16 = bf16->dlogits->get_as<__nv_bfloat16>(size_t(chunk * vocab), op);
   for (int64_t c0 = 0; c0 < n; c0 += chunk) {
     const int64_t rows = chunk < n - c0 ? chunk : n - c0;
     const float* h = hidden + c0 * d;
-    gemm.run(s, false, true, rows, vocab, d, 1.f, h, d, W, d, 0.f, logits, vocab, nullptr, op);
+    if (bf16) {
+      gemm.run_bf16(s, false, true, rows, vocab, d, 1.f, bf16->hidden + c0 * d, d, bf16->W, d, 0.f,
+                    logits, vocab, nullptr, op);
+    } else {
+      gemm.run(s, false, true, rows, vocab, d, 1.f, h, d, W, d, 0.f, logits, vocab, nullptr, op);
+    }
     lm_head_rows_kernel<<<unsigned(rows), kRowThreads, 0, s>>>(logits, targets + c0, rows, vocab,
                                                                grad_scale, grad, losses + c0);
     check_launch("lm_head_rows_kernel", op);
     if (!grad) continue;
+    if (bf16) {
+      cast(s, logits, DType::F32, dl16, DType::BF16, size_t(rows * vocab));
+      gemm.run_bf16(s, false, false, rows, d, vocab, 1.f, dl16, vocab, bf16->W, d, 0.f,
+                    dhidden + c0 * d, d, nullptr, op);
+      if (dW)
+        gemm.run_bf16(s, true, false, vocab, d, rows, 1.f, dl16, vocab, bf16->hidden + c0 * d, d,
+                      1.f, dW, d, nullptr, op);
+      continue;
+    }
     gemm.run(s, false, false, rows, d, vocab, 1.f, logits, vocab, W, d, 0.f, dhidden + c0 * d, d,
              nullptr, op);
     if (dW)

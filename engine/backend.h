@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/dtype.h"
 
@@ -54,6 +55,13 @@ struct LossSum {
 };
 
 constexpr int32_t kIgnoreIndex = -100;
+
+// Device time of one backend op name, summed over its calls (Backend::take_op_profile).
+struct OpTime {
+  std::string op;
+  int64_t calls = 0;
+  double ms = 0;
+};
 
 class Backend {
  public:
@@ -149,6 +157,28 @@ class Backend {
   // p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p), grads first multiplied by grad_scale.
   virtual void adamw_step(const ExecContext& ctx, float* params, const float* grads, float* m,
                           float* v, const ParamSpan* spans, int n_spans, const AdamWHyper& h) = 0;
+
+  // ---- compute precision ----
+  // bf16 mixed precision: linear layers, the LM head and attention take bf16 operands (tensor
+  // cores) with fp32 accumulation, while every buffer the model sees stays fp32 (master weights,
+  // activations, gradients, loss and reductions). Returns false when the backend has no bf16
+  // path (the CPU backend computes in fp32 only).
+  virtual bool set_bf16_compute(bool on) { return !on; }
+  // The flat weight buffer [params, params + count) whose bf16 copy the backend keeps for bf16
+  // compute, so weights are not converted on every use: adamw_step over it refreshes the copy in
+  // the same pass, and any other write into the range through this backend marks the copy stale
+  // (re-made at its next use). Writes that bypass the backend (a communicator's collectives) are
+  // not seen, so a multi-rank run must not register one. nullptr forgets it.
+  virtual void set_weight_mirror(const float* params, size_t count) {
+    (void)params;
+    (void)count;
+  }
+
+  // ---- profiling ----
+  // Device time per op since the last call, largest first, when the backend times its ops (the
+  // CUDA backend with FTUNE_PROFILE=1 in the environment: a pair of CUDA events around each
+  // op); empty otherwise. Waits for the device.
+  virtual std::vector<OpTime> take_op_profile() { return {}; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

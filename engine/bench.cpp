@@ -5,11 +5,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <optional>
 #include <random>
 
 #include "engine/device.h"
 #include "engine/error.h"
+#include "engine/plan.h"
 #include "engine/trainer.h"
 
 namespace ftune {
@@ -58,7 +60,11 @@ void apply_bench_preset(const std::string& name, BenchOptions* o) {
 
 BenchResult run_bench(const BenchOptions& o) {
   ModelConfig mc = bench_model_config(o);
-  auto be = make_backend(resolve_device(o.device));
+  const DeviceChoice dev = resolve_device(o.device);
+  auto be = make_backend(dev);
+  const Precision precision = resolve_precision(o.precision, dev.kind, "--precision");
+  if (precision == Precision::Bf16 && !be->set_bf16_compute(true))
+    throw Error("--precision bf16: this GPU has no bf16 tensor cores (sm_80 or newer needed)");
   const int threads = resolve_threads(o.threads);
   omp_set_num_threads(threads);
   std::optional<LoraConfig> lc;
@@ -72,6 +78,7 @@ BenchResult run_bench(const BenchOptions& o) {
   }
   Model model(be.get(), mc, o.batch * o.seq, true, lc ? &*lc : nullptr,
               parse_recompute(o.recompute));
+  if (precision == Precision::Bf16) be->set_weight_mirror(model.params(), model.num_params());
   model.init_random(1);
   if (lc) model.init_lora(1);
   std::mt19937 rng(7);
@@ -88,6 +95,7 @@ BenchResult run_bench(const BenchOptions& o) {
   ParamSpan span{0, n_train, 0.f};
   std::vector<double> times;
   for (int64_t s = 0; s < o.warmup + o.steps; ++s) {
+    if (s == o.warmup) be->take_op_profile();  // only the timed steps count
     auto t0 = std::chrono::steady_clock::now();
     be->zero(model.train_grads(), n_train * sizeof(float));
     model.forward_backward(ctx, b, 1.f / float(b.tokens()));
@@ -100,7 +108,21 @@ BenchResult run_bench(const BenchOptions& o) {
     if (s >= o.warmup) times.push_back(dt);
   }
   std::sort(times.begin(), times.end());
+  // FTUNE_PROFILE=1: where a step's device time goes, per backend op (stderr, beside the JSON).
+  const std::vector<OpTime> prof = be->take_op_profile();
+  if (!prof.empty() && o.steps > 0) {
+    double total = 0;
+    for (const OpTime& t : prof) total += t.ms;
+    const double steps = double(o.steps);
+    std::fprintf(stderr, "%-20s %10s %10s %7s\n", "op (per step)", "calls", "ms", "share");
+    for (const OpTime& t : prof)
+      std::fprintf(stderr, "%-20s %10.1f %10.3f %6.1f%%\n", t.op.c_str(), double(t.calls) / steps,
+                   t.ms / steps, total > 0 ? 100.0 * t.ms / total : 0.0);
+    std::fprintf(stderr, "%-20s %10s %10.3f  (median step %.3f ms)\n", "all ops", "", total / steps,
+                 times.empty() ? 0.0 : 1e3 * times[times.size() / 2]);
+  }
   BenchResult r;
+  r.bf16 = precision == Precision::Bf16;
   for (const auto& e : model.layout().entries()) r.params += int64_t(e.count);
   r.non_embedding_params = r.params - mc.vocab_size * mc.hidden_size * (o.tied ? 1 : 2);
   r.step_s = times.empty() ? 0 : times[times.size() / 2];

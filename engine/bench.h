@@ -19,6 +19,7 @@ struct BenchOptions {
   std::string lora_targets = "all-linear";
   double rope_theta = 10000.0;
   std::string recompute = "none";  // train.recompute
+  std::string precision = "auto";  // precision (auto: bf16 on cuda, fp32 on cpu)
   double peak_tflops = 0;  // the device's dense peak for this precision: MFU is reported when set
 };
 
@@ -27,6 +28,7 @@ struct BenchOptions {
 void apply_bench_preset(const std::string& name, BenchOptions* o);
 
 struct BenchResult {
+  bool bf16 = false;  // the precision that ran (trivially copyable: sent back from a child)
   int64_t params = 0, non_embedding_params = 0;
   double step_s = 0;  // median over timed steps
   double tokens_per_s = 0;

@@ -35,6 +35,16 @@ Precision parse_precision(const std::string& name, const std::string& key) {
   throw Error(key + ": unknown precision '" + name + "' (use fp32 or bf16)");
 }
 
+Precision resolve_precision(const std::string& name, const std::string& device_kind,
+                            const std::string& key) {
+  if (name == "auto") return device_kind == "cuda" ? Precision::Bf16 : Precision::Fp32;
+  const Precision p = parse_precision(name, key);
+  if (p == Precision::Bf16 && device_kind != "cuda")
+    throw Error(key + ": bf16 runs on a GPU (device: cuda); the CPU backend computes in fp32: " +
+                "set " + key + " to fp32 or auto");
+  return p;
+}
+
 namespace {
 
 // Bytes per element of compute tensors (weights, gradients, activations) at a precision.

@@ -28,6 +28,10 @@ enum class Precision { Fp32, Bf16 };
 const char* precision_name(Precision p);
 // fp32 | bf16; `key` names the flag or setting in the error.
 Precision parse_precision(const std::string& name, const std::string& key);
+// The compute precision of a run: `name` (auto | fp32 | bf16) on a device kind (cpu | cuda).
+// auto is bf16 on CUDA and fp32 on the CPU; bf16 on the CPU is an error naming `key`.
+Precision resolve_precision(const std::string& name, const std::string& device_kind,
+                            const std::string& key);
 
 // The bytes a Model(cfg, max_tokens, with_grads=true, lora, recompute) allocates, by purpose,
 // computed from the shapes alone (equal to Model::memory() for fp32). bf16 gives the planned

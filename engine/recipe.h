@@ -108,14 +108,15 @@ struct RecipeConfig {
   double generate_temperature = 0.0;     // generate.temperature (0: greedy)
   double generate_top_p = 1.0;           // generate.top_p
   // job
-  std::string output_dir;         // output_dir
-  int64_t seed = 42;              // seed
-  std::string device = "auto";    // device: auto | cpu | cuda
-  int64_t threads = 0;            // threads (0: all cores)
-  int64_t log_every = 10;         // log.every: plain progress line period when not a TTY
-  int64_t report_every = 0;       // report.every: rewrite report.html every N steps (0: at end)
-  std::string sharding = "none";  // sharding: none | zero1 | zero2 | zero3
-  double dist_timeout = 600;      // dist.timeout: seconds a collective may take
+  std::string output_dir;          // output_dir
+  int64_t seed = 42;               // seed
+  std::string device = "auto";     // device: auto | cpu | cuda
+  std::string precision = "auto";  // precision: auto | fp32 | bf16 (auto: bf16 on CUDA)
+  int64_t threads = 0;             // threads (0: all cores)
+  int64_t log_every = 10;          // log.every: plain progress line period when not a TTY
+  int64_t report_every = 0;        // report.every: rewrite report.html every N steps (0: at end)
+  std::string sharding = "none";   // sharding: none | zero1 | zero2 | zero3
+  double dist_timeout = 600;       // dist.timeout: seconds a collective may take
 };
 
 struct Recipe {

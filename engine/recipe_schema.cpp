@@ -40,6 +40,13 @@ std::vector<KeySpec> build_schema() {
        .field = &C::device,
        .doc = "where to train; auto picks CUDA when a usable GPU is present, else the CPU",
        .allowed = {"auto", "cpu", "cuda"}},
+      {.key = "precision",
+       .field = &C::precision,
+       .doc = "compute precision: bf16 runs linear layers, the LM head and attention on bf16 "
+              "tensor cores with fp32 accumulation, fp32 master weights, optimizer state and "
+              "loss (CUDA only); fp32 computes everything in fp32 (the CPU, or debugging on a "
+              "GPU); auto is bf16 on CUDA and fp32 on the CPU",
+       .allowed = {"auto", "fp32", "bf16"}},
       {.key = "threads",
        .field = &C::threads,
        .doc = "CPU worker threads; 0 uses every core",

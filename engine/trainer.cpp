@@ -31,6 +31,7 @@
 #include "engine/generate.h"
 #include "engine/launch_env.h"
 #include "engine/manifest.h"
+#include "engine/plan.h"
 #include "engine/progress.h"
 #include "engine/report.h"
 #include "engine/safetensors.h"
@@ -477,6 +478,17 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
                 "the batch), set train.recompute: full, or use method: lora");
   }
   Model& model = *model_ptr;
+  // bf16 mixed precision: the backend computes products and attention in bf16 from the fp32
+  // buffers; one rank keeps a bf16 copy of the weights that the optimizer step refreshes (with
+  // several ranks collectives write the weights behind the backend's back, so each product
+  // converts its weight instead).
+  const Precision precision = resolve_precision(c.precision, dev.kind, "precision");
+  if (precision == Precision::Bf16) {
+    if (!be->set_bf16_compute(true))
+      throw Error("precision: bf16 needs bf16 tensor cores (an sm_80 or newer GPU), which " +
+                  dev.detail + " lacks: set precision: fp32");
+    if (world == 1 && model.params()) be->set_weight_mirror(model.params(), model.num_params());
+  }
   DType base_dtype = DType::F32;
   if (c.model_init == "pretrained") {
     // An encrypted base takes model.key_*, else the output key (re-tuning one's own model).
@@ -686,8 +698,8 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   }
   say("ftune: " + mc.model_type + " " + std::to_string(model.num_params()) + " parameters" +
       (lora ? " (LoRA: " + std::to_string(lora_param_count(model)) + " trained)" : "") + " on " +
-      dev.detail + " (" + std::to_string(threads) + " threads); " + data->describe() + "; " +
-      std::to_string(total_steps) + " steps");
+      dev.detail + " (" + std::to_string(threads) + " threads, " + precision_name(precision) +
+      "); " + data->describe() + "; " + std::to_string(total_steps) + " steps");
 
   auto eval_now = [&](const char* when) {
     EvalResult e = evaluate(model, *data, c.eval_max_batches, threads);

@@ -755,6 +755,13 @@ std::vector<int32_t> head_targets(const HeadCase& c, uint64_t seed) {
   return t;
 }
 
+// dhidden sums vocab products per element: both backends' fp32 sums carry rounding that grows like
+// sqrt(terms) * 2^-24 (about 1.3e-5 for 50021 terms, seen on an H200), so beyond ~7000 terms the
+// tolerance follows that bound instead of the flat 1e-5.
+double sum_tol(int64_t terms) {
+  return std::max(kTol, 2.0 * std::sqrt(double(terms)) * 0x1p-24);
+}
+
 TEST_F(CudaLmHead, MatchesCpuWithEveryGradientVariant) {
   for (const HeadCase& c : kHeads) {
     const auto hidden = random_vec(size_t(c.n * c.d), 51, -2.f, 2.f);
@@ -771,7 +778,7 @@ TEST_F(CudaLmHead, MatchesCpuWithEveryGradientVariant) {
       EXPECT_EQ(got.loss.tokens, ref.loss.tokens) << what;
       EXPECT_NEAR(got.loss.loss, ref.loss.loss, kTol * std::fabs(ref.loss.loss)) << what;
       if (with_dh) {
-        EXPECT_LE(rel_error(got.dhidden, ref.dhidden), kTol) << what;
+        EXPECT_LE(rel_error(got.dhidden, ref.dhidden), sum_tol(c.vocab)) << what;
       } else {
         for (float v : got.dhidden) ASSERT_TRUE(std::isnan(v)) << "dhidden written, " << what;
       }

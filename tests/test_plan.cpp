@@ -6,6 +6,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "engine/backend.h"
 #include "engine/bench.h"
 #include "engine/device.h"
 #include "engine/fs_util.h"
@@ -306,6 +307,18 @@ TEST(PlanStages, BadInputsAreClearErrors) {
   testing::expect_error([] { default_peak_tflops("tpu", Precision::Fp32); },
                         {"--gpu", "tpu", "h100"});
   testing::expect_error([] { parse_precision("fp8", "--precision"); }, {"--precision", "fp8"});
+  // A run's precision: auto follows the device; bf16 is a GPU path the CPU backend refuses.
+  EXPECT_EQ(resolve_precision("auto", "cuda", "precision"), Precision::Bf16);
+  EXPECT_EQ(resolve_precision("auto", "cpu", "precision"), Precision::Fp32);
+  EXPECT_EQ(resolve_precision("fp32", "cuda", "precision"), Precision::Fp32);
+  EXPECT_EQ(resolve_precision("bf16", "cuda", "precision"), Precision::Bf16);
+  testing::expect_error([] { resolve_precision("bf16", "cpu", "precision"); },
+                        {"precision", "bf16", "device: cuda", "fp32"});
+  testing::expect_error([] { resolve_precision("half", "cuda", "precision"); },
+                        {"precision", "half"});
+  auto cpu = make_cpu_backend();
+  EXPECT_FALSE(cpu->set_bf16_compute(true));
+  EXPECT_TRUE(cpu->set_bf16_compute(false));
   EXPECT_EQ(default_peak_tflops("h100", Precision::Bf16), 989.0);
 }
 
@@ -400,7 +413,7 @@ TEST(PlanCli, BadFlagsAreClearErrors) {
 
 // ---- (4) against what CPU ranks really allocate ----
 
-std::vector<std::string> rank_overrides(const std::string& out) {
+[[maybe_unused]] std::vector<std::string> rank_overrides(const std::string& out) {
   return {"output_dir=" + out,        "data.train=" + kSrc + "/data/quickstart/train.jsonl",
           "data.packing=pack",        "train.seq_len=64",
           "train.micro_batch_size=4", "train.max_steps=2",

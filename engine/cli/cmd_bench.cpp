@@ -66,6 +66,7 @@ nlohmann::json result_json(const BenchOptions& o, const BenchResult& r) {
           {"gflops_per_s", r.gflops_per_s},
           {"state_mb", r.state_mb},
           {"recompute", o.recompute},
+          {"precision", r.bf16 ? "bf16" : "fp32"},
           {"device", o.device},
           {"peak_device_mb", r.peak_device_mb},
           {"peak_tflops", o.peak_tflops},
@@ -92,6 +93,10 @@ void add_bench(CLI::App& app, Action* action) {
   cmd->add_option("--warmup", o->warmup, "Untimed warmup steps");
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)");
   cmd->add_option("--device", o->device, "cpu or cuda");
+  cmd->add_option("--precision", o->precision,
+                  "auto (bf16 on cuda, fp32 on cpu), fp32 or bf16 (bf16 operands on tensor cores, "
+                  "fp32 accumulation and master weights)")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
   auto preset = std::make_shared<std::string>();
   cmd->add_option("--preset", *preset,
                   "Named shape (llama-3.2-1b: seq 2048, batch 1); explicit shape flags still win");
