@@ -7,6 +7,7 @@
 
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/json_limits.h"
 #include "engine/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -23,7 +24,7 @@ LoraConfig read_adapter_config(const std::string& dir) {
     throw Error("'" + dir + "' is not a LoRA adapter directory (no " + kAdapterConfig + ")");
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(read_file(file));
+    j = parse_json_bounded(read_file(file), file);
   } catch (const nlohmann::json::exception& e) {
     throw Error(file + ": invalid JSON (" + e.what() + ")");
   }

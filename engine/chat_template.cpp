@@ -13,6 +13,7 @@
 
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/json_limits.h"
 
 namespace ftune {
 namespace {
@@ -209,7 +210,7 @@ std::optional<std::string> token_text(const json& cfg, const char* key) {
 json parse_json_file(const std::string& path) {
   json j;
   try {
-    j = json::parse(read_file(path));
+    j = parse_json_bounded(read_file(path), path);
   } catch (const json::exception& e) {
     throw Error(path + ": not valid JSON (" + e.what() + ")");
   }

@@ -10,6 +10,7 @@
 #include "engine/adapter.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/json_limits.h"
 #include "engine/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -343,7 +344,7 @@ void load_checkpoint_weights(const std::string& dir, Model& model, const WeightK
 TrainState read_checkpoint_state(const std::string& dir) {
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(read_file(dir + "/state.json"));
+    j = parse_json_bounded(read_file(dir + "/state.json"), dir + "/state.json");
   } catch (const nlohmann::json::exception& e) {
     throw Error(dir + "/state.json: invalid JSON (" + e.what() + ")");
   }

@@ -16,6 +16,7 @@
 #include "engine/encryption.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/json_limits.h"
 #include "engine/manifest.h"
 #include "engine/safetensors.h"
 
@@ -64,7 +65,7 @@ std::string base_name(const std::string& path) {
 void describe_config(const std::string& config_path, std::ostringstream& out) {
   nlohmann::json cfg;
   try {
-    cfg = nlohmann::json::parse(read_file(config_path));
+    cfg = parse_json_bounded(read_file(config_path), config_path);
   } catch (const nlohmann::json::exception& e) {
     throw Error(config_path + ": not valid JSON (" + std::string(e.what()) + ")");
   }
@@ -162,7 +163,7 @@ void describe_tensors(const std::vector<const SafetensorsReader*>& readers,
 
 nlohmann::json parse_json_file(const std::string& path) {
   try {
-    return nlohmann::json::parse(read_file(path));
+    return parse_json_bounded(read_file(path), path);
   } catch (const nlohmann::json::exception& e) {
     throw Error(path + ": not valid JSON (" + std::string(e.what()) + ")");
   }
@@ -305,8 +306,8 @@ void describe_manifest(const std::string& dir, std::ostringstream& out) {
   out << "\nmanifest:   " << kManifestName;
   nlohmann::json m;
   try {
-    m = nlohmann::json::parse(read_file(dir + "/" + kManifestName));
-  } catch (const nlohmann::json::exception&) {
+    m = parse_json_bounded(read_file(dir + "/" + kManifestName), kManifestName);
+  } catch (const std::exception&) {  // invalid or absurdly nested: reported as unreadable below
   }
   if (!m.is_object()) {
     out << " is not a valid manifest; run 'ftune verify " << dir << "'\n";
@@ -353,10 +354,10 @@ void describe_manifest(const std::string& dir, std::ostringstream& out) {
   if (path_exists(sig_path)) {
     out << "yes (" << kSignatureName;
     try {
-      const nlohmann::json sig = nlohmann::json::parse(read_file(sig_path));
+      const nlohmann::json sig = parse_json_bounded(read_file(sig_path), sig_path);
       const std::string key = sig.value("public_key_sha256", "");
       if (!key.empty()) out << ", public key sha256 " << key.substr(0, 16);
-    } catch (const nlohmann::json::exception&) {
+    } catch (const std::exception&) {
     }
     out << ")\n";
   } else {

@@ -13,6 +13,7 @@
 
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/json_limits.h"
 #include "engine/signing.h"
 
 namespace ftune {
@@ -94,8 +95,8 @@ void check_signature(const std::string& sig_path, const std::string& manifest_te
   const std::string name = kSignatureName;
   json sig;
   try {
-    sig = json::parse(read_file(sig_path));
-  } catch (const json::exception& e) {
+    sig = parse_json_bounded(read_file(sig_path), name);
+  } catch (const std::exception& e) {  // invalid JSON, or nested past kMaxJsonDepth
     r.problems.push_back(name + ": not valid JSON (" + e.what() + ")");
     return;
   }
@@ -242,8 +243,8 @@ VerifyReport verify_output(const std::string& dir, const std::string& pubkey_pem
   const std::string text = read_file(manifest_path);
   json m;
   try {
-    m = json::parse(text);
-  } catch (const json::exception& e) {
+    m = parse_json_bounded(text, kManifestName);
+  } catch (const std::exception& e) {  // invalid JSON, or nested past kMaxJsonDepth
     r.problems.push_back(std::string(kManifestName) + ": not valid JSON (" + e.what() + ")");
   }
   if (r.problems.empty() && (!m.is_object() || m.value("format", json()) != kManifestFormat)) {

@@ -10,6 +10,7 @@
 #include "engine/encryption.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/json_limits.h"
 #include "engine/recipe.h"
 #include "engine/svg_plot.h"
 
@@ -385,8 +386,8 @@ std::vector<MetricPoint> parse_metrics_jsonl(const std::string& text, int64_t* m
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     json j;
     try {
-      j = json::parse(line);
-    } catch (const json::parse_error&) {
+      j = parse_json_bounded(line, "metrics.jsonl");
+    } catch (const std::exception&) {
       ++bad;  // e.g. a line cut short by a crash
       continue;
     }
@@ -476,21 +477,21 @@ ManifestInfo read_manifest_info(const std::string& label, const std::string& dir
   mi.label = label;
   mi.dir = dir;
   try {
-    mi.manifest = json::parse(read_file(dir + "/" + kManifestName));
+    mi.manifest = parse_json_bounded(read_file(dir + "/" + kManifestName), kManifestName);
     if (!mi.manifest.is_object()) {
       mi.manifest = json();
       mi.error = "not a JSON object";
     }
-  } catch (const json::exception& e) {
+  } catch (const std::exception& e) {
     mi.manifest = json();
     mi.error = e.what();
   }
   const std::string sig_path = dir + "/" + kSignatureName;
   if (path_exists(sig_path)) {
     try {
-      mi.signature_key_sha256 =
-          json::parse(read_file(sig_path)).value("public_key_sha256", std::string("?"));
-    } catch (const json::exception&) {
+      mi.signature_key_sha256 = parse_json_bounded(read_file(sig_path), sig_path)
+                                    .value("public_key_sha256", std::string("?"));
+    } catch (const std::exception&) {
       mi.signature_key_sha256 = "?";  // verify_output names the damage
     }
   }
@@ -608,11 +609,11 @@ std::string write_report(const std::string& output_dir, const ReportOptions& opt
 
   if (path_exists(output_dir + "/summary.json")) {
     try {
-      in.summary = json::parse(read_file(output_dir + "/summary.json"));
+      in.summary = parse_json_bounded(read_file(output_dir + "/summary.json"), "summary.json");
       const json vb = in.summary.value("val_before", json());
       if (vb.is_object() && vb.value("loss", json()).is_number())
         in.val_before = vb["loss"].get<double>();
-    } catch (const json::exception& e) {
+    } catch (const std::exception& e) {
       in.summary = json();
       in.notes.push_back(std::string("summary.json is not valid JSON: ") + e.what());
     }

@@ -7,6 +7,7 @@
 
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/json_limits.h"
 
 namespace ftune {
 namespace {
@@ -66,7 +67,7 @@ std::shared_ptr<const MappedSamples> open_sample_cache(const std::string& path,
     uint64_t len = 0;
     for (int i = 0; i < 8; ++i) len |= uint64_t(p[8 + i]) << (8 * i);
     if (len > size - 16) return nullptr;
-    auto h = nlohmann::json::parse(std::string(reinterpret_cast<const char*>(p) + 16, len));
+    auto h = parse_json_bounded(std::string(reinterpret_cast<const char*>(p) + 16, len), path);
     if (h.at("key").get<std::string>() != key) return nullptr;
     const size_t n = h.at("samples").get<size_t>(), t = h.at("tokens").get<size_t>();
     const size_t base = pad64(16 + len);

@@ -29,6 +29,7 @@
 #include "engine/export.h"
 #include "engine/fs_util.h"
 #include "engine/generate.h"
+#include "engine/json_limits.h"
 #include "engine/launch_env.h"
 #include "engine/manifest.h"
 #include "engine/plan.h"
@@ -236,9 +237,9 @@ void trim_metrics(const std::string& path, int64_t keep_through_step) {
   std::string line, kept;
   while (std::getline(in, line)) {
     try {
-      auto j = nlohmann::json::parse(line);
+      auto j = parse_json_bounded(line, path);
       if (j.value("step", int64_t(0)) <= keep_through_step) kept += line + "\n";
-    } catch (const nlohmann::json::exception&) {
+    } catch (const std::exception&) {
       // a torn last line from a crash: drop it
     }
   }

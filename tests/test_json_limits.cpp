@@ -7,10 +7,14 @@
 #include <filesystem>
 #include <string>
 
+#include "engine/adapter.h"
+#include "engine/chat_template.h"
+#include "engine/checkpoint.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
 #include "engine/json_limits.h"
 #include "engine/jsonl.h"
+#include "engine/manifest.h"
 #include "engine/model_config.h"
 #include "engine/tokenizer.h"
 #include "tests/test_util.h"
@@ -97,6 +101,42 @@ TEST_F(DeepFiles, JsonlLineIsABadRecord) {
             path, false, [](const nlohmann::json&, int64_t) { return std::string(); }, nullptr);
       },
       {path + ":2", "nested more than 512 levels", "skip_bad_lines"});
+}
+
+// Files a user hands over (an adapter, a tokenizer_config.json) are refused with the file named.
+TEST_F(DeepFiles, AdapterConfigAndChatTemplate) {
+  write_file_atomic(dir_ + "/adapter_config.json", R"({"r": 8, "x": )" + deep_ + "}");
+  expect_error([&] { read_adapter_config(dir_); },
+               {dir_ + "/adapter_config.json", "nested more than 512 levels"});
+  write_file_atomic(dir_ + "/tokenizer_config.json", R"({"chat_template": )" + deep_ + "}");
+  expect_error([&] { ChatTemplate::from_tokenizer_config(dir_); },
+               {dir_ + "/tokenizer_config.json", "nested more than 512 levels"});
+}
+
+// Files ftune wrote and something damaged: a checkpoint's state.json is an error naming it; a
+// manifest or signature is a verification problem, not a crash.
+TEST_F(DeepFiles, CheckpointStateAndManifest) {
+  write_file_atomic(dir_ + "/state.json", R"({"step": )" + deep_ + "}");
+  expect_error([&] { read_checkpoint_state(dir_); },
+               {dir_ + "/state.json", "nested more than 512 levels"});
+  write_file_atomic(dir_ + "/ftune-manifest.json", deep_);
+  const VerifyReport r = verify_output(dir_, "");
+  EXPECT_FALSE(r.ok);
+  ASSERT_FALSE(r.problems.empty());
+  EXPECT_NE(r.problems[0].find("nested more than 512 levels"), std::string::npos) << r.problems[0];
+}
+
+// metrics.jsonl lines are read by `ftune status` and `ftune report`: a damaged line is skipped.
+TEST_F(DeepFiles, MetricsLineIsSkippedByStatusAndReport) {
+  write_file_atomic(dir_ + "/metrics.jsonl", "{\"step\": 1, \"loss\": 2.5, \"lr\": 0.001}\n" +
+                                                 deep_ + "\n{\"step\": 2, \"loss\": 2.25, " +
+                                                 "\"lr\": 0.001}\n");
+  testing::CliRun st = testing::ftune("status " + dir_);
+  EXPECT_EQ(st.code, 0) << st.out;
+  EXPECT_NE(st.out.find("2.25"), std::string::npos) << st.out;
+  testing::CliRun rep = testing::ftune("report " + dir_);
+  EXPECT_EQ(rep.code, 0) << rep.out;
+  EXPECT_TRUE(path_exists(dir_ + "/report.html")) << rep.out;
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "engine/cli/commands.h"
 #include "engine/error.h"
 #include "engine/fs_util.h"
+#include "engine/json_limits.h"
 
 namespace fs = std::filesystem;
 
@@ -54,13 +55,13 @@ void add_status(CLI::App& app, Action* action) {
         std::string line;
         while (std::getline(in, line)) {
           try {
-            auto j = nlohmann::json::parse(line);
+            auto j = parse_json_bounded(line, d + "/metrics.jsonl");
             // Guard and checkpoint events share the file; only step lines carry a loss.
             if (!j.contains("loss")) continue;
             last = j;
             if (j.contains("val_loss")) last_val = j;
             ++lines;
-          } catch (const nlohmann::json::exception&) {
+          } catch (const std::exception&) {
             // a torn last line from a crash: the lines before it still tell the story
           }
         }
@@ -74,7 +75,8 @@ void add_status(CLI::App& app, Action* action) {
       }
       if (latest) {
         const TrainState st = train_state_from_json(
-            nlohmann::json::parse(read_file(*latest + "/state.json")), *latest + "/state.json");
+            parse_json_bounded(read_file(*latest + "/state.json"), *latest + "/state.json"),
+            *latest + "/state.json");
         total = st.total_steps;
         std::printf("checkpoint: %s (step %lld, %lld tokens)\n", latest->c_str(),
                     static_cast<long long>(st.step), static_cast<long long>(st.tokens_seen));

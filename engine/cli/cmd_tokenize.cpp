@@ -13,6 +13,7 @@
 
 #include "engine/cli/commands.h"
 #include "engine/error.h"
+#include "engine/json_limits.h"
 #include "engine/tokenizer.h"
 
 namespace ftune::cli {
@@ -60,8 +61,8 @@ std::vector<int32_t> parse_ids(const std::string& line, const std::string& where
   if (line.find_first_not_of(" \t") == std::string::npos) return ids;  // blank: nothing to decode
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::parse_error&) {
+    j = parse_json_bounded(line, where);
+  } catch (const nlohmann::json::exception&) {  // parse_error, or out_of_range for 1e999
     throw Error(where + ": expected a JSON array of token ids such as [1, 15043], got: " + line);
   }
   if (!j.is_array()) throw Error(where + ": expected a JSON array of token ids, got: " + line);
