@@ -304,7 +304,9 @@ struct Loader {
   // One example key of a section, to show what belongs inside it.
   static std::string example_key(std::string_view section) {
     for (const KeySpec& k : recipe::schema())
-      if (k.section() == section) return std::string(k.key);
+      if (k.key.size() > section.size() && k.key.substr(0, section.size()) == section &&
+          k.key[section.size()] == '.')
+        return std::string(k.key);
     return std::string(section);
   }
 

@@ -470,6 +470,11 @@ bool is_section(std::string_view name) {
   if (name.empty()) return false;
   for (const SectionSpec& s : sections())
     if (s.name == name) return true;
+  // A group inside a section (export.encrypt holds export.encrypt.key_file): a map there too.
+  for (const KeySpec& k : schema())
+    if (k.key.size() > name.size() && k.key.substr(0, name.size()) == name &&
+        k.key[name.size()] == '.')
+      return true;
   return false;
 }
 

@@ -63,6 +63,8 @@ const KeySpec* find_key(std::string_view key);
 const KeySpec* find_source_key(std::string_view name);
 // Names a data.train entry accepts: path, weight, then the per-source keys in schema order.
 std::vector<std::string_view> source_entry_keys();
+// A top-level section (train) or a group of keys inside one (export.encrypt): what a YAML map
+// may stand for.
 bool is_section(std::string_view name);
 
 // "string", "path", "int", "float", "bool"; "path or list" for a source_list key.

@@ -159,6 +159,22 @@ TEST(Recipe, DottedKeysEqualNestedMaps) {
   expect_same_config(nested, dotted);
 }
 
+// Three-level keys (export.encrypt.key_env) nest as maps at every level, mixed with dots too.
+TEST(Recipe, ThreeLevelKeysNestAtEveryLevel) {
+  const std::string req(kRequired);
+  RecipeConfig flow = load_text(req + "export: {encrypt: {key_env: K1}}\n");
+  RecipeConfig block = load_text(req + "export:\n  encrypt:\n    key_env: K1\n");
+  RecipeConfig mixed = load_text(req + "export:\n  encrypt.key_env: K1\n");
+  RecipeConfig half = load_text(req + "export.encrypt:\n  key_env: K1\n");
+  RecipeConfig dotted = load_text(req + "export.encrypt.key_env: K1\n");
+  EXPECT_EQ(flow.export_encrypt_key_env, "K1");
+  for (const RecipeConfig* c : {&block, &mixed, &half, &dotted}) expect_same_config(flow, *c);
+  EXPECT_TRUE(Contains(text_error(req + "export: {encrypt: 3}\n"), "expected a map"));
+  EXPECT_TRUE(Contains(text_error(req + "export: {encrypt: {key_enc: K}}\n"),
+                       "unknown key 'export.encrypt.key_enc'"));
+  EXPECT_TRUE(Contains(text_error(req, {"export.encrypt=K"}), "is a section, not a key"));
+}
+
 TEST(Recipe, ScalarSpellings) {
   RecipeConfig c = load_text(std::string(kRequired) +
                              "train: {max_steps: +20, epochs: 3}\n"
