@@ -484,11 +484,15 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   // several ranks collectives write the weights behind the backend's back, so each product
   // converts its weight instead).
   const Precision precision = resolve_precision(c.precision, dev.kind, "precision");
+  size_t bf16_copy_bytes = 0;
   if (precision == Precision::Bf16) {
     if (!be->set_bf16_compute(true))
       throw Error("precision: bf16 needs bf16 tensor cores (an sm_80 or newer GPU), which " +
                   dev.detail + " lacks: set precision: fp32");
-    if (world == 1 && model.params()) be->set_weight_mirror(model.params(), model.num_params());
+    if (world == 1 && model.params()) {
+      be->set_weight_mirror(model.params(), model.num_params());
+      bf16_copy_bytes = model.num_params() * 2;
+    }
   }
   DType base_dtype = DType::F32;
   if (c.model_init == "pretrained") {
@@ -694,8 +698,10 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     auto mib = [](size_t b) { return fmt("%.1f", double(b) / double(1 << 20), 0); };
     say("memory: weights " + mib(mm.weights) + " MiB, gradients " + mib(mm.gradients) +
         " MiB, optimizer " + mib(opt_bytes) + " MiB, activations " + mib(mm.activations) +
-        " MiB, scratch " + mib(mm.scratch) + " MiB = " +
-        mib(mm.weights + mm.gradients + opt_bytes + mm.activations + mm.scratch) + " MiB");
+        " MiB, scratch " + mib(mm.scratch) + " MiB" +
+        (bf16_copy_bytes ? ", bf16 weight copy " + mib(bf16_copy_bytes) + " MiB" : "") + " = " +
+        mib(mm.weights + mm.gradients + opt_bytes + mm.activations + mm.scratch + bf16_copy_bytes) +
+        " MiB");
   }
   say("ftune: " + mc.model_type + " " + std::to_string(model.num_params()) + " parameters" +
       (lora ? " (LoRA: " + std::to_string(lora_param_count(model)) + " trained)" : "") + " on " +
