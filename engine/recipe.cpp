@@ -567,7 +567,14 @@ bool looks_non_string(const std::string& s) {
 }
 
 std::string yaml_string(const std::string& s) {
+  // yaml-cpp writes a string holding a carriage return (or another control character) plain,
+  // and a YAML reader takes \r for a line break: such strings are double-quoted, escaped.
+  const bool control = std::any_of(s.begin(), s.end(), [](char ch) {
+    const auto u = static_cast<unsigned char>(ch);
+    return u < 0x20 || u == 0x7f;
+  });
   YAML::Emitter e;
+  if (control) e << YAML::DoubleQuoted;
   e << s;
   std::string out = e.c_str();
   if (out == s && looks_non_string(s)) {

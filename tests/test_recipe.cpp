@@ -528,13 +528,29 @@ TEST(Recipe, ToYamlRoundTripsNonDefaultAndAwkwardValues) {
   for (const recipe::KeySpec& k : recipe::schema())
     EXPECT_NE(recipe::value_text(k, cfg), recipe::value_text(k, defaults)) << k.key;
 
-  for (std::string awkward :
-       {std::string(""), std::string("yes"), std::string("No"), std::string("~"),
-        std::string("null"), std::string("123"), std::string("1e-4"), std::string("0x1F"),
-        std::string("a: b # c"), std::string("- item"), std::string("[x]"),
-        std::string("  padded  "), std::string("line1\nline2\ttab"), std::string("quotes ' and \""),
-        std::string("unicode \xc3\xa9t\xc3\xa9"), std::string("&anchor"), std::string("*alias"),
-        std::string("%percent"), std::string("@at")}) {
+  for (std::string awkward : {std::string(""),
+                              std::string("yes"),
+                              std::string("No"),
+                              std::string("~"),
+                              std::string("null"),
+                              std::string("123"),
+                              std::string("1e-4"),
+                              std::string("0x1F"),
+                              std::string("a: b # c"),
+                              std::string("- item"),
+                              std::string("[x]"),
+                              std::string("  padded  "),
+                              std::string("line1\nline2\ttab"),
+                              std::string("quotes ' and \""),
+                              std::string("unicode \xc3\xa9t\xc3\xa9"),
+                              std::string("&anchor"),
+                              std::string("*alias"),
+                              std::string("%percent"),
+                              std::string("@at"),
+                              std::string("ends in cr\r"),
+                              std::string("cr\rinside"),
+                              std::string("\x01control"),
+                              std::string("del\x7f")}) {
     cfg.generate_prompt = awkward;
     cfg.data_text_field = awkward.empty() ? "t" : awkward;
     std::string y = recipe_to_yaml(cfg);
