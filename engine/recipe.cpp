@@ -551,6 +551,7 @@ Recipe load_impl(const std::string& yaml, const std::string& label, const fs::pa
   Recipe r;
   r.cfg = ld.cfg;
   r.resolved_yaml = recipe_to_yaml(r.cfg);
+  r.identity_yaml = recipe_identity_yaml(r.cfg);
   return r;
 }
 
@@ -586,6 +587,33 @@ std::string yaml_string(const std::string& s) {
 }
 
 }  // namespace
+
+std::string recipe_identity_yaml(const RecipeConfig& cfg) {
+  const RecipeConfig defaults;
+  RecipeConfig c = cfg;
+  for (const KeySpec& k : recipe::schema())
+    if (k.run_control) std::visit([&](auto m) { c.*m = defaults.*m; }, k.field);
+  return recipe_to_yaml(c);
+}
+
+std::vector<std::string> recipe_differences(const RecipeConfig& before, const RecipeConfig& after,
+                                            bool run_control) {
+  std::vector<std::string> out;
+  for (const KeySpec& k : recipe::schema()) {
+    if (k.run_control != run_control) continue;
+    const std::string a = recipe::value_text(k, before), b = recipe::value_text(k, after);
+    if (a != b) {
+      out.push_back(std::string(k.key) + ": " + a + " -> " + b);
+    } else if (k.source_list && recipe_to_yaml(before) != recipe_to_yaml(after)) {
+      // The first path agrees but the list (weights, other entries, their overrides) may not.
+      RecipeConfig x = before, y = after;
+      x.data_sources.clear();
+      y.data_sources.clear();
+      if (recipe_to_yaml(x) == recipe_to_yaml(y)) out.push_back(std::string(k.key) + " entries");
+    }
+  }
+  return out;
+}
 
 Recipe load_recipe_text(const std::string& yaml, const std::string& label,
                         const std::string& base_dir, const std::vector<std::string>& overrides) {

@@ -124,6 +124,9 @@ struct Recipe {
   std::string source;  // recipe file path ("" when built from a string)
   std::string
       resolved_yaml;  // canonical YAML of every key after overrides (print-config, manifests)
+  // The same without the run-control keys (logging, checkpoint cadence, guards, export format,
+  // threads, timeouts): what the training computes. A run resumes when this is unchanged.
+  std::string identity_yaml;
 };
 
 // Loads a recipe file and applies overrides ("train.max_steps=20"). Relative paths inside the
@@ -141,6 +144,12 @@ std::vector<DataSource> recipe_data_sources(const RecipeConfig& cfg);
 RecipeConfig recipe_for_source(const RecipeConfig& cfg, const DataSource& src);
 // Canonical YAML of a config (every schema key, grouped by section, in schema order).
 std::string recipe_to_yaml(const RecipeConfig& cfg);
+// recipe_to_yaml with every run-control key at its default (Recipe::identity_yaml).
+std::string recipe_identity_yaml(const RecipeConfig& cfg);
+// "key: old -> new" for each schema key whose value differs between two configs (data.train
+// list entries count as one key), in schema order; run-control keys only, or only the others.
+std::vector<std::string> recipe_differences(const RecipeConfig& before, const RecipeConfig& after,
+                                            bool run_control);
 // The schema as a Markdown reference (docs/recipes.md is generated from this).
 std::string recipe_schema_markdown();
 

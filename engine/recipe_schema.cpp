@@ -50,7 +50,8 @@ std::vector<KeySpec> build_schema() {
       {.key = "threads",
        .field = &C::threads,
        .doc = "CPU worker threads; 0 uses every core",
-       .min = ge(0)},
+       .min = ge(0),
+       .run_control = true},
       {.key = "sharding",
        .field = &C::sharding,
        .doc = "ZeRO stage across ranks: none keeps everything whole on every rank; zero1 splits "
@@ -68,7 +69,8 @@ std::vector<KeySpec> build_schema() {
        .field = &C::dist_timeout,
        .doc = "seconds a collective between ranks may wait before the job is ended (a rank died "
               "or hangs); keep it above the time a checkpoint takes to write; 0 waits forever",
-       .min = ge(0)},
+       .min = ge(0),
+       .run_control = true},
       // model
       {.key = "model.path",
        .field = &C::model_path,
@@ -287,27 +289,32 @@ std::vector<KeySpec> build_schema() {
       {.key = "eval.every",
        .field = &C::eval_every,
        .doc = "measure the validation loss every N steps; 0 only before and after training",
-       .min = ge(0)},
+       .min = ge(0),
+       .run_control = true},
       {.key = "eval.max_batches",
        .field = &C::eval_max_batches,
        .doc = "micro-batches per evaluation; 0 uses the whole validation set",
-       .min = ge(0)},
+       .min = ge(0),
+       .run_control = true},
       // checkpoint
       {.key = "checkpoint.every",
        .field = &C::checkpoint_every,
        .doc = "save a resumable checkpoint every N steps; 0 only at the end",
-       .min = ge(0)},
+       .min = ge(0),
+       .run_control = true},
       {.key = "checkpoint.keep_last",
        .field = &C::checkpoint_keep_last,
        .doc = "how many of the most recent checkpoints to keep on disk; 0 keeps all",
-       .min = ge(0)},
+       .min = ge(0),
+       .run_control = true},
       {.key = "checkpoint.on_error",
        .field = &C::checkpoint_on_error,
        .doc = "a checkpoint that cannot be written (disk full, file-size limit, read-only or "
               "unwritable directory) leaves the previous one and `latest` intact; stop ends the "
               "run with the error (resume with --resume once fixed), continue logs it (and a "
               "metrics.jsonl entry) and keeps training, the next checkpoint trying again",
-       .allowed = {"stop", "continue"}},
+       .allowed = {"stop", "continue"},
+       .run_control = true},
       // guard
       {.key = "guard.nonfinite",
        .field = &C::guard_nonfinite,
@@ -315,48 +322,58 @@ std::vector<KeySpec> build_schema() {
               "optimizer state as they were (the step's data is consumed), stop ends the run, "
               "rollback reloads the last checkpoint (or the initial state) and multiplies the "
               "learning rate by guard.lr_backoff; each is logged and written to metrics.jsonl",
-       .allowed = {"skip", "stop", "rollback"}},
+       .allowed = {"skip", "stop", "rollback"},
+       .run_control = true},
       {.key = "guard.spike_zscore",
        .field = &C::guard_spike_zscore,
        .doc = "a step whose loss is more than this many standard deviations above the mean of "
               "the last guard.spike_window steps is a spike, handled per guard.spike; 0 turns "
               "spike detection off",
-       .min = ge(0)},
+       .min = ge(0),
+       .run_control = true},
       {.key = "guard.spike_window",
        .field = &C::guard_spike_window,
        .doc = "accepted steps whose losses the spike z-score is taken over; detection starts "
               "once the window is full",
-       .min = ge(2)},
+       .min = ge(2),
+       .run_control = true},
       {.key = "guard.spike",
        .field = &C::guard_spike,
        .doc = "what a loss spike does: skip, stop or rollback, as guard.nonfinite",
-       .allowed = {"skip", "stop", "rollback"}},
+       .allowed = {"skip", "stop", "rollback"},
+       .run_control = true},
       {.key = "guard.lr_backoff",
        .field = &C::guard_lr_backoff,
        .doc = "factor the learning rate is multiplied by at each rollback, for the rest of the "
               "run (kept in checkpoints, so a resume keeps it)",
        .min = gt(0),
-       .max = le(1)},
+       .max = le(1),
+       .run_control = true},
       {.key = "guard.max_rollbacks",
        .field = &C::guard_max_rollbacks,
        .doc = "rollbacks allowed in one run; the next bad step then stops it",
-       .min = ge(0)},
+       .min = ge(0),
+       .run_control = true},
       // export
       {.key = "export.dtype",
        .field = &C::export_dtype,
        .doc = "dtype of the exported safetensors; auto keeps the base model's",
-       .allowed = {"auto", "f32", "bf16", "f16"}},
+       .allowed = {"auto", "f32", "bf16", "f16"},
+       .run_control = true},
       {.key = "export.max_shard_mb",
        .field = &C::export_max_shard_mb,
        .doc = "largest exported safetensors shard, in MB",
-       .min = ge(1)},
+       .min = ge(1),
+       .run_control = true},
       {.key = "export.merge",
        .field = &C::export_merge,
-       .doc = "method lora: also write the base with the adapters merged in, to output_dir/model"},
+       .doc = "method lora: also write the base with the adapters merged in, to output_dir/model",
+       .run_control = true},
       {.key = "export.sign_key",
        .field = &C::export_sign_key,
        .doc = "Ed25519 private key (PEM, from ftune keygen --sign) that signs ftune-manifest.json",
-       .is_path = true},
+       .is_path = true,
+       .run_control = true},
       {.key = "export.encrypt.key_file",
        .field = &C::export_encrypt_key_file,
        .doc = "encrypt every weight file written (checkpoints and outputs) with AES-256-GCM under "
@@ -368,31 +385,37 @@ std::vector<KeySpec> build_schema() {
       // generate
       {.key = "generate.prompt",
        .field = &C::generate_prompt,
-       .doc = "text the trained model continues after training; empty skips the sample"},
+       .doc = "text the trained model continues after training; empty skips the sample",
+       .run_control = true},
       {.key = "generate.max_new_tokens",
        .field = &C::generate_max_new_tokens,
        .doc = "tokens generated after generate.prompt",
-       .min = ge(1)},
+       .min = ge(1),
+       .run_control = true},
       {.key = "generate.temperature",
        .field = &C::generate_temperature,
        .doc = "sampling temperature; 0 is greedy decoding",
-       .min = ge(0)},
+       .min = ge(0),
+       .run_control = true},
       {.key = "generate.top_p",
        .field = &C::generate_top_p,
        .doc = "nucleus sampling: sample from the smallest token set with this total probability",
        .min = gt(0),
-       .max = le(1)},
+       .max = le(1),
+       .run_control = true},
       // log
       {.key = "log.every",
        .field = &C::log_every,
        .doc = "steps between plain progress lines when the output is not a terminal",
-       .min = ge(1)},
+       .min = ge(1),
+       .run_control = true},
       // report
       {.key = "report.every",
        .field = &C::report_every,
        .doc = "also rewrite output_dir/report.html every N steps; 0 writes it only when the run "
               "ends (docs/report.md)",
-       .min = ge(0)},
+       .min = ge(0),
+       .run_control = true},
   };
 }
 
@@ -580,7 +603,11 @@ std::string recipe_schema_markdown() {
         "directory that contains the file; relative paths given as overrides resolve against "
         "the current working directory. `ftune train --print-config` prints the fully resolved "
         "recipe (every key, absolute paths, overrides applied) as YAML that can be saved and "
-        "used as a recipe.\n";
+        "used as a recipe.\n\n"
+        "A run resumes (`--resume`, `--auto-resume`) only with the training settings it started "
+        "with. Keys marked *(run)* below say how the run is watched, logged, checkpointed and "
+        "exported rather than what it computes; they may change when it resumes (the change is "
+        "printed and `recipe.yaml` updated).\n";
   for (const recipe::SectionSpec& sec : recipe::sections()) {
     md << "\n## " << sec.title << "\n\n" << sec.doc << "\n\n";
     md << "| key | type | default | allowed / range | description |\n";
@@ -602,7 +629,8 @@ std::string recipe_schema_markdown() {
         range = recipe::md_cell(range);
       }
       md << "| " << recipe::md_code(k.key) << " | " << recipe::type_name(k) << " | " << def_cell
-         << " | " << range << " | " << recipe::md_cell(k.doc) << " |\n";
+         << " | " << range << " | " << (k.run_control ? "*(run)* " : "") << recipe::md_cell(k.doc)
+         << " |\n";
     }
     for (const KeySpec& k : recipe::schema()) {
       if (k.section() != sec.name || !k.source_list) continue;

@@ -43,6 +43,9 @@ struct KeySpec {
   bool name_list = false;
   // Set: a data.train list entry may override this key under its last component ("format").
   SourceFieldRef per_source = {};
+  // How the run is watched, logged, checkpointed and exported, not what it computes: it may
+  // differ when a run is resumed (recipe_identity_yaml leaves it out).
+  bool run_control = false;
 
   ValueType type() const { return static_cast<ValueType>(field.index()); }
   std::string_view section() const;  // "train" for "train.seq_len", "" for top-level keys

@@ -148,7 +148,24 @@ std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
       std::all_of(entries.begin(), entries.end(), [](const auto& n) { return is_submit_entry(n); });
   std::string same_run;  // latest checkpoint of a run started by this very recipe
   std::string stored_recipe = out + "/recipe.yaml";
-  bool same_recipe = path_exists(stored_recipe) && read_file(stored_recipe) == r.resolved_yaml;
+  // The same recipe up to run-control keys (log.every, checkpoint cadence, guards, export format,
+  // threads, ...), which may change when a run is resumed; a recipe.yaml that no longer loads
+  // counts as a different recipe.
+  std::optional<RecipeConfig> stored;
+  if (path_exists(stored_recipe)) {
+    try {
+      stored = load_recipe(stored_recipe).cfg;
+    } catch (const Error&) {
+    }
+  }
+  const bool same_recipe = stored && recipe_identity_yaml(*stored) == r.identity_yaml;
+  auto changes = [&](bool run_control) {
+    std::string s;
+    if (!stored) return s;
+    for (const std::string& d : recipe_differences(*stored, r.cfg, run_control))
+      s += (s.empty() ? "" : "; ") + d;
+    return s;
+  };
   std::optional<std::string> latest;
   try {
     if (!empty) latest = latest_checkpoint(out);
@@ -174,15 +191,25 @@ std::string prepare_output_dir(const Recipe& r, const TrainOptions& opt) {
                    opt.resume ? "--resume" : "--auto-resume", out.c_str());
     return "";
   }
-  if (opt.auto_resume && !opt.resume && same_recipe && latest) return *latest;
+  auto resuming = [&](const char* flag) {
+    const std::string changed = changes(true);
+    if (!changed.empty() && !opt.quiet)
+      std::fprintf(stderr, "%s: continuing with changed run settings: %s\n", flag, changed.c_str());
+    return *latest;
+  };
+  if (opt.auto_resume && !opt.resume && same_recipe && latest) return resuming("--auto-resume");
   if (opt.resume) {
     if (!latest)
       throw Error("--resume: output_dir '" + out + "' holds no checkpoint to resume from");
-    if (!same_recipe)
+    if (!same_recipe) {
+      const std::string changed = changes(false);
       throw Error("--resume: the recipe differs from the one that started the run in '" + out +
-                  "' (compare it with " + stored_recipe + "); resume with the same recipe and " +
-                  "overrides, or pass --force to start over");
-    return *latest;
+                  "'" + (changed.empty() ? "" : " (" + changed + ")") + "; compare it with " +
+                  stored_recipe + ". Only run settings (logging, checkpoint cadence, guards, " +
+                  "export format, threads, timeouts) may change on resume: resume with the " +
+                  "same training settings, or pass --force to start over");
+    }
+    return resuming("--resume");
   }
   if (empty) return "";
   if (!opt.force) {
@@ -433,7 +460,8 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   comm.barrier();
   if (!lead && (opt.resume || opt.auto_resume))
     resume_from = latest_checkpoint(c.output_dir).value_or("");
-  const std::string recipe_sha = sha256_hex(recipe.resolved_yaml);
+  // Checkpoints carry the hash of what the run computes, so run settings may change on resume.
+  const std::string recipe_sha = sha256_hex(recipe.identity_yaml);
 
   // ---- model + data ----
   ModelConfig mc = load_model_config(c.model_path);
@@ -678,7 +706,11 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   };
   if (!resume_from.empty()) {
     state = restore(resume_from);
-    if (lead) trim_metrics(metrics_path, state.step);
+    if (lead) {
+      trim_metrics(metrics_path, state.step);
+      // Run settings may have changed (prepare_output_dir named them): the record follows.
+      write_file_atomic(c.output_dir + "/recipe.yaml", recipe.resolved_yaml);
+    }
     say("resumed from " + resume_from + " at step " + std::to_string(state.step));
   } else if (lead) {
     write_file_atomic(c.output_dir + "/recipe.yaml", recipe.resolved_yaml);

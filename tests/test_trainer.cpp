@@ -102,6 +102,39 @@ TEST(Trainer, ResumeReproducesLossesBitForBit) {
   EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 20);
 }
 
+// Run settings (logging, checkpoint cadence, guards, evaluation size) may change on --resume and
+// the training continues bit for bit; a training setting may not, and the refusal names it.
+TEST(Trainer, ResumeMayChangeRunSettingsOnly) {
+  std::string full = testing::make_temp_dir("rs-full"), part = testing::make_temp_dir("rs-part");
+  TrainResult a = run_training(small_recipe(full), quiet());
+  TrainOptions stop = quiet();
+  stop.stop_after_step = 10;
+  ASSERT_TRUE(run_training(small_recipe(part), stop).interrupted);
+
+  TrainOptions resume = quiet();
+  resume.resume = true;
+  try {
+    run_training(small_recipe(part, {"optim.lr=0.003"}), resume);
+    ADD_FAILURE() << "resumed with another learning rate";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("optim.lr: 0.002 -> 0.003"), std::string::npos) << m;
+    EXPECT_NE(m.find("Only run settings"), std::string::npos) << m;
+  }
+  const std::vector<std::string> settings = {"log.every=3", "guard.nonfinite=skip",
+                                             "checkpoint.keep_last=1", "eval.max_batches=1",
+                                             "report.every=5"};
+  TrainResult rest = run_training(small_recipe(part, settings), resume);
+  ASSERT_EQ(rest.first_step, 11);
+  ASSERT_EQ(rest.losses.size(), 10u);
+  for (size_t i = 0; i < 10; ++i)
+    EXPECT_EQ(rest.losses[i], a.losses[10 + i]) << "step " << 11 + i;  // bitwise
+  // recipe.yaml now holds the settings the run finished with.
+  const RecipeConfig now = load_recipe(part + "/recipe.yaml").cfg;
+  EXPECT_EQ(now.log_every, 3);
+  EXPECT_EQ(now.guard_nonfinite, "skip");
+}
+
 TEST(Trainer, OutputDirIsProtected) {
   std::string out = testing::make_temp_dir("prot");
   run_training(small_recipe(out, {"train.max_steps=2"}), quiet());
