@@ -610,7 +610,8 @@ TEST(Signals, SecondCtrlCAndStopLeaveAResumableRun) {
     const int code = testing::run_command(
         "sh -c '" + env + " " + testing::ftune_binary() + " " + args + " " + flags +
             " & pid=$!; while [ ! -f " + out + "/checkpoints/" + ckpt +
-            "/state.json ]; do sleep 0.005; done; " + signals + " wait $pid; echo exit=$?'",
+            "/state.json ] && kill -0 $pid 2>/dev/null; do sleep 0.005; done; " + signals +
+            " wait $pid; echo exit=$?'",
         &log);
     EXPECT_EQ(code, 0) << log;
     return log;
@@ -620,8 +621,8 @@ TEST(Signals, SecondCtrlCAndStopLeaveAResumableRun) {
   // once the first was delivered (nothing pending in /proc/PID/status): two pending SIGINTs
   // would merge into one.
   const std::string kDelivered =
-      "while [ \"$(grep -cE \"^(SigPnd|ShdPnd):[[:space:]]*0+$\" /proc/$pid/status)\" != 2 ]; "
-      "do sleep 0.005; done;";
+      "while [ \"$(grep -cE \"^(SigPnd|ShdPnd):[[:space:]]*0+$\" /proc/$pid/status)\" != 2 ] && "
+      "kill -0 $pid 2>/dev/null; do sleep 0.005; done;";
   std::string log = run_and_signal("FTUNE_TEST_HANG_RANK=0", "", 1,
                                    "kill -INT $pid; " + kDelivered + " kill -INT $pid;");
   expect_needles(log, {"exit=130"});

@@ -1,6 +1,7 @@
 #include "tests/test_util.h"
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -86,10 +87,36 @@ std::vector<double> numeric_grad(std::vector<double>& p, const std::function<dou
   return g;
 }
 
+namespace {
+
+// Every directory make_temp_dir made, removed when the test process exits normally (a crash
+// leaves them for a look, as does FTUNE_KEEP_TEST_DIRS=1). Only the process that made them
+// removes them: a forked child exiting must not take its parent's directories along.
+struct TempDirs {
+  pid_t owner = getpid();
+  std::vector<std::string> dirs;
+  ~TempDirs() {
+    const char* keep = std::getenv("FTUNE_KEEP_TEST_DIRS");
+    if (getpid() != owner || (keep && *keep && std::string(keep) != "0")) return;
+    for (const std::string& d : dirs) {
+      std::error_code ec;
+      std::filesystem::remove_all(d, ec);  // best effort: a busy mount point stays
+    }
+  }
+};
+
+TempDirs& temp_dirs() {
+  static TempDirs t;
+  return t;
+}
+
+}  // namespace
+
 std::string make_temp_dir(const std::string& tag) {
   std::string templ =
       (std::filesystem::temp_directory_path() / ("ftune-" + tag + "-XXXXXX")).string();
   if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
+  temp_dirs().dirs.push_back(templ);
   return templ;
 }
 

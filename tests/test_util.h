@@ -46,7 +46,8 @@ bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b);
 // Central differences (h = 1e-6) of loss() with respect to every element of p, which loss()
 // reads; p is restored afterwards. For references computed in double.
 std::vector<double> numeric_grad(std::vector<double>& p, const std::function<double()>& loss);
-// A fresh empty directory under the system temp dir, removed by the caller if it wants.
+// A fresh empty directory under the system temp dir, removed when the test process exits normally
+// (kept after a crash, or with FTUNE_KEEP_TEST_DIRS=1).
 std::string make_temp_dir(const std::string& tag);
 // Runs a shell command; returns exit code, captures stdout+stderr into *output.
 int run_command(const std::string& cmd, std::string* output);
