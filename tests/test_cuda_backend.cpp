@@ -40,6 +40,9 @@ namespace {
 
 using testing::bitwise_equal;
 using testing::expect_error;
+using testing::get;
+using testing::nan_vec;
+using testing::put;
 using testing::random_ids;
 using testing::random_vec;
 using testing::rel_error;
@@ -53,24 +56,6 @@ TEST(CublasLtLoader, LoadsTheLibraryOnDemand) {
 
 constexpr double kTol = 1e-5;
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-std::vector<float> nan_vec(size_t n) {
-  return std::vector<float>(n, kNaN);
-}
-
-template <class T>
-DeviceBuffer<T> put(Backend* be, const std::vector<T>& v) {
-  DeviceBuffer<T> b(be, v.size());
-  if (!v.empty()) be->upload(b.get(), v.data(), v.size() * sizeof(T));
-  return b;
-}
-
-template <class T>
-std::vector<T> get(Backend* be, const DeviceBuffer<T>& b) {
-  std::vector<T> v(b.size());
-  if (!v.empty()) be->download(v.data(), b.get(), v.size() * sizeof(T));
-  return v;
-}
 
 // Both backends, made once for the whole suite.
 class CudaBackend : public ::testing::Test {

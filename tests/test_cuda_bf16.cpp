@@ -10,7 +10,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -31,6 +30,9 @@ namespace {
 #ifdef FTUNE_HAVE_CUDA
 
 using testing::bitwise_equal;
+using testing::get;
+using testing::nan_vec;
+using testing::put;
 using testing::random_ids;
 using testing::random_vec;
 using testing::rel_error;
@@ -39,25 +41,6 @@ using testing::rel_error;
 // accumulation adds nothing that matters, so products land around 3e-3 of their norm.
 constexpr double kBf16Tol = 1e-2;
 constexpr double kFp32Tol = 1e-5;
-const float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-std::vector<float> nan_vec(size_t n) {
-  return std::vector<float>(n, kNaN);
-}
-
-template <class T>
-DeviceBuffer<T> put(Backend* be, const std::vector<T>& v) {
-  DeviceBuffer<T> b(be, v.size());
-  if (!v.empty()) be->upload(b.get(), v.data(), v.size() * sizeof(T));
-  return b;
-}
-
-template <class T>
-std::vector<T> get(Backend* be, const DeviceBuffer<T>& b) {
-  std::vector<T> v(b.size());
-  if (!v.empty()) be->download(v.data(), b.get(), v.size() * sizeof(T));
-  return v;
-}
 
 class CudaBf16 : public ::testing::Test {
  protected:

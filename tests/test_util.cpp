@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <stdexcept>
 
@@ -66,6 +67,10 @@ double dot(const std::vector<double>& a, const std::vector<double>& b) {
   double s = 0;
   for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
   return s;
+}
+
+std::vector<float> nan_vec(size_t n) {
+  return std::vector<float>(n, std::numeric_limits<float>::quiet_NaN());
 }
 
 bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {

@@ -43,6 +43,21 @@ std::vector<int32_t> random_ids(size_t n, int32_t vocab, uint64_t seed);
 std::vector<double> to_double(const std::vector<float>& v);
 double dot(const std::vector<double>& a, const std::vector<double>& b);
 bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b);
+// n quiet NaNs: poisons an output buffer, so an element an op leaves unwritten shows.
+std::vector<float> nan_vec(size_t n);
+// A backend buffer holding v, and a buffer's contents back on the host.
+template <class T>
+DeviceBuffer<T> put(Backend* be, const std::vector<T>& v) {
+  DeviceBuffer<T> b(be, v.size());
+  if (!v.empty()) be->upload(b.get(), v.data(), v.size() * sizeof(T));
+  return b;
+}
+template <class T>
+std::vector<T> get(Backend* be, const DeviceBuffer<T>& b) {
+  std::vector<T> v(b.size());
+  if (!v.empty()) be->download(v.data(), b.get(), v.size() * sizeof(T));
+  return v;
+}
 // Central differences (h = 1e-6) of loss() with respect to every element of p, which loss()
 // reads; p is restored afterwards. For references computed in double.
 std::vector<double> numeric_grad(std::vector<double>& p, const std::function<double()>& loss);
