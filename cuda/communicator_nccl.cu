@@ -8,6 +8,12 @@
 // one group holds, per rank r with a nonzero part, an ncclReduce to root r (reduce-scatter) or an
 // ncclBroadcast from root r (all-gather). gather_to_root is ncclSend/ncclRecv to rank 0.
 //
+// Streams: every collective runs on the communicator's own stream, after an event that marks what
+// the run's stream had enqueued by then. A blocking collective makes the run's stream wait for it
+// (the old order, two event calls more); start_all_gather_v does not, and finish() adds that wait
+// later, so a ZeRO-3 layer gathers while the previous one computes. One stream per communicator
+// keeps NCCL's requirement that its operations are issued in one order.
+//
 // Hangs: the communicator is nonblocking (ncclConfig_t::blocking = 0), so init and enqueueing
 // return at once and are polled against dist.timeout. Each collective is bracketed by two CUDA
 // events; a watchdog thread starts its clock when the stream reaches the first and ends the
@@ -27,6 +33,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -283,6 +290,10 @@ class NcclCommunicator final : public Communicator {
       comm_ = nullptr;
       throw Error(msg);
     }
+    // Every collective runs on a stream of its own, ordered after the run's stream by events, so
+    // one started early (start_all_gather_v) overlaps the run's kernels; one communicator, one
+    // stream keeps NCCL's per-communicator order.
+    check_cuda(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     reserve_host(64);
     watchdog_ = std::thread([this] { watch(); });
   }
@@ -320,7 +331,9 @@ class NcclCommunicator final : public Communicator {
       comm_ = nullptr;
     }
     for (const Pending& p : pending_) free_.insert(free_.end(), {p.start, p.end});
+    for (const auto& [handle, e] : started_) free_.push_back(e);
     for (cudaEvent_t e : free_) (void)cudaEventDestroy(e);
+    if (comm_stream_) (void)cudaStreamDestroy(comm_stream_);
     if (dev_buf_) (void)cudaFree(dev_buf_);
     if (host_buf_) (void)cudaFreeHost(host_buf_);
     host_.reset();
@@ -332,7 +345,8 @@ class NcclCommunicator final : public Communicator {
   void all_reduce_sum(float* data, size_t n) override {
     if (n == 0) return;
     enqueue("all-reduce", [&] {
-      check(nccl_.ncclAllReduce(data, data, n, ncclFloat32, ncclSum, comm_, stream_), "all-reduce");
+      check(nccl_.ncclAllReduce(data, data, n, ncclFloat32, ncclSum, comm_, comm_stream_),
+            "all-reduce");
     });
   }
 
@@ -368,11 +382,12 @@ class NcclCommunicator final : public Communicator {
         for (int r = 1; r < world_; ++r) {
           const ShardRange s = shard_range(n, r, world_);
           if (s.size())
-            check(nccl_.ncclRecv(full + s.begin, s.size(), ncclFloat32, r, comm_, stream_), op);
+            check(nccl_.ncclRecv(full + s.begin, s.size(), ncclFloat32, r, comm_, comm_stream_),
+                  op);
         }
       } else {
         const size_t count = shard_range(n, rank_, world_).size();
-        if (count) check(nccl_.ncclSend(shard, count, ncclFloat32, 0, comm_, stream_), op);
+        if (count) check(nccl_.ncclSend(shard, count, ncclFloat32, 0, comm_, comm_stream_), op);
       }
     });
   }
@@ -384,8 +399,9 @@ class NcclCommunicator final : public Communicator {
     const char* op = "reduce-scatter";
     enqueue(op, [&] {
       if (all_equal(counts)) {
-        check(nccl_.ncclReduceScatter(in, out, counts[0], ncclFloat32, ncclSum, comm_, stream_),
-              op);
+        check(
+            nccl_.ncclReduceScatter(in, out, counts[0], ncclFloat32, ncclSum, comm_, comm_stream_),
+            op);
         return;
       }
       for (int r = 0; r < world_; ++r) {
@@ -394,31 +410,40 @@ class NcclCommunicator final : public Communicator {
         const float* send = in + at[size_t(r)];
         void* recv = r == rank_ ? static_cast<void*>(out) : const_cast<float*>(send);
         check(nccl_.ncclReduce(send, recv, counts[size_t(r)], ncclFloat32, ncclSum, r, comm_,
-                               stream_),
+                               comm_stream_),
               op);
       }
     });
   }
 
   void all_gather_v(const float* mine, float* out, const std::vector<size_t>& counts) override {
-    FTUNE_CHECK(counts.size() == size_t(world_), "one count per rank");
-    const std::vector<size_t> at = offsets(counts);
-    if (at.back() == 0) return;
-    const char* op = "all-gather";
-    enqueue(op, [&] {
-      if (all_equal(counts)) {
-        check(nccl_.ncclAllGather(mine, out, counts[0], ncclFloat32, comm_, stream_), op);
-        return;
-      }
-      for (int r = 0; r < world_; ++r) {
-        if (counts[size_t(r)] == 0) continue;
-        // Root r sends its part; only the root's send buffer is read.
-        float* recv = out + at[size_t(r)];
-        const void* send = r == rank_ ? static_cast<const void*>(mine) : recv;
-        check(nccl_.ncclBroadcast(send, recv, counts[size_t(r)], ncclFloat32, r, comm_, stream_),
-              op);
-      }
-    });
+    (void)gather_v(mine, out, counts, true);
+  }
+
+  uint64_t start_all_gather_v(const float* mine, float* out,
+                              const std::vector<size_t>& counts) override {
+    const cudaEvent_t end = gather_v(mine, out, counts, false);
+    if (!end) return 0;
+    // An event of its own: the watchdog recycles the collective's once it has completed.
+    DeviceScope scope(device_);
+    const cudaEvent_t done = take_event();
+    check_cuda(cudaEventRecord(done, comm_stream_), "cudaEventRecord");
+    const uint64_t handle = ++last_handle_;
+    started_.emplace(handle, done);
+    return handle;
+  }
+
+  void finish(uint64_t handle) override {
+    auto it = started_.find(handle);
+    if (it == started_.end()) return;
+    DeviceScope scope(device_);
+    const cudaError_t e = cudaStreamWaitEvent(stream_, it->second, 0);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      free_.push_back(it->second);
+    }
+    started_.erase(it);
+    check_cuda(e, "cudaStreamWaitEvent");
   }
 
   void abort(int code) override {
@@ -430,6 +455,34 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  // all_gather_v enqueued; joined to the run's stream or not. Returns the event that completes
+  // with it, or null when there was nothing to gather.
+  cudaEvent_t gather_v(const float* mine, float* out, const std::vector<size_t>& counts,
+                       bool join) {
+    FTUNE_CHECK(counts.size() == size_t(world_), "one count per rank");
+    const std::vector<size_t> at = offsets(counts);
+    if (at.back() == 0) return nullptr;
+    const char* op = "all-gather";
+    return enqueue(
+        op,
+        [&] {
+          if (all_equal(counts)) {
+            check(nccl_.ncclAllGather(mine, out, counts[0], ncclFloat32, comm_, comm_stream_), op);
+            return;
+          }
+          for (int r = 0; r < world_; ++r) {
+            if (counts[size_t(r)] == 0) continue;
+            // Root r sends its part; only the root's send buffer is read.
+            float* recv = out + at[size_t(r)];
+            const void* send = r == rank_ ? static_cast<const void*>(mine) : recv;
+            check(nccl_.ncclBroadcast(send, recv, counts[size_t(r)], ncclFloat32, r, comm_,
+                                      comm_stream_),
+                  op);
+          }
+        },
+        [] {}, join);
+  }
+
   // One enqueued collective, between its two events.
   struct Pending {
     const char* op;
@@ -493,13 +546,27 @@ class NcclCommunicator final : public Communicator {
   // Enqueues one collective: `calls` (the NCCL calls, grouped) and then `after` (stream work that
   // belongs to it) between the two events, and hands it to the watchdog. Returns the event that
   // completes with it.
+  // The collective's stream first waits for what the run's stream has enqueued so far, and (join)
+  // the run's stream then waits for the collective.
   template <class Calls, class After>
-  cudaEvent_t enqueue(const char* op, Calls&& calls, After&& after) {
+  cudaEvent_t enqueue(const char* op, Calls&& calls, After&& after, bool join = true) {
     if (dying_) park();
     DeviceScope scope(device_);
     Pending p{op, take_event(), take_event()};
     try {
-      check_cuda(cudaEventRecord(p.start, stream_), "cudaEventRecord");
+      {
+        // A stream wait takes the event as last recorded, so it can go back to the pool at once.
+        const cudaEvent_t ready = take_event();
+        const cudaError_t rec = cudaEventRecord(ready, stream_);
+        const cudaError_t wt =
+            rec == cudaSuccess ? cudaStreamWaitEvent(comm_stream_, ready, 0) : rec;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          free_.push_back(ready);
+        }
+        check_cuda(wt, "cudaStreamWaitEvent");
+      }
+      check_cuda(cudaEventRecord(p.start, comm_stream_), "cudaEventRecord");
       check(nccl_.ncclGroupStart(), op);
       try {
         calls();
@@ -510,7 +577,8 @@ class NcclCommunicator final : public Communicator {
       check(nccl_.ncclGroupEnd(), op);
       settle(op);
       after();
-      check_cuda(cudaEventRecord(p.end, stream_), "cudaEventRecord");
+      check_cuda(cudaEventRecord(p.end, comm_stream_), "cudaEventRecord");
+      if (join) check_cuda(cudaStreamWaitEvent(stream_, p.end, 0), "cudaStreamWaitEvent");
     } catch (...) {
       std::lock_guard<std::mutex> lock(mu_);
       free_.insert(free_.end(), {p.start, p.end});
@@ -557,12 +625,14 @@ class NcclCommunicator final : public Communicator {
     const cudaEvent_t done = enqueue(
         op,
         [&] {
-          check(nccl_.ncclAllReduce(dev_buf_, dev_buf_, n, ncclFloat64, ncclSum, comm_, stream_),
-                op);
+          check(
+              nccl_.ncclAllReduce(dev_buf_, dev_buf_, n, ncclFloat64, ncclSum, comm_, comm_stream_),
+              op);
         },
         [&] {
-          check_cuda(cudaMemcpyAsync(host_buf_, dev_buf_, bytes, cudaMemcpyDeviceToHost, stream_),
-                     "cudaMemcpyAsync");
+          check_cuda(
+              cudaMemcpyAsync(host_buf_, dev_buf_, bytes, cudaMemcpyDeviceToHost, comm_stream_),
+              "cudaMemcpyAsync");
         });
     wait(done);
     std::memcpy(data, host_buf_, bytes);
@@ -622,7 +692,8 @@ class NcclCommunicator final : public Communicator {
 
   const Api& nccl_;
   const int rank_, world_, device_;
-  const cudaStream_t stream_;
+  const cudaStream_t stream_;           // the run's (the backend's) stream
+  cudaStream_t comm_stream_ = nullptr;  // every collective's
   const double timeout_;
   std::unique_ptr<Communicator> host_;
   ncclComm_t comm_ = nullptr;
@@ -634,6 +705,8 @@ class NcclCommunicator final : public Communicator {
   std::condition_variable cv_;
   std::deque<Pending> pending_;
   std::vector<cudaEvent_t> free_;
+  std::map<uint64_t, cudaEvent_t> started_;  // start_all_gather_v handle -> its event
+  uint64_t last_handle_ = 0;
   bool stop_ = false;
   std::atomic<bool> dying_{false};
   std::thread watchdog_;

@@ -2,6 +2,7 @@
 // already calls every reduce point, so sharding (issue #6) adds implementations, not a new loop.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,17 @@ class Communicator {
                                   const std::vector<size_t>& counts) = 0;
   // all_gather_v: this rank's `mine` (counts[rank] floats) -> every rank's `out` (sum of counts).
   virtual void all_gather_v(const float* mine, float* out, const std::vector<size_t>& counts) = 0;
+  // all_gather_v started without waiting for it (ZeRO-3 prefetch): `out` holds the result once
+  // finish(handle) has returned (device communicators: for work the run's stream enqueues after
+  // finish). Until then neither buffer may be touched. Other collectives may run in between;
+  // every rank starts and finishes the same collectives in the same order, and finishes every
+  // started one. The default runs it at once (handle 0, nothing to finish).
+  virtual uint64_t start_all_gather_v(const float* mine, float* out,
+                                      const std::vector<size_t>& counts) {
+    all_gather_v(mine, out, counts);
+    return 0;
+  }
+  virtual void finish(uint64_t handle) { (void)handle; }
   // Ends every rank of the job (after a rank's error); returns only when there is one rank.
   virtual void abort(int code) { (void)code; }
 };

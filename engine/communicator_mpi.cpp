@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -162,6 +163,28 @@ class MpiCommunicator final : public Communicator {
                              MPI_FLOAT, MPI_COMM_WORLD),
               "all-gather");
   }
+  uint64_t start_all_gather_v(const float* mine, float* out,
+                              const std::vector<size_t>& counts) override {
+    Watch w(this, "all-gather");
+    // The counts and displacements must outlive the request: they travel with it.
+    Started s;
+    s.counts = int_counts(counts);
+    s.displs.assign(s.counts.size(), 0);
+    for (size_t r = 1; r < s.counts.size(); ++r) s.displs[r] = s.displs[r - 1] + s.counts[r - 1];
+    check_mpi(MPI_Iallgatherv(mine, s.counts[size_t(rank_)], MPI_FLOAT, out, s.counts.data(),
+                              s.displs.data(), MPI_FLOAT, MPI_COMM_WORLD, &s.request),
+              "all-gather");
+    const uint64_t handle = ++last_handle_;
+    started_.emplace(handle, std::move(s));
+    return handle;
+  }
+  void finish(uint64_t handle) override {
+    auto it = started_.find(handle);
+    if (it == started_.end()) return;
+    Watch w(this, "all-gather");
+    check_mpi(MPI_Wait(&it->second.request, MPI_STATUS_IGNORE), "all-gather");
+    started_.erase(it);
+  }
   void abort(int code) override { MPI_Abort(MPI_COMM_WORLD, code); }
 
  private:
@@ -193,9 +216,16 @@ class MpiCommunicator final : public Communicator {
     }
     MpiCommunicator* c_;
   };
+  // A started all-gather (start_all_gather_v) until its finish.
+  struct Started {
+    MPI_Request request = MPI_REQUEST_NULL;
+    std::vector<int> counts, displs;
+  };
   int rank_ = 0, size_ = 1;
   bool owns_ = false;
   std::unique_ptr<Watchdog> watchdog_;
+  std::map<uint64_t, Started> started_;
+  uint64_t last_handle_ = 0;
 };
 
 }  // namespace

@@ -64,6 +64,7 @@ std::string generate_text(Model& model, const Tokenizer& tok, const std::string&
     Batch b = Batch::from_rows(1, n, std::move(ctx_ids), {});
     std::vector<float> logits = model.last_logits(ctx, b);
     int32_t next = sample_token(logits, opt.temperature, opt.top_p, &rng);
+    if (opt.agree) next = opt.agree(next);
     if (opt.stop_at_eos && next == tok.eos_id()) break;
     ids.push_back(next);
     out.push_back(next);

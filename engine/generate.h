@@ -1,6 +1,7 @@
 // Text generation from a model: greedy (temperature 0) or temperature + top-p sampling.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "engine/model.h"
@@ -15,6 +16,9 @@ struct GenerateOptions {
   uint64_t seed = 0;
   bool stop_at_eos = true;
   int64_t context_window = 0;  // tokens of context kept (0: the model's buffer size)
+  // Set: each sampled token passes through it before use (sharded generation: every rank takes
+  // rank 0's token, so all run the same collective forwards).
+  std::function<int32_t(int32_t)> agree;
 };
 
 // Returns only the generated continuation (not the prompt). The model must have been built

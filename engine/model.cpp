@@ -204,14 +204,6 @@ void Model::params_from_host(const std::vector<float>& host) {
   be_->upload(params_.get(), host.data(), host.size() * sizeof(float));
 }
 
-void Model::unshard(const std::vector<float>& full) {
-  FTUNE_CHECK(full.size() == layout_.total(), "parameter count mismatch");
-  shards_ = nullptr;
-  grads_.reset();
-  params_ = DeviceBuffer<float>(be_, layout_.total());
-  be_->upload(params_.get(), full.data(), full.size() * sizeof(float));
-}
-
 const float* Model::unit_params(int u) {
   if (!shards_) return params_.get();
   // Sharded runs work unit-local: ZeRO-3 gathers the unit, ZeRO-2 points into whole weights.
@@ -221,6 +213,10 @@ const float* Model::unit_params(int u) {
 
 void Model::release_unit(int u) {
   if (shards_ && shards_->shards_params()) shards_->release_params(u);
+}
+
+void Model::prefetch_unit(int u) {
+  if (shards_ && shards_->shards_params()) shards_->prefetch_params(u);
 }
 
 float* Model::unit_grads(int u) {
@@ -509,10 +505,17 @@ void Model::forward(const ExecContext& ctx, const Batch& b, bool training) {
   const float eps = float(cfg_.rms_norm_eps);
   const int tail = layout_.tail_unit();
 
-  be_->embedding_forward(ctx, a.ids.get(), unit_params(0) + layout_.embed() - unit_begin(0),
+  const float* P0 = unit_params(0);
+  // Sharded, each unit's gather starts one unit ahead (the hint is the caller's, so a layer
+  // recomputed in backward does not prefetch forward).
+  prefetch_unit(a.L > 0 ? ParamLayout::layer_unit(0) : tail);
+  be_->embedding_forward(ctx, a.ids.get(), P0 + layout_.embed() - unit_begin(0),
                          a.at(a.resid, 0, d), N, d);
   release_unit(0);
-  for (int l = 0; l < int(a.L); ++l) forward_layer(ctx, b, lr, l);
+  for (int l = 0; l < int(a.L); ++l) {
+    prefetch_unit(l + 1 < int(a.L) ? ParamLayout::layer_unit(l + 1) : tail);
+    forward_layer(ctx, b, lr, l);
+  }
   be_->rmsnorm_forward(ctx, a.final_resid.get(),
                        unit_params(tail) + layout_.final_norm() - unit_begin(tail), a.xf.get(),
                        a.rstdf.get(), N, d, eps);
@@ -533,6 +536,7 @@ void Model::backward(const ExecContext& ctx, const Batch& b) {
   for (int l = int(a.L) - 1; l >= 0; --l) {
     const int u = ParamLayout::layer_unit(l);
     const float* P = unit_params(u);
+    if (l > 0) prefetch_unit(ParamLayout::layer_unit(l - 1));
     float* G = frozen ? nullptr : unit_grads(u);
     auto g = [G](size_t off) { return G ? G + off : nullptr; };
     const LayerOffsets o = rebase(layout_.layer(l), unit_begin(u));

@@ -55,6 +55,9 @@ class ShardHooks {
   // gathers).
   virtual const float* acquire_params(int u) = 0;
   virtual void release_params(int u) = 0;
+  // A hint: unit u's weights are the next the model acquires but one (the gather may start now,
+  // overlapping the current unit's compute). Every rank hints alike.
+  virtual void prefetch_params(int u) { (void)u; }
   // A zeroed buffer that backward accumulates unit u's gradients into; grads_done takes them
   // (reduce-scatter into this rank's shard).
   virtual float* acquire_grads(int u) = 0;
@@ -102,9 +105,6 @@ class Model {
   // Folds s * B A into each adapted base weight and drops the adapters: the merged model gives
   // the same outputs up to fp32 rounding.
   void merge_lora();
-  // Ends sharding on this rank: the model takes the whole weights (from a gather) as its own
-  // buffer and works alone again (export and generation on rank 0 after a ZeRO-3 run).
-  void unshard(const std::vector<float>& full);
 
   // What the optimizer updates: the adapters with LoRA, else every parameter.
   float* train_params() const { return lora_on_ ? lora_params() : params(); }
@@ -146,6 +146,7 @@ class Model {
   // the model's own buffers). Every acquire is paired with a release / grads_done.
   const float* unit_params(int u);
   void release_unit(int u);
+  void prefetch_unit(int u);
   float* unit_grads(int u);
   void unit_grads_done(int u);
   size_t unit_begin(int u) const { return shards_ ? layout_.unit(u).begin : 0; }

@@ -183,9 +183,10 @@ StageMemory stage_memory(const PlanInput& in, Sharding s, int rank) {
   m.workspace = gpu ? gpu_workspace_bytes(c, max_tokens) : 0;
 
   // Weights held for compute: every base weight (and adapter), or under ZeRO-3 this rank's slice
-  // plus the units gathered for the layer being computed (on the GPU one more layer, prefetched).
+  // plus the units gathered for the layer being computed (and, with dist.prefetch, the next).
   uint64_t compute_weights = params + (lora ? trained : 0);
-  if (s == Sharding::Zero3) compute_weights = shard + unit_buffers + (gpu ? u.largest_layer : 0);
+  if (s == Sharding::Zero3)
+    compute_weights = shard + unit_buffers + (in.prefetch ? u.largest_layer : 0);
   m.weights = compute_weights * cb + inv_freq * 4;
   if (bf16) m.weights += shard * 4;  // fp32 masters of what is trained, sharded like m and v
 
@@ -196,9 +197,8 @@ StageMemory stage_memory(const PlanInput& in, Sharding s, int rank) {
     grads = shard + unit_buffers + u.largest_part(range);
   m.grads = grads * cb;
   m.optimizer = 2 * shard * 4;  // AdamW m and v, fp32 at any precision
-  // Checkpoints are written by every rank from its own slices (nothing gathered); ZeRO-3 gathers
-  // the whole weights to rank 0 once, at the end, for the export.
-  if (s == Sharding::Zero3 && rank == 0) m.checkpoint = uint64_t(trained) * 4;
+  // Checkpoints are written by every rank from its own slices, and a ZeRO-3 export gathers one
+  // unit at a time through the work slots above: neither adds to the peak.
   return m;
 }
 
@@ -230,6 +230,7 @@ PlanInput plan_input_from_recipe(const RecipeConfig& c, int world_size) {
     in.grad_accum = c.global_batch_size / per;
   }
   in.recompute = parse_recompute(c.recompute);
+  in.prefetch = c.dist_prefetch;
   return in;
 }
 
@@ -288,7 +289,7 @@ Plan make_plan(const PlanInput& in) {
       continue;
     }
     sp.memory = stage_memory(in, s, 0);
-    sp.fits = sp.memory.peak() + plan.reserve <= in.mem_limit_bytes;
+    sp.fits = sp.memory.total() + plan.reserve <= in.mem_limit_bytes;
     // Bytes each rank sends per step (ring all-reduce = reduce-scatter + all-gather), and the
     // compute each could run under if it were overlapped.
     switch (s) {

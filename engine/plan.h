@@ -56,6 +56,7 @@ struct PlanInput {
   std::optional<LoraConfig> lora;  // method: lora
   int64_t micro_batch_size = 1, seq_len = 1, grad_accum = 1;
   Recompute recompute = Recompute::None;
+  bool prefetch = true;  // dist.prefetch: ZeRO-3 holds one more layer, gathered ahead
   int world_size = 1;
   std::string device = "cuda";  // cuda | cpu (cpu: no GPU workspace)
   Precision precision = Precision::Fp32;
@@ -73,12 +74,10 @@ struct StageMemory {
   uint64_t activations = 0;  // saved for backward (Model::memory().activations)
   uint64_t scratch = 0;      // backward work buffers (Model::memory().scratch)
   uint64_t workspace = 0;    // GPU: cuBLASLt workspace and the backend's op scratch; CPU: 0
-  // Extra on rank 0 at the end of a ZeRO-3 run: the whole weights, gathered for the export.
-  uint64_t checkpoint = 0;
-  // Held for the whole run: what the backend's peak counts, checkpoint aside.
+  // Held for the whole run: what the backend's peak counts. Nothing is added at the end: a
+  // ZeRO-3 export streams the weights to rank 0's host one unit at a time.
   uint64_t arena() const { return weights + grads + optimizer + activations + scratch; }
   uint64_t total() const { return arena() + workspace; }
-  uint64_t peak() const { return total() + checkpoint; }
 };
 
 struct StagePlan {

@@ -71,6 +71,11 @@ std::vector<KeySpec> build_schema() {
               "or hangs); keep it above the time a checkpoint takes to write; 0 waits forever",
        .min = ge(0),
        .run_control = true},
+      {.key = "dist.prefetch",
+       .field = &C::dist_prefetch,
+       .doc = "sharding zero3: gather the next layer's weights while the current one computes "
+              "(one more layer of weights per rank; the results are the same either way)",
+       .run_control = true},
       // model
       {.key = "model.path",
        .field = &C::model_path,

@@ -347,7 +347,18 @@ void SafetensorsWriter::add(const std::string& name, const std::vector<int64_t>&
   const int64_t numel = checked_numel(shape, stored_t, fail);
   checked_numel(shape, src_t, fail);
   FTUNE_CHECK(numel == 0 || src != nullptr, "tensor '" + name + "' added without data");
-  entries_.push_back(Entry{name, shape, src, src_t, stored_t});
+  entries_.push_back(Entry{name, shape, src, src_t, stored_t, {}});
+}
+
+void SafetensorsWriter::add_deferred(const std::string& name, const std::vector<int64_t>& shape,
+                                     std::function<const void*()> fetch, DType src_t,
+                                     DType stored_t) {
+  FTUNE_CHECK(fetch != nullptr, "tensor '" + name + "' added without a source");
+  // Validated as add() would (a placeholder address stands in for the data not yet there).
+  static const char placeholder = 0;
+  add(name, shape, &placeholder, src_t, stored_t);
+  entries_.back().src = nullptr;
+  entries_.back().fetch = std::move(fetch);
 }
 
 void SafetensorsWriter::set_metadata(const std::string& key, const std::string& value) {
@@ -401,15 +412,17 @@ void SafetensorsWriter::write(const std::string& path, const WeightKey* key) con
     std::vector<uint8_t> buf;
     for (size_t k = 0; k < entries_.size(); ++k) {
       const Entry& e = entries_[k];
+      const void* data = e.fetch ? e.fetch() : e.src;
+      FTUNE_CHECK(bytes[k] == 0 || data != nullptr, "tensor '" + e.name + "' has no data");
       if (e.src_t == e.stored_t) {
-        put(e.src, bytes[k]);
+        put(data, bytes[k]);
         continue;
       }
       const size_t n = bytes[k] / dtype_size(e.stored_t);
       const size_t in_size = dtype_size(e.src_t), out_size = dtype_size(e.stored_t);
       const size_t chunk = kChunkBytes / out_size;
       buf.resize(std::min(n, chunk) * out_size);
-      const auto* src = static_cast<const uint8_t*>(e.src);
+      const auto* src = static_cast<const uint8_t*>(data);
       for (size_t i = 0; i < n; i += chunk) {
         const size_t cnt = std::min(chunk, n - i);
         convert(src + i * in_size, e.src_t, buf.data(), e.stored_t, cnt);

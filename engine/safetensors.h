@@ -4,6 +4,7 @@
 // "__metadata__": {str: str}}, then the data block. Offsets are relative to the data block.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -58,6 +59,11 @@ class SafetensorsWriter {
  public:
   void add(const std::string& name, const std::vector<int64_t>& shape, const void* src, DType src_t,
            DType stored_t);
+  // The same with the data asked for only when the tensor is written: `fetch` returns it, valid
+  // until the next fetch. Tensors are fetched once each, in the order added, so a caller can
+  // stream a model that no process holds whole (ZeRO-3 export, unit by unit).
+  void add_deferred(const std::string& name, const std::vector<int64_t>& shape,
+                    std::function<const void*()> fetch, DType src_t, DType stored_t);
   void set_metadata(const std::string& key, const std::string& value);
   // With a key the whole file (header and data) is written AES-256-GCM encrypted, streamed, so
   // its plaintext never reaches the disk; the file name is the caller's, unchanged.
@@ -70,6 +76,7 @@ class SafetensorsWriter {
     std::vector<int64_t> shape;
     const void* src;
     DType src_t, stored_t;
+    std::function<const void*()> fetch;  // set: src is asked for at write time
   };
   std::vector<Entry> entries_;
   std::map<std::string, std::string> metadata_;

@@ -361,6 +361,39 @@ class AgreedError : public Error {
   using Error::Error;
 };
 
+// ZeRO-3 export: rank 0 writes the model while every rank gathers one unit after another to it
+// (export_weights_dir asks for them in order). Should rank 0's write fail, it still serves the
+// remaining gathers, and every rank then ends with the error together.
+void export_sharded(ZeroShards& zero, const Model& model, Communicator& comm,
+                    const std::string& source_dir, const std::string& dir, DType dtype,
+                    size_t max_shard, const WeightKey* key) {
+  const int units = model.layout().num_units();
+  int served = 0;  // units gathered so far, in order, on every rank
+  std::string failure;
+  // Tests: rank 0's write fails as unit FTUNE_TEST_EXPORT_FAIL_AT_UNIT comes up.
+  const char* fail_env = std::getenv("FTUNE_TEST_EXPORT_FAIL_AT_UNIT");
+  const int fail_at = fail_env ? std::atoi(fail_env) : -1;
+  if (comm.rank() == 0) {
+    auto unit_weights = [&](int u) -> const float* {
+      if (u == fail_at) throw Error("injected export failure at unit " + std::to_string(u));
+      while (served < u) zero.gather_unit_to_root(served++);
+      ++served;
+      return zero.gather_unit_to_root(u);
+    };
+    try {
+      export_weights_dir(model.config(), model.layout(), unit_weights, source_dir, dir, dtype,
+                         max_shard, key);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  }
+  while (served < units) zero.gather_unit_to_root(served++);
+  double failed = failure.empty() ? 0.0 : 1.0;
+  comm.all_reduce_sum_host(&failed, 1);
+  if (failed > 0)
+    throw AgreedError(comm.rank() == 0 ? failure : "rank 0 could not write the model to " + dir);
+}
+
 // guard.nonfinite / guard.spike
 enum class GuardAction { kNone = 0, kSkip = 1, kStop = 2, kRollback = 3 };
 
@@ -430,6 +463,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   TrainOptions opt = given;
   if (!lead) opt.quiet = true;
   TrainResult result;
+  result.lead = lead;
 
   // ---- job: inputs exist, device, threads, output directory ----
   if (!fs::is_directory(c.model_path))
@@ -497,7 +531,8 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   std::unique_ptr<Model> model_ptr;
   try {
     if (stage >= 2)
-      zero = std::make_unique<ZeroShards>(be.get(), comm, ParamLayout(mc), stage, threads);
+      zero = std::make_unique<ZeroShards>(be.get(), comm, ParamLayout(mc), stage, threads,
+                                          c.dist_prefetch);
     model_ptr =
         std::make_unique<Model>(be.get(), mc, c.micro_batch_size * c.seq_len, true,
                                 lora ? &*lora : nullptr, parse_recompute(c.recompute), zero.get());
@@ -932,6 +967,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     const bool apply = act == GuardAction::kNone;
     if (apply) {
       float* shard_params = stage >= 3 ? zero->shard_params() : model.train_params() + shard.begin;
+      if (stage >= 3) zero->invalidate_weights();  // units gathered before now are stale after
       be->adamw_step(ctx, shard_params, shard_grads, m.get(), v.get(), spans.data(),
                      int(spans.size()), h);
       // Below ZeRO-3 every rank keeps whole weights; ZeRO-3 gathers them layer by layer on use.
@@ -1044,43 +1080,36 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   if (result.first_step > total_steps && has_val)
     result.val_after = evaluate(model, *data, c.eval_max_batches, threads);
 
-  // ZeRO-3: rank 0 takes the whole weights for the export and generation below.
-  if (stage >= 3) {
-    zero->gather_whole_to_root();
-    if (lead) model.unshard(zero->take_whole());
-  }
+  // The training peak, before export and generation add their own buffers.
+  const size_t train_peak_bytes = be->peak_allocated_bytes();
 
-  // What each rank held at its peak (`ftune plan` predicts it; tests compare).
-  {
-    std::vector<double> peaks(size_t(world), 0.0);
-    peaks[size_t(comm.rank())] = double(be->peak_allocated_bytes());
-    comm.all_reduce_sum_host(peaks.data(), peaks.size());
-    if (lead) {
-      nlohmann::json ranks = nlohmann::json::array();
-      for (int r = 0; r < world; ++r)
-        ranks.push_back({{"rank", r}, {"peak_allocated_bytes", int64_t(peaks[size_t(r)])}});
-      write_file_atomic(c.output_dir + "/memory.json", nlohmann::json{{"world_size", world},
-                                                                      {"sharding", c.sharding},
-                                                                      {"device", dev.kind},
-                                                                      {"ranks", ranks}}
-                                                               .dump(2) +
-                                                           "\n");
-    }
-  }
-  // ---- export (rank 0) ----
-  if (!lead) return result;
+  // ---- export: rank 0 writes. Under ZeRO-3 every rank takes part, gathering the weights to
+  // rank 0 one unit at a time, so no rank ever holds the whole model; generation below runs
+  // sharded on every rank for the same reason. ----
+  const bool sharded_weights = stage >= 3;
   const DType out_dtype = resolve_export_dtype(c.export_dtype, base_dtype);
   const size_t max_shard = size_t(c.export_max_shard_mb) * 1000 * 1000;
-  if (lora) {
+  if (lora && lead) {
     result.adapter_dir = c.output_dir + "/adapter";
     export_adapter_dir(model, result.adapter_dir, c.model_path, out_dtype, okey);
     say("adapter written to " + result.adapter_dir);
   }
-  if (!lora || c.export_merge) {
+  // The most weight bytes rank 0 held in host memory at once while exporting.
+  size_t export_host_bytes = 0;
+  if ((!lora || c.export_merge) && (lead || sharded_weights)) {
     // Generation below runs on the merged model then, which gives the same logits.
     if (lora) model.merge_lora();
     result.model_dir = c.output_dir + "/model";
-    export_model_dir(model, c.model_path, result.model_dir, out_dtype, max_shard, okey);
+    if (sharded_weights) {
+      export_sharded(*zero, model, comm, c.model_path, result.model_dir, out_dtype, max_shard,
+                     okey);
+      export_host_bytes = zero->largest_host_unit() * sizeof(float);
+    } else {
+      export_model_dir(model, c.model_path, result.model_dir, out_dtype, max_shard, okey);
+      for (int u = 0; u < model.layout().num_units(); ++u)
+        export_host_bytes =
+            std::max(export_host_bytes, model.layout().unit(u).size() * sizeof(float));
+    }
   }
   if (has_val) {
     if (state.step > 0 && result.val_before.tokens > 0)
@@ -1091,15 +1120,43 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   }
   if (!result.model_dir.empty()) say("model written to " + result.model_dir);
 
-  if (!c.generate_prompt.empty()) {
+  if (!c.generate_prompt.empty() && (lead || sharded_weights)) {
     GenerateOptions g;
     g.max_new_tokens = c.generate_max_new_tokens;
     g.temperature = c.generate_temperature;
     g.top_p = c.generate_top_p;
     g.seed = uint64_t(c.seed);
     g.context_window = c.seq_len;
+    // Sharded, every forward is collective: all ranks continue with rank 0's token, so they
+    // stay in step even if their logits were to differ in the last bit.
+    if (sharded_weights)
+      g.agree = [&](int32_t token) {
+        double t = lead ? double(token) : 0.0;
+        comm.all_reduce_sum_host(&t, 1);
+        return int32_t(t);
+      };
     result.generation = generate_text(model, tok, c.generate_prompt, g, threads);
   }
+  // What each rank held at its peak in training (`ftune plan` predicts it; tests compare).
+  {
+    std::vector<double> peaks(size_t(world), 0.0);
+    peaks[size_t(comm.rank())] = double(train_peak_bytes);
+    comm.all_reduce_sum_host(peaks.data(), peaks.size());
+    if (lead) {
+      nlohmann::json ranks = nlohmann::json::array();
+      for (int r = 0; r < world; ++r)
+        ranks.push_back({{"rank", r}, {"peak_allocated_bytes", int64_t(peaks[size_t(r)])}});
+      write_file_atomic(c.output_dir + "/memory.json",
+                        nlohmann::json{{"world_size", world},
+                                       {"sharding", c.sharding},
+                                       {"device", dev.kind},
+                                       {"ranks", ranks},
+                                       {"export_host_bytes", int64_t(export_host_bytes)}}
+                                .dump(2) +
+                            "\n");
+    }
+  }
+  if (!lead) return result;
   nlohmann::json summary = {{"steps", state.step},
                             {"tokens_seen", state.tokens_seen},
                             {"final_train_loss", state.last_loss},
@@ -1113,6 +1170,21 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   if (result.val_after.tokens > 0)
     summary["val_after"] = {{"loss", result.val_after.loss},
                             {"perplexity", result.val_after.perplexity}};
+  if (stage >= 3) {
+    // How rank 0's weight gathers were served: started ahead (overlapping compute), waited for,
+    // or reused from a slot; and the host time spent in them.
+    const ZeroShards::GatherStats& g = zero->gather_stats();
+    summary["zero3_gathers"] = {{"prefetch", c.dist_prefetch},
+                                {"prefetched", g.prefetched},
+                                {"waited", g.waited},
+                                {"reused", g.reused},
+                                {"wait_s", g.wait_s}};
+    char spent[64];
+    std::snprintf(spent, sizeof spent, "%.2f s", g.wait_s);
+    say("ZeRO-3 weight gathers on rank 0: " + std::to_string(g.prefetched) + " started ahead, " +
+        std::to_string(g.waited) + " waited for, " + std::to_string(g.reused) + " reused; " +
+        spent + " spent in them");
+  }
   write_file_atomic(c.output_dir + "/summary.json", summary.dump(2) + "\n");
 
   // ---- provenance: a manifest (signed when asked) in each output users ship ----

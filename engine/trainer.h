@@ -40,6 +40,7 @@ struct TrainResult {
   bool interrupted = false;  // stopped by stop_after_step or a signal (checkpoint written)
   int stop_signal = 0;       // the signal that stopped it (SIGTERM, SIGINT, SIGUSR1), else 0
   std::string data_summary;  // how the data was laid out (samples, rows, padding, cache)
+  bool lead = true;          // rank 0 (the others print nothing)
 };
 
 TrainResult run_training(const Recipe& recipe, const TrainOptions& opt);

@@ -1,14 +1,16 @@
 #include "engine/zero.h"
 
 #include <algorithm>
+#include <chrono>
+#include <exception>
 
 #include "engine/error.h"
 
 namespace ftune {
 
 ZeroShards::ZeroShards(Backend* be, Communicator& comm, const ParamLayout& layout, int stage,
-                       int threads)
-    : be_(be), comm_(comm), layout_(layout), stage_(stage) {
+                       int threads, bool prefetch)
+    : be_(be), comm_(comm), layout_(layout), stage_(stage), prefetch_(prefetch && stage >= 3) {
   FTUNE_CHECK(stage == 2 || stage == 3, "ZeroShards is for ZeRO-2 and ZeRO-3");
   ctx_.threads = threads;
   shard_ = shard_range(layout_.total(), comm_.rank(), comm_.world_size());
@@ -22,12 +24,21 @@ ZeroShards::ZeroShards(Backend* be, Communicator& comm, const ParamLayout& layou
                            layout_.max_layer_size()};
   for (std::vector<Slot>* slots : {&grad_slots_, &param_slots_}) {
     if (slots == &param_slots_ && stage_ < 3) break;
-    slots->resize(3);
-    for (int i = 0; i < 3; ++i) (*slots)[size_t(i)].buf = DeviceBuffer<float>(be_, sizes[i]);
+    // Weights with prefetch: a second layer slot, so the next layer gathers into one while the
+    // current layer computes from the other.
+    const int n = slots == &param_slots_ && prefetch_ ? 4 : 3;
+    slots->resize(size_t(n));
+    for (int i = 0; i < n; ++i)
+      (*slots)[size_t(i)].buf = DeviceBuffer<float>(be_, sizes[std::min(i, 2)]);
   }
 }
 
-ZeroShards::~ZeroShards() = default;
+ZeroShards::~ZeroShards() {
+  // Every started gather is finished on the way out, unless an error is unwinding: the ranks
+  // then no longer meet, and the process ends anyway.
+  if (std::uncaught_exceptions() > 0) return;
+  for (Slot& s : param_slots_) finish(s);
+}
 
 ShardRange ZeroShards::my_part(int u) const {
   const ParamUnit pu = layout_.unit(u);
@@ -52,6 +63,30 @@ ZeroShards::Slot& ZeroShards::slot(std::vector<Slot>& slots, int u) {
   return s;
 }
 
+ZeroShards::Slot& ZeroShards::param_slot(int u) {
+  // Layers alternate between the two layer slots with prefetch (the next layer is never in the
+  // current one's).
+  const bool layer = u != 0 && u != layout_.tail_unit();
+  if (!layer || !prefetch_) return slot(param_slots_, u);
+  return param_slots_[size_t(2 + u % 2)];
+}
+
+void ZeroShards::finish(Slot& s) {
+  if (!s.pending) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  comm_.finish(s.pending);
+  s.pending = 0;
+  stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void ZeroShards::invalidate_weights() {
+  for (Slot& s : param_slots_) {
+    FTUNE_CHECK(s.holds == 0, "ZeRO-3 weights changed while a unit is in use");
+    finish(s);
+    s.unit = -1;
+  }
+}
+
 void ZeroShards::zero_grads() {
   be_->zero(grads_.get(), grads_.bytes());
 }
@@ -67,19 +102,43 @@ ZeroMemory ZeroShards::memory() const {
 
 const float* ZeroShards::acquire_params(int u) {
   FTUNE_CHECK(stage_ >= 3, "weights are whole below ZeRO-3");
-  Slot& s = slot(param_slots_, u);
-  if (s.holds++ == 0) {
-    s.unit = u;
-    const ShardRange mine = my_part(u);
-    comm_.all_gather_v(params_.get() + (mine.begin - shard_.begin), s.buf.get(), parts(u));
+  Slot& s = param_slot(u);
+  FTUNE_CHECK(s.holds == 0 || s.unit == u, "ZeRO work slot still held by another unit");
+  if (s.holds == 0) {
+    if (s.unit == u && s.pending) {
+      ++stats_.prefetched;
+      finish(s);
+    } else if (s.unit == u) {
+      ++stats_.reused;
+    } else {
+      finish(s);  // a prefetch nobody took: completed first, collectives stay in order
+      s.unit = u;
+      const ShardRange mine = my_part(u);
+      const auto t0 = std::chrono::steady_clock::now();
+      comm_.all_gather_v(params_.get() + (mine.begin - shard_.begin), s.buf.get(), parts(u));
+      stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      ++stats_.waited;
+    }
   }
+  ++s.holds;
   return s.buf.get();
 }
 
 void ZeroShards::release_params(int u) {
-  Slot& s = slot(param_slots_, u);
-  FTUNE_CHECK(s.holds > 0, "ZeRO weights released more often than acquired");
-  if (--s.holds == 0) s.unit = -1;
+  Slot& s = param_slot(u);
+  FTUNE_CHECK(s.holds > 0 && s.unit == u, "ZeRO weights released more often than acquired");
+  --s.holds;  // the data stays, for a use before the slot is needed again
+}
+
+void ZeroShards::prefetch_params(int u) {
+  if (!prefetch_) return;
+  Slot& s = param_slot(u);
+  if (s.unit == u || s.holds > 0) return;  // there or on its way already, or the slot is busy
+  finish(s);
+  s.unit = u;
+  const ShardRange mine = my_part(u);
+  s.pending =
+      comm_.start_all_gather_v(params_.get() + (mine.begin - shard_.begin), s.buf.get(), parts(u));
 }
 
 float* ZeroShards::acquire_grads(int u) {
@@ -107,17 +166,35 @@ void ZeroShards::grads_done(int u) {
 
 void ZeroShards::params_from_host(const std::vector<float>& host) {
   FTUNE_CHECK(stage_ >= 3 && host.size() == layout_.total(), "parameter count mismatch");
+  invalidate_weights();
   be_->upload(params_.get(), host.data() + shard_.begin, shard_.size() * sizeof(float));
 }
 
 void ZeroShards::load_shard(const std::vector<float>& slice) {
   FTUNE_CHECK(stage_ >= 3 && slice.size() == shard_.size(), "shard size mismatch");
+  invalidate_weights();
   be_->upload(params_.get(), slice.data(), shard_.size() * sizeof(float));
 }
 
 std::vector<float> ZeroShards::params_to_host() const {
   FTUNE_CHECK(!whole_.empty(), "ZeRO-3 weights were not gathered to rank 0 first");
   return whole_;
+}
+
+const float* ZeroShards::gather_unit_to_root(int u) {
+  FTUNE_CHECK(stage_ >= 3, "weights are whole below ZeRO-3");
+  // Through the unit's work slot (an all-gather, as forward uses), then to the host on rank 0.
+  const ParamUnit pu = layout_.unit(u);
+  const float* w = acquire_params(u);
+  const bool root = comm_.rank() == 0;
+  if (root) {
+    host_unit_.resize(pu.size());
+    host_unit_.shrink_to_fit();  // one unit's worth, not the largest seen so far
+    largest_host_unit_ = std::max(largest_host_unit_, pu.size());
+    be_->download(host_unit_.data(), w, pu.size() * sizeof(float));
+  }
+  release_params(u);
+  return root ? host_unit_.data() : nullptr;
 }
 
 void ZeroShards::gather_whole_to_root() {
@@ -132,12 +209,6 @@ void ZeroShards::gather_whole_to_root() {
     if (root) be_->download(whole_.data() + pu.begin, w, pu.size() * sizeof(float));
     release_params(u);
   }
-}
-
-std::vector<float> ZeroShards::take_whole() {
-  std::vector<float> out = std::move(whole_);
-  whole_.clear();
-  return out;
 }
 
 }  // namespace ftune

@@ -7,7 +7,12 @@
 // shard as soon as the unit's backward is done, so only one layer's full gradients exist at a
 // time (plus the embedding's and the tail's, which backward holds from the loss to its end).
 // ZeRO-3: weights live only as shards; a unit's weights are all-gathered into a work slot just
-// before use (forward, and again in backward) and the slot is reused by the next unit.
+// before use (forward, and again in backward) and the slot is reused by the next unit. With
+// prefetch the decoder layers take turns in two slots and the model's hint starts the next
+// layer's gather (Communicator::start_all_gather_v) while the current one computes. A slot keeps
+// its unit after release, so a unit used again before its slot is needed (the tail and a tied
+// head right after forward, the last layers at the turn into backward) is not gathered twice;
+// invalidate_weights() forgets them all when the shard's weights change.
 #pragma once
 #include <cstddef>
 #include <vector>
@@ -27,7 +32,8 @@ struct ZeroMemory {
 
 class ZeroShards final : public ShardHooks {
  public:
-  ZeroShards(Backend* be, Communicator& comm, const ParamLayout& layout, int stage, int threads);
+  ZeroShards(Backend* be, Communicator& comm, const ParamLayout& layout, int stage, int threads,
+             bool prefetch = true);
   ~ZeroShards() override;
 
   int stage() const { return stage_; }
@@ -36,18 +42,35 @@ class ZeroShards final : public ShardHooks {
   float* shard_grads() const { return grads_.get(); }
   void zero_grads();
   ZeroMemory memory() const;
+  // ZeRO-3: call before the shard's weights change (the optimizer step; loads call it
+  // themselves). Finishes gathers still under way and forgets every gathered unit.
+  void invalidate_weights();
 
+  // ZeRO-3 weight gathers so far: by how they were served.
+  struct GatherStats {
+    int64_t waited = 0;      // gathered when acquired (the compute waited for all of it)
+    int64_t prefetched = 0;  // started ahead by a hint, finished when acquired
+    int64_t reused = 0;      // still in its slot from an earlier use
+    double wait_s = 0;       // host time spent gathering or finishing gathers
+  };
+  const GatherStats& gather_stats() const { return stats_; }
+
+  // ZeRO-3, collective: unit u's weights to rank 0's host memory (unit-local floats, valid until
+  // the next call; null on the other ranks). The export streams the model through this, so no
+  // rank ever holds all of it.
+  const float* gather_unit_to_root(int u);
+  size_t largest_host_unit() const { return largest_host_unit_; }  // floats, for the record
   // ZeRO-3, collective: rank 0 receives the whole weights in host memory (gathered unit by
-  // unit), which params_to_host then returns (for the export); drop_whole() frees them again.
+  // unit), which params_to_host then returns. For tests that compare a sharded model with a
+  // whole one; a run exports through gather_unit_to_root instead.
   void gather_whole_to_root();
-  std::vector<float> take_whole();
-  void drop_whole() { whole_.clear(), whole_.shrink_to_fit(); }
   // ZeRO-3: this rank's weight slice (shard().size() floats, host) from a sharded checkpoint.
   void load_shard(const std::vector<float>& slice);
 
   bool shards_params() const override { return stage_ >= 3; }
   const float* acquire_params(int u) override;
   void release_params(int u) override;
+  void prefetch_params(int u) override;
   float* acquire_grads(int u) override;
   void grads_done(int u) override;
   void params_from_host(const std::vector<float>& host) override;
@@ -57,10 +80,13 @@ class ZeroShards final : public ShardHooks {
   // A work buffer for one unit at a time: unit 0, the tail, or the current decoder layer.
   struct Slot {
     DeviceBuffer<float> buf;
-    int unit = -1;
-    int holds = 0;
+    int unit = -1;         // whose data it holds (or is gathering); -1: none
+    int holds = 0;         // acquires not yet released
+    uint64_t pending = 0;  // a started gather's handle (finish before use)
   };
   Slot& slot(std::vector<Slot>& slots, int u);
+  Slot& param_slot(int u);
+  void finish(Slot& s);
   // Each rank's part of unit u, in rank order (the counts of the collectives).
   std::vector<size_t> parts(int u) const;
   ShardRange my_part(int u) const;
@@ -69,11 +95,15 @@ class ZeroShards final : public ShardHooks {
   Communicator& comm_;
   ParamLayout layout_;
   int stage_;
+  bool prefetch_;
+  GatherStats stats_;
   ExecContext ctx_;
   ShardRange shard_;
   DeviceBuffer<float> params_, grads_, reduced_;
   std::vector<Slot> param_slots_, grad_slots_;
   std::vector<float> whole_;
+  std::vector<float> host_unit_;  // gather_unit_to_root's buffer (rank 0)
+  size_t largest_host_unit_ = 0;
 };
 
 }  // namespace ftune

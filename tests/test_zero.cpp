@@ -2,6 +2,10 @@
 // does, unit by unit. Several ranks are covered under MPI by tests/test_launch.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <limits>
+#include <map>
+
 #include "engine/communicator.h"
 #include "engine/model.h"
 #include "engine/zero.h"
@@ -35,6 +39,7 @@ struct ZeroCase {
   int stage;
   bool tied;
   Recompute recompute;
+  bool prefetch = true;
 };
 
 class ZeroModel : public ::testing::TestWithParam<ZeroCase> {};
@@ -46,7 +51,7 @@ TEST_P(ZeroModel, GradientsAndLossMatchTheWholeModel) {
   const ModelConfig cfg = testing::tiny_model_config(zc.tied);
   const Batch b = testing::tiny_packed_batch();
   Model whole(be.get(), cfg, b.tokens(), true, nullptr, zc.recompute);
-  ZeroShards zero(be.get(), *comm, ParamLayout(cfg), zc.stage, 1);
+  ZeroShards zero(be.get(), *comm, ParamLayout(cfg), zc.stage, 1, zc.prefetch);
   Model sharded(be.get(), cfg, b.tokens(), true, nullptr, zc.recompute, &zero);
   EXPECT_EQ(sharded.grads(), nullptr);
   EXPECT_EQ(sharded.params() == nullptr, zc.stage == 3);
@@ -83,12 +88,109 @@ INSTANTIATE_TEST_SUITE_P(
     Stages, ZeroModel,
     ::testing::Values(ZeroCase{2, false, Recompute::None}, ZeroCase{2, true, Recompute::None},
                       ZeroCase{3, false, Recompute::None}, ZeroCase{3, true, Recompute::None},
-                      ZeroCase{3, false, Recompute::Full}, ZeroCase{2, true, Recompute::Mlp}),
+                      ZeroCase{3, false, Recompute::Full}, ZeroCase{2, true, Recompute::Mlp},
+                      ZeroCase{3, true, Recompute::None, false},
+                      ZeroCase{3, false, Recompute::Full, false}),
     [](const auto& info) {
       const ZeroCase& c = info.param;
       return "zero" + std::to_string(c.stage) + (c.tied ? "_tied" : "_untied") + "_recompute" +
-             std::to_string(int(c.recompute));
+             std::to_string(int(c.recompute)) + (c.prefetch ? "" : "_noprefetch");
     });
+
+// One rank whose started all-gathers land only at finish(), and in-flight targets read NaN: a
+// slot used before its gather is finished shows up as a wrong result.
+class DeferredCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int world_size() const override { return 1; }
+  void all_reduce_sum(float*, size_t) override {}
+  void all_reduce_sum_host(double*, size_t) override {}
+  void barrier() override {}
+  void all_gather(float*, size_t) override {}
+  void gather_to_root(const float* shard, float* full, size_t n) override {
+    std::copy(shard, shard + n, full);
+  }
+  void reduce_scatter_sum(const float* in, float* out, const std::vector<size_t>& c) override {
+    std::copy(in, in + c[0], out);
+  }
+  void all_gather_v(const float* mine, float* out, const std::vector<size_t>& c) override {
+    ASSERT_TRUE(started.empty()) << "a blocking gather overtook a started one";
+    std::copy(mine, mine + c[0], out);
+  }
+  uint64_t start_all_gather_v(const float* mine, float* out,
+                              const std::vector<size_t>& c) override {
+    std::fill(out, out + c[0], std::numeric_limits<float>::quiet_NaN());
+    started[++last] = {mine, out, c[0]};
+    ++starts;
+    return last;
+  }
+  void finish(uint64_t h) override {
+    ASSERT_TRUE(started.count(h)) << "finished twice or never started";
+    ASSERT_EQ(started.begin()->first, h) << "finished out of order";
+    const Job j = started[h];
+    std::copy(j.from, j.from + j.n, j.to);
+    started.erase(h);
+  }
+  struct Job {
+    const float* from;
+    float* to;
+    size_t n;
+  };
+  std::map<uint64_t, Job> started;
+  uint64_t last = 0;
+  int starts = 0;
+};
+
+// ZeRO-3 with prefetch: every layer but the first is gathered ahead of its use and finished
+// before it, nothing is left in flight, and the results are bitwise those of the whole model.
+TEST(Zero, PrefetchStartsEachLayerAheadAndFinishesItBeforeUse) {
+  for (bool tied : {false, true}) {
+    auto be = make_cpu_backend();
+    DeferredCommunicator comm;
+    ModelConfig cfg = testing::tiny_model_config(tied);
+    cfg.num_layers = 5;
+    const Batch b = testing::tiny_packed_batch();
+    const ParamLayout lay(cfg);
+    const int L = int(cfg.num_layers);
+    for (Recompute rc : {Recompute::None, Recompute::Full}) {
+      Model whole(be.get(), cfg, b.tokens(), true, nullptr, rc);
+      ZeroShards zero(be.get(), comm, lay, 3, 1);
+      Model sharded(be.get(), cfg, b.tokens(), true, nullptr, rc, &zero);
+      whole.init_random(5);
+      sharded.init_random(5);
+      ExecContext ctx;
+      be->zero(whole.grads(), whole.num_params() * sizeof(float));
+      zero.zero_grads();
+      EXPECT_EQ(whole.forward_backward(ctx, b, 0.01f).loss,
+                sharded.forward_backward(ctx, b, 0.01f).loss);
+      EXPECT_TRUE(comm.started.empty());
+      // Forward: the embedding is waited for, then each layer and the tail start one unit
+      // ahead. Backward: the last two layers are still in their slots, the rest start ahead.
+      const ZeroShards::GatherStats& g = zero.gather_stats();
+      EXPECT_EQ(g.waited, 1);
+      EXPECT_EQ(g.prefetched, (L + 1) + (L - 2));
+      EXPECT_EQ(g.reused, 1 + 2 + (tied ? 1 : 0));
+      EXPECT_EQ(comm.starts, g.prefetched);
+      std::vector<float> ga(whole.num_params()), gs(ga.size());
+      be->download(ga.data(), whole.grads(), ga.size() * sizeof(float));
+      be->download(gs.data(), zero.shard_grads(), gs.size() * sizeof(float));
+      EXPECT_TRUE(testing::bitwise_equal(ga, gs)) << "tied " << tied << " recompute " << int(rc);
+      // New weights: nothing gathered before is used again.
+      std::vector<float> w = whole.params_to_host();
+      for (float& x : w) x *= 0.5f;
+      whole.params_from_host(w);
+      sharded.params_from_host(w);
+      EXPECT_EQ(whole.forward_loss(ctx, b).loss, sharded.forward_loss(ctx, b).loss);
+      EXPECT_EQ(g.waited, 2);
+      // A hint nobody follows is finished before the slot is used for anything else.
+      zero.prefetch_params(ParamLayout::layer_unit(1));
+      EXPECT_FALSE(comm.started.empty());
+      zero.invalidate_weights();
+      EXPECT_TRUE(comm.started.empty());
+      comm.starts = 0;
+    }
+  }
+}
 
 TEST(Zero, ThirdStageHoldsOnlyTheShardAndWorkSlots) {
   auto be = make_cpu_backend();
@@ -98,17 +200,32 @@ TEST(Zero, ThirdStageHoldsOnlyTheShardAndWorkSlots) {
   const size_t slots =
       (lay.unit(0).size() + lay.unit(lay.tail_unit()).size() + lay.max_layer_size()) * 4;
   EXPECT_EQ(z2.memory().weights, 0u);
-  EXPECT_EQ(z3.memory().weights, lay.total() * 4 + slots);
+  // With prefetch one more layer slot, so the next layer gathers while one computes.
+  EXPECT_EQ(z3.memory().weights, lay.total() * 4 + slots + lay.max_layer_size() * 4);
+  ZeroShards z3_alone(be.get(), *comm, lay, 3, 1, false);
+  EXPECT_EQ(z3_alone.memory().weights, lay.total() * 4 + slots);
   EXPECT_GE(z2.memory().gradients, lay.total() * 4 + slots);
   EXPECT_EQ(z2.shard_params(), nullptr);
-  // After a ZeRO-3 unshard the model works alone with whole weights.
+  // The export's view: each unit gathered to rank 0's host memory in turn is that unit of the
+  // weights, and rank 0 never holds more than one unit of them.
   Model m(be.get(), testing::tiny_model_config(false), 8, true, nullptr, Recompute::None, &z3);
   m.init_random(1);
   z3.gather_whole_to_root();
   const std::vector<float> w = m.params_to_host();
-  m.unshard(z3.take_whole());
-  ASSERT_NE(m.params(), nullptr);
-  EXPECT_TRUE(testing::bitwise_equal(m.params_to_host(), w));
+  ASSERT_EQ(w.size(), lay.total());
+  size_t largest = 0;
+  for (int u = 0; u < lay.num_units(); ++u) {
+    const ParamUnit pu = lay.unit(u);
+    const float* got = z3.gather_unit_to_root(u);
+    ASSERT_NE(got, nullptr);
+    EXPECT_TRUE(testing::bitwise_equal(
+        std::vector<float>(got, got + pu.size()),
+        std::vector<float>(w.begin() + long(pu.begin), w.begin() + long(pu.end))))
+        << "unit " << u;
+    largest = std::max(largest, pu.size());
+  }
+  EXPECT_EQ(z3.largest_host_unit(), largest);
+  EXPECT_LT(largest, lay.total() / 2);
 }
 
 TEST(Zero, RecipeErrorsSayWhatToChange) {

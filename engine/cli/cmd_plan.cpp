@@ -91,8 +91,7 @@ nlohmann::json plan_json(const Plan& p, const std::string& recipe_sharding) {
     j["memory_bytes"] = {{"weights", m.weights},     {"grads", m.grads},
                          {"optimizer", m.optimizer}, {"activations", m.activations},
                          {"scratch", m.scratch},     {"workspace", m.workspace},
-                         {"total", m.total()},       {"checkpoint_rank0", m.checkpoint},
-                         {"peak_rank0", m.peak()}};
+                         {"total", m.total()}};
     j["fits"] = s.fits;
     j["bytes_per_step"] = s.bytes_per_step;
     j["comm_s"] = s.comm_s;
@@ -179,8 +178,6 @@ void print_table(const Plan& p, const std::string& recipe_sharding, const std::s
   mem("scratch", &StageMemory::scratch);
   if (in.device == "cuda") mem("workspace", &StageMemory::workspace);
   row("total", [](const StagePlan& s) { return human_bytes(double(s.memory.total())); });
-  row("+ export rank 0",
-      [](const StagePlan& s) { return human_bytes(double(s.memory.checkpoint)); });
   const std::string fits_label = "fits in " + human_bytes(double(in.mem_limit_bytes));
   row(fits_label.c_str(), [](const StagePlan& s) { return std::string(s.fits ? "yes" : "NO"); });
   row("bytes moved/step", [](const StagePlan& s) { return human_bytes(s.bytes_per_step); });

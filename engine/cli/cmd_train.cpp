@@ -48,7 +48,7 @@ void add_train(CLI::App& app, Action* action) {
       // Stopped by a signal after writing a checkpoint: 75 (EX_TEMPFAIL) tells a scheduler or
       // script that the run is resumable with --resume.
       if (res.stop_signal != 0) return 75;
-      if (!r.cfg.generate_prompt.empty())
+      if (res.lead && !r.cfg.generate_prompt.empty())
         std::printf("\n--- sample (greedy=%s) ---\n%s%s\n---\n",
                     r.cfg.generate_temperature > 0 ? "no" : "yes", r.cfg.generate_prompt.c_str(),
                     res.generation.c_str());
