@@ -393,27 +393,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   void reduce_scatter_sum(const float* in, float* out, const std::vector<size_t>& counts) override {
-    FTUNE_CHECK(counts.size() == size_t(world_), "one count per rank");
-    const std::vector<size_t> at = offsets(counts);
-    if (at.back() == 0) return;
-    const char* op = "reduce-scatter";
-    enqueue(op, [&] {
-      if (all_equal(counts)) {
-        check(
-            nccl_.ncclReduceScatter(in, out, counts[0], ncclFloat32, ncclSum, comm_, comm_stream_),
-            op);
-        return;
-      }
-      for (int r = 0; r < world_; ++r) {
-        if (counts[size_t(r)] == 0) continue;
-        // Root r receives the sum of part r; elsewhere the receive buffer is not used.
-        const float* send = in + at[size_t(r)];
-        void* recv = r == rank_ ? static_cast<void*>(out) : const_cast<float*>(send);
-        check(nccl_.ncclReduce(send, recv, counts[size_t(r)], ncclFloat32, ncclSum, r, comm_,
-                               comm_stream_),
-              op);
-      }
-    });
+    (void)reduce_scatter(in, out, counts, true);
   }
 
   void all_gather_v(const float* mine, float* out, const std::vector<size_t>& counts) override {
@@ -422,15 +402,17 @@ class NcclCommunicator final : public Communicator {
 
   uint64_t start_all_gather_v(const float* mine, float* out,
                               const std::vector<size_t>& counts) override {
-    const cudaEvent_t end = gather_v(mine, out, counts, false);
-    if (!end) return 0;
-    // An event of its own: the watchdog recycles the collective's once it has completed.
-    DeviceScope scope(device_);
-    const cudaEvent_t done = take_event();
-    check_cuda(cudaEventRecord(done, comm_stream_), "cudaEventRecord");
-    const uint64_t handle = ++last_handle_;
-    started_.emplace(handle, done);
-    return handle;
+    return started(gather_v(mine, out, counts, false));
+  }
+
+  uint64_t start_reduce_scatter_sum_in_place(float* buf, const std::vector<size_t>& counts,
+                                             size_t* result_at) override {
+    // In place as NCCL defines it: this rank's part lands where its input part was (for
+    // ncclReduceScatter recvbuff = sendbuff + rank * count; for the per-root ncclReduce the
+    // root's send and receive buffers are the same).
+    const std::vector<size_t> at = offsets(counts);
+    *result_at = at[size_t(rank_)];
+    return started(reduce_scatter(buf, buf + at[size_t(rank_)], counts, false));
   }
 
   void finish(uint64_t handle) override {
@@ -455,6 +437,48 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  // A handle for a collective enqueued without joining (`end` null: nothing was enqueued). The
+  // handle has an event of its own: the watchdog recycles the collective's once it completes.
+  uint64_t started(cudaEvent_t end) {
+    if (!end) return 0;
+    DeviceScope scope(device_);
+    const cudaEvent_t done = take_event();
+    check_cuda(cudaEventRecord(done, comm_stream_), "cudaEventRecord");
+    const uint64_t handle = ++last_handle_;
+    started_.emplace(handle, done);
+    return handle;
+  }
+
+  // reduce_scatter_sum enqueued; joined to the run's stream or not. Returns the event that
+  // completes with it, or null when there was nothing to reduce.
+  cudaEvent_t reduce_scatter(const float* in, float* out, const std::vector<size_t>& counts,
+                             bool join) {
+    FTUNE_CHECK(counts.size() == size_t(world_), "one count per rank");
+    const std::vector<size_t> at = offsets(counts);
+    if (at.back() == 0) return nullptr;
+    const char* op = "reduce-scatter";
+    return enqueue(
+        op,
+        [&] {
+          if (all_equal(counts)) {
+            check(nccl_.ncclReduceScatter(in, out, counts[0], ncclFloat32, ncclSum, comm_,
+                                          comm_stream_),
+                  op);
+            return;
+          }
+          for (int r = 0; r < world_; ++r) {
+            if (counts[size_t(r)] == 0) continue;
+            // Root r receives the sum of part r; elsewhere the receive buffer is not used.
+            const float* send = in + at[size_t(r)];
+            void* recv = r == rank_ ? static_cast<void*>(out) : const_cast<float*>(send);
+            check(nccl_.ncclReduce(send, recv, counts[size_t(r)], ncclFloat32, ncclSum, r, comm_,
+                                   comm_stream_),
+                  op);
+          }
+        },
+        [] {}, join);
+  }
+
   // all_gather_v enqueued; joined to the run's stream or not. Returns the event that completes
   // with it, or null when there was nothing to gather.
   cudaEvent_t gather_v(const float* mine, float* out, const std::vector<size_t>& counts,

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/error.h"
+
 namespace ftune {
 
 class Communicator {
@@ -33,14 +35,25 @@ class Communicator {
                                   const std::vector<size_t>& counts) = 0;
   // all_gather_v: this rank's `mine` (counts[rank] floats) -> every rank's `out` (sum of counts).
   virtual void all_gather_v(const float* mine, float* out, const std::vector<size_t>& counts) = 0;
-  // all_gather_v started without waiting for it (ZeRO-3 prefetch): `out` holds the result once
-  // finish(handle) has returned (device communicators: for work the run's stream enqueues after
-  // finish). Until then neither buffer may be touched. Other collectives may run in between;
-  // every rank starts and finishes the same collectives in the same order, and finishes every
-  // started one. The default runs it at once (handle 0, nothing to finish).
+  // all_gather_v and reduce_scatter_sum started without waiting for them (ZeRO overlap): `out`
+  // holds the result once finish(handle) has returned (device communicators: for work the run's
+  // stream enqueues after finish). Until then neither buffer may be touched. Other collectives
+  // may run in between; every rank starts the same collectives in the same order and finishes
+  // every one it started (in any order). The defaults run them at once (handle 0, nothing to
+  // finish).
   virtual uint64_t start_all_gather_v(const float* mine, float* out,
                                       const std::vector<size_t>& counts) {
     all_gather_v(mine, out, counts);
+    return 0;
+  }
+  // The reduce-scatter in place: `buf` is the input, and this rank's summed part is left at
+  // buf + *result_at (where depends on the library), so no second buffer is needed.
+  virtual uint64_t start_reduce_scatter_sum_in_place(float* buf, const std::vector<size_t>& counts,
+                                                     size_t* result_at) {
+    // One rank: its part of the sum is its own data, in place.
+    FTUNE_CHECK(world_size() == 1, "this communicator has no in-place reduce-scatter");
+    (void)buf, (void)counts;
+    *result_at = 0;
     return 0;
   }
   virtual void finish(uint64_t handle) { (void)handle; }

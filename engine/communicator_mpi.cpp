@@ -178,11 +178,26 @@ class MpiCommunicator final : public Communicator {
     started_.emplace(handle, std::move(s));
     return handle;
   }
+  uint64_t start_reduce_scatter_sum_in_place(float* buf, const std::vector<size_t>& counts,
+                                             size_t* result_at) override {
+    Watch w(this, "reduce-scatter");
+    Started s;
+    s.op = "reduce-scatter";
+    s.counts = int_counts(counts);
+    // MPI_IN_PLACE: the input is taken from buf and this rank's part is left at its start.
+    check_mpi(MPI_Ireduce_scatter(MPI_IN_PLACE, buf, s.counts.data(), MPI_FLOAT, MPI_SUM,
+                                  MPI_COMM_WORLD, &s.request),
+              "reduce-scatter");
+    *result_at = 0;
+    const uint64_t handle = ++last_handle_;
+    started_.emplace(handle, std::move(s));
+    return handle;
+  }
   void finish(uint64_t handle) override {
     auto it = started_.find(handle);
     if (it == started_.end()) return;
-    Watch w(this, "all-gather");
-    check_mpi(MPI_Wait(&it->second.request, MPI_STATUS_IGNORE), "all-gather");
+    Watch w(this, it->second.op);
+    check_mpi(MPI_Wait(&it->second.request, MPI_STATUS_IGNORE), it->second.op);
     started_.erase(it);
   }
   void abort(int code) override { MPI_Abort(MPI_COMM_WORLD, code); }
@@ -218,6 +233,7 @@ class MpiCommunicator final : public Communicator {
   };
   // A started all-gather (start_all_gather_v) until its finish.
   struct Started {
+    const char* op = "all-gather";
     MPI_Request request = MPI_REQUEST_NULL;
     std::vector<int> counts, displs;
   };

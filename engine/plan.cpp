@@ -183,10 +183,10 @@ StageMemory stage_memory(const PlanInput& in, Sharding s, int rank) {
   m.workspace = gpu ? gpu_workspace_bytes(c, max_tokens) : 0;
 
   // Weights held for compute: every base weight (and adapter), or under ZeRO-3 this rank's slice
-  // plus the units gathered for the layer being computed (and, with dist.prefetch, the next).
+  // plus the units gathered for the layer being computed (and, with dist.overlap, the next).
   uint64_t compute_weights = params + (lora ? trained : 0);
   if (s == Sharding::Zero3)
-    compute_weights = shard + unit_buffers + (in.prefetch ? u.largest_layer : 0);
+    compute_weights = shard + unit_buffers + (in.overlap ? u.largest_layer : 0);
   m.weights = compute_weights * cb + inv_freq * 4;
   if (bf16) m.weights += shard * 4;  // fp32 masters of what is trained, sharded like m and v
 
@@ -194,7 +194,8 @@ StageMemory stage_memory(const PlanInput& in, Sharding s, int rank) {
   // reduce-scatter lands in before it is added to the shard.
   uint64_t grads = trained;
   if (s == Sharding::Zero2 || s == Sharding::Zero3)
-    grads = shard + unit_buffers + u.largest_part(range);
+    // With dist.overlap a second layer slot, and each reduction runs in place in its slot.
+    grads = shard + unit_buffers + (in.overlap ? u.largest_layer : u.largest_part(range));
   m.grads = grads * cb;
   m.optimizer = 2 * shard * 4;  // AdamW m and v, fp32 at any precision
   // Checkpoints are written by every rank from its own slices, and a ZeRO-3 export gathers one
@@ -230,7 +231,7 @@ PlanInput plan_input_from_recipe(const RecipeConfig& c, int world_size) {
     in.grad_accum = c.global_batch_size / per;
   }
   in.recompute = parse_recompute(c.recompute);
-  in.prefetch = c.dist_prefetch;
+  in.overlap = c.dist_overlap;
   return in;
 }
 

@@ -56,7 +56,8 @@ struct PlanInput {
   std::optional<LoraConfig> lora;  // method: lora
   int64_t micro_batch_size = 1, seq_len = 1, grad_accum = 1;
   Recompute recompute = Recompute::None;
-  bool prefetch = true;  // dist.prefetch: ZeRO-3 holds one more layer, gathered ahead
+  bool overlap =
+      true;  // dist.overlap: ZeRO-2/3 hold one more layer (weights ahead, gradients behind)
   int world_size = 1;
   std::string device = "cuda";  // cuda | cpu (cpu: no GPU workspace)
   Precision precision = Precision::Fp32;

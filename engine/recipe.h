@@ -117,7 +117,7 @@ struct RecipeConfig {
   int64_t report_every = 0;        // report.every: rewrite report.html every N steps (0: at end)
   std::string sharding = "none";   // sharding: none | zero1 | zero2 | zero3
   double dist_timeout = 600;       // dist.timeout: seconds a collective may take
-  bool dist_prefetch = true;       // dist.prefetch: ZeRO-3 gathers the next unit ahead
+  bool dist_overlap = true;        // dist.overlap: ZeRO-2/3 collectives run under the compute
 };
 
 struct Recipe {

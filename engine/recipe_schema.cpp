@@ -71,10 +71,12 @@ std::vector<KeySpec> build_schema() {
               "or hangs); keep it above the time a checkpoint takes to write; 0 waits forever",
        .min = ge(0),
        .run_control = true},
-      {.key = "dist.prefetch",
-       .field = &C::dist_prefetch,
-       .doc = "sharding zero3: gather the next layer's weights while the current one computes "
-              "(one more layer of weights per rank; the results are the same either way)",
+      {.key = "dist.overlap",
+       .field = &C::dist_overlap,
+       .doc = "sharding zero2/zero3: reduce each layer's gradients while the next layer's "
+              "backward runs, and (zero3) gather the next layer's weights while the current one "
+              "computes; costs one more layer of gradients (and weights) per rank, gives the "
+              "same results",
        .run_control = true},
       // model
       {.key = "model.path",

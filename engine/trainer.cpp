@@ -532,7 +532,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   try {
     if (stage >= 2)
       zero = std::make_unique<ZeroShards>(be.get(), comm, ParamLayout(mc), stage, threads,
-                                          c.dist_prefetch);
+                                          c.dist_overlap);
     model_ptr =
         std::make_unique<Model>(be.get(), mc, c.micro_batch_size * c.seq_len, true,
                                 lora ? &*lora : nullptr, parse_recompute(c.recompute), zero.get());
@@ -845,6 +845,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     }
     // ZeRO-2/3 gradients were reduce-scattered during backward: each rank's shard adds its
     // squared norm to the same all-reduce.
+    if (zero) zero->finish_grads();  // reductions still under way land in the shard first
     float* shard_grads = zero ? zero->shard_grads() : model.train_grads() + shard.begin;
     if (step == nan_at_step) {
       nan_at_step = -1;  // once: a rollback replaying this step then trains through it
@@ -1174,7 +1175,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     // How rank 0's weight gathers were served: started ahead (overlapping compute), waited for,
     // or reused from a slot; and the host time spent in them.
     const ZeroShards::GatherStats& g = zero->gather_stats();
-    summary["zero3_gathers"] = {{"prefetch", c.dist_prefetch},
+    summary["zero3_gathers"] = {{"overlap", c.dist_overlap},
                                 {"prefetched", g.prefetched},
                                 {"waited", g.waited},
                                 {"reused", g.reused},

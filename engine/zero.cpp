@@ -9,35 +9,40 @@
 namespace ftune {
 
 ZeroShards::ZeroShards(Backend* be, Communicator& comm, const ParamLayout& layout, int stage,
-                       int threads, bool prefetch)
-    : be_(be), comm_(comm), layout_(layout), stage_(stage), prefetch_(prefetch && stage >= 3) {
+                       int threads, bool overlap)
+    : be_(be), comm_(comm), layout_(layout), stage_(stage), overlap_(overlap) {
   FTUNE_CHECK(stage == 2 || stage == 3, "ZeroShards is for ZeRO-2 and ZeRO-3");
   ctx_.threads = threads;
   shard_ = shard_range(layout_.total(), comm_.rank(), comm_.world_size());
   grads_ = DeviceBuffer<float>(be_, shard_.size());
   if (stage_ >= 3) params_ = DeviceBuffer<float>(be_, shard_.size());
-  size_t largest_part = 0;
-  for (int u = 0; u < layout_.num_units(); ++u)
-    largest_part = std::max(largest_part, my_part(u).size());
-  reduced_ = DeviceBuffer<float>(be_, largest_part);
+  // Slots 0 and 1: the embedding and the tail; 2 (and 3 with overlap): decoder layers, which
+  // alternate so that the next layer's collective runs while one computes.
   const size_t sizes[3] = {layout_.unit(0).size(), layout_.unit(layout_.tail_unit()).size(),
                            layout_.max_layer_size()};
+  const int n = overlap_ ? 4 : 3;
   for (std::vector<Slot>* slots : {&grad_slots_, &param_slots_}) {
     if (slots == &param_slots_ && stage_ < 3) break;
-    // Weights with prefetch: a second layer slot, so the next layer gathers into one while the
-    // current layer computes from the other.
-    const int n = slots == &param_slots_ && prefetch_ ? 4 : 3;
     slots->resize(size_t(n));
     for (int i = 0; i < n; ++i)
       (*slots)[size_t(i)].buf = DeviceBuffer<float>(be_, sizes[std::min(i, 2)]);
   }
+  // Where this rank's reduced part of a unit lands before it is added to the shard; with
+  // overlap each reduction runs in place in its slot instead, and needs none.
+  if (!overlap_) {
+    size_t largest_part = 0;
+    for (int u = 0; u < layout_.num_units(); ++u)
+      largest_part = std::max(largest_part, my_part(u).size());
+    reduced_ = DeviceBuffer<float>(be_, largest_part);
+  }
 }
 
 ZeroShards::~ZeroShards() {
-  // Every started gather is finished on the way out, unless an error is unwinding: the ranks
-  // then no longer meet, and the process ends anyway.
+  // Every started collective is finished on the way out, unless an error is unwinding: the
+  // ranks then no longer meet, and the process ends anyway.
   if (std::uncaught_exceptions() > 0) return;
   for (Slot& s : param_slots_) finish(s);
+  for (Slot& s : grad_slots_) finish(s);
 }
 
 ShardRange ZeroShards::my_part(int u) const {
@@ -58,25 +63,14 @@ std::vector<size_t> ZeroShards::parts(int u) const {
 }
 
 ZeroShards::Slot& ZeroShards::slot(std::vector<Slot>& slots, int u) {
-  Slot& s = slots[u == 0 ? 0 : u == layout_.tail_unit() ? 1 : 2];
-  FTUNE_CHECK(s.holds == 0 || s.unit == u, "ZeRO work slot still held by another unit");
-  return s;
-}
-
-ZeroShards::Slot& ZeroShards::param_slot(int u) {
-  // Layers alternate between the two layer slots with prefetch (the next layer is never in the
-  // current one's).
   const bool layer = u != 0 && u != layout_.tail_unit();
-  if (!layer || !prefetch_) return slot(param_slots_, u);
-  return param_slots_[size_t(2 + u % 2)];
+  return slots[size_t(!layer ? (u == 0 ? 0 : 1) : overlap_ ? 2 + u % 2 : 2)];
 }
 
 void ZeroShards::finish(Slot& s) {
   if (!s.pending) return;
-  const auto t0 = std::chrono::steady_clock::now();
   comm_.finish(s.pending);
   s.pending = 0;
-  stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void ZeroShards::invalidate_weights() {
@@ -88,7 +82,23 @@ void ZeroShards::invalidate_weights() {
 }
 
 void ZeroShards::zero_grads() {
+  finish_grads();
   be_->zero(grads_.get(), grads_.bytes());
+}
+
+void ZeroShards::complete_grads(Slot& s) {
+  if (!s.reducing) return;
+  finish(s);
+  s.reducing = false;
+  const ShardRange mine = my_part(s.unit);
+  if (mine.size() > 0)
+    be_->add_inplace(ctx_, grads_.get() + (mine.begin - shard_.begin), s.buf.get() + s.result_at,
+                     mine.size());
+  s.unit = -1;
+}
+
+void ZeroShards::finish_grads() {
+  for (Slot& s : grad_slots_) complete_grads(s);
 }
 
 ZeroMemory ZeroShards::memory() const {
@@ -102,9 +112,10 @@ ZeroMemory ZeroShards::memory() const {
 
 const float* ZeroShards::acquire_params(int u) {
   FTUNE_CHECK(stage_ >= 3, "weights are whole below ZeRO-3");
-  Slot& s = param_slot(u);
+  Slot& s = slot(param_slots_, u);
   FTUNE_CHECK(s.holds == 0 || s.unit == u, "ZeRO work slot still held by another unit");
   if (s.holds == 0) {
+    const auto t0 = std::chrono::steady_clock::now();
     if (s.unit == u && s.pending) {
       ++stats_.prefetched;
       finish(s);
@@ -114,25 +125,24 @@ const float* ZeroShards::acquire_params(int u) {
       finish(s);  // a prefetch nobody took: completed first, collectives stay in order
       s.unit = u;
       const ShardRange mine = my_part(u);
-      const auto t0 = std::chrono::steady_clock::now();
       comm_.all_gather_v(params_.get() + (mine.begin - shard_.begin), s.buf.get(), parts(u));
-      stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       ++stats_.waited;
     }
+    stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   ++s.holds;
   return s.buf.get();
 }
 
 void ZeroShards::release_params(int u) {
-  Slot& s = param_slot(u);
+  Slot& s = slot(param_slots_, u);
   FTUNE_CHECK(s.holds > 0 && s.unit == u, "ZeRO weights released more often than acquired");
   --s.holds;  // the data stays, for a use before the slot is needed again
 }
 
 void ZeroShards::prefetch_params(int u) {
-  if (!prefetch_) return;
-  Slot& s = param_slot(u);
+  if (!overlap_ || stage_ < 3) return;
+  Slot& s = slot(param_slots_, u);
   if (s.unit == u || s.holds > 0) return;  // there or on its way already, or the slot is busy
   finish(s);
   s.unit = u;
@@ -143,7 +153,9 @@ void ZeroShards::prefetch_params(int u) {
 
 float* ZeroShards::acquire_grads(int u) {
   Slot& s = slot(grad_slots_, u);
-  if (s.holds == 0) {  // a second acquire before grads_done returns the same buffer
+  if (s.holds == 0 || s.unit != u) {  // a second acquire before grads_done returns the same buffer
+    FTUNE_CHECK(s.holds == 0, "ZeRO work slot still held by another unit");
+    complete_grads(s);  // the slot's previous unit, still being reduced
     s.unit = u;
     s.holds = 1;
     be_->zero(s.buf.get(), layout_.unit(u).size() * sizeof(float));
@@ -153,14 +165,21 @@ float* ZeroShards::acquire_grads(int u) {
 
 void ZeroShards::grads_done(int u) {
   Slot& s = slot(grad_slots_, u);
-  FTUNE_CHECK(s.holds == 1, "ZeRO gradients finished without being taken");
+  FTUNE_CHECK(s.holds == 1 && s.unit == u, "ZeRO gradients finished without being taken");
+  s.holds = 0;
   // Sum this unit's gradients over ranks; each keeps its part and adds it to its shard
-  // (micro-batches accumulate there).
+  // (micro-batches accumulate there). With overlap the sum runs while backward goes on, and is
+  // added when the slot is needed again; the embedding, backward's last unit, finishes them all.
+  if (overlap_) {
+    s.pending = comm_.start_reduce_scatter_sum_in_place(s.buf.get(), parts(u), &s.result_at);
+    s.reducing = true;
+    if (u == 0) finish_grads();
+    return;
+  }
   const ShardRange mine = my_part(u);
   comm_.reduce_scatter_sum(s.buf.get(), reduced_.get(), parts(u));
   if (mine.size() > 0)
     be_->add_inplace(ctx_, grads_.get() + (mine.begin - shard_.begin), reduced_.get(), mine.size());
-  s.holds = 0;
   s.unit = -1;
 }
 

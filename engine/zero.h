@@ -6,9 +6,12 @@
 // ZeRO-2: every rank keeps whole weights; each unit's gradients are reduce-scattered into the
 // shard as soon as the unit's backward is done, so only one layer's full gradients exist at a
 // time (plus the embedding's and the tail's, which backward holds from the loss to its end).
+// With overlap the layers take turns in two gradient slots: a layer's reduce-scatter
+// (Communicator::start_reduce_scatter_sum) runs while the next layer's backward fills the other
+// slot, and is added into the shard when its slot is needed again or backward ends.
 // ZeRO-3: weights live only as shards; a unit's weights are all-gathered into a work slot just
 // before use (forward, and again in backward) and the slot is reused by the next unit. With
-// prefetch the decoder layers take turns in two slots and the model's hint starts the next
+// overlap the decoder layers take turns in two slots and the model's hint starts the next
 // layer's gather (Communicator::start_all_gather_v) while the current one computes. A slot keeps
 // its unit after release, so a unit used again before its slot is needed (the tail and a tied
 // head right after forward, the last layers at the turn into backward) is not gathered twice;
@@ -33,7 +36,7 @@ struct ZeroMemory {
 class ZeroShards final : public ShardHooks {
  public:
   ZeroShards(Backend* be, Communicator& comm, const ParamLayout& layout, int stage, int threads,
-             bool prefetch = true);
+             bool overlap = true);
   ~ZeroShards() override;
 
   int stage() const { return stage_; }
@@ -41,6 +44,9 @@ class ZeroShards final : public ShardHooks {
   float* shard_params() const { return params_.get(); }  // ZeRO-3 only (else null)
   float* shard_grads() const { return grads_.get(); }
   void zero_grads();
+  // The shard's gradients are complete once this returns: reductions still under way are
+  // finished and added (backward's last unit does it too).
+  void finish_grads();
   ZeroMemory memory() const;
   // ZeRO-3: call before the shard's weights change (the optimizer step; loads call it
   // themselves). Finishes gathers still under way and forgets every gathered unit.
@@ -80,13 +86,17 @@ class ZeroShards final : public ShardHooks {
   // A work buffer for one unit at a time: unit 0, the tail, or the current decoder layer.
   struct Slot {
     DeviceBuffer<float> buf;
-    int unit = -1;         // whose data it holds (or is gathering); -1: none
-    int holds = 0;         // acquires not yet released
-    uint64_t pending = 0;  // a started gather's handle (finish before use)
+    int unit = -1;          // whose data it holds (or is gathering / reducing); -1: none
+    int holds = 0;          // acquires not yet released
+    uint64_t pending = 0;   // a started collective's handle (finish before use)
+    bool reducing = false;  // gradients: being reduced in place, not yet added to the shard
+    size_t result_at = 0;   // where in buf this rank's reduced part is left
   };
+  // Weights or gradients: the unit's slot (layers alternate between two with overlap).
   Slot& slot(std::vector<Slot>& slots, int u);
-  Slot& param_slot(int u);
   void finish(Slot& s);
+  // A gradient slot's reduce-scatter, finished and added into the shard.
+  void complete_grads(Slot& s);
   // Each rank's part of unit u, in rank order (the counts of the collectives).
   std::vector<size_t> parts(int u) const;
   ShardRange my_part(int u) const;
@@ -95,7 +105,7 @@ class ZeroShards final : public ShardHooks {
   Communicator& comm_;
   ParamLayout layout_;
   int stage_;
-  bool prefetch_;
+  bool overlap_;
   GatherStats stats_;
   ExecContext ctx_;
   ShardRange shard_;

@@ -200,40 +200,38 @@ TEST(Launch, ZeroThreeStreamsTheExportAndGeneratesSharded) {
 #endif
 }
 
-// ZeRO-3 prefetch (nonblocking all-gathers started a layer ahead) changes when weights arrive,
-// never what they are: 3 ranks give bitwise the same losses and weights with it and without,
-// and the summary says how the gathers were served.
-TEST(Launch, ZeroThreePrefetchChangesNothingButTiming) {
+// dist.overlap (ZeRO-3 all-gathers started a layer ahead, reduce-scatters finished a layer
+// later, both nonblocking) changes when data arrives, not what it is: 3 ranks give the losses
+// and weights of the blocking collectives, to the last bits a different summation order in MPI's
+// nonblocking reduce-scatter may move; the summary says how the gathers were served.
+TEST(Launch, ZeroThreeOverlapChangesNothingButTiming) {
 #ifndef FTUNE_HAVE_MPI
   GTEST_SKIP() << "built without MPI";
 #else
-  const std::string base = testing::make_temp_dir("zero3_prefetch");
+  const std::string base = testing::make_temp_dir("zero3_overlap");
   std::map<bool, std::string> dirs;
-  for (bool prefetch : {true, false}) {
-    const std::string out = base + (prefetch ? "/on" : "/off");
+  for (bool overlap : {true, false}) {
+    const std::string out = base + (overlap ? "/on" : "/off");
     testing::CliRun r = testing::ftune(
         "launch -n 3 " + run_args(out, 8) +
-        " sharding=zero3 train.recompute=full dist.prefetch=" + (prefetch ? "true" : "false"));
+        " sharding=zero3 train.recompute=full dist.overlap=" + (overlap ? "true" : "false"));
     ASSERT_EQ(r.code, 0) << r.out;
     EXPECT_NE(r.out.find("ZeRO-3 weight gathers on rank 0"), std::string::npos) << r.out;
     const nlohmann::json g =
         nlohmann::json::parse(read_file(out + "/summary.json"))["zero3_gathers"];
-    EXPECT_EQ(g["prefetch"].get<bool>(), prefetch);
-    if (prefetch)
+    EXPECT_EQ(g["overlap"].get<bool>(), overlap);
+    if (overlap)
       EXPECT_GT(g["prefetched"].get<int64_t>(), g["waited"].get<int64_t>()) << g.dump();
     else
       EXPECT_EQ(g["prefetched"].get<int64_t>(), 0) << g.dump();
-    dirs[prefetch] = out;
+    dirs[overlap] = out;
   }
-  EXPECT_EQ(losses(dirs[true] + "/metrics.jsonl"), losses(dirs[false] + "/metrics.jsonl"));
-  WeightStore on = WeightStore::open_dir(dirs[true] + "/model"),
-              off = WeightStore::open_dir(dirs[false] + "/model");
-  for (const std::string& name : off.names()) {
-    std::vector<float> x(size_t(off.find(name)->numel())), y(x.size());
-    on.read_as(name, DType::F32, x.data());
-    off.read_as(name, DType::F32, y.data());
-    EXPECT_TRUE(testing::bitwise_equal(x, y)) << name;
-  }
+  const std::vector<double> a = losses(dirs[true] + "/metrics.jsonl"),
+                            b = losses(dirs[false] + "/metrics.jsonl");
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), 8u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-6 * b[i]) << "step " << i + 1;
+  expect_same_weights(dirs[true] + "/model", dirs[false] + "/model", 1e-5);
 #endif
 }
 

@@ -192,14 +192,17 @@ TEST(PlanStages, MemoryFormulasOnAHandComputableCase) {
   const StageMemory z2 = stage_memory(in, Sharding::Zero2, 1);
   const ShardRange r1 = shard_range(P, 1, 3);
   EXPECT_EQ(z2.weights, (P + inv) * 4);
-  EXPECT_EQ(z2.grads, (S0 + units + u.largest_part(r1)) * 4);
+  // With dist.overlap (the default) one more layer of gradients, reduced in place; without,
+  // one layer slot and the buffer this rank's part of a reduction lands in.
+  EXPECT_EQ(z2.grads, (S0 + units + u.largest_layer) * 4);
   const StageMemory z3 = stage_memory(in, Sharding::Zero3, 1);
-  // ZeRO-3 with dist.prefetch (the default) holds one more layer, gathered ahead.
+  // ZeRO-3 with dist.overlap holds one more layer of weights too, gathered ahead.
   EXPECT_EQ(z3.weights, (S0 + units + u.largest_layer + inv) * 4);
   EXPECT_EQ(z3.grads, z2.grads);
-  in.prefetch = false;
+  in.overlap = false;
+  EXPECT_EQ(stage_memory(in, Sharding::Zero2, 1).grads, (S0 + units + u.largest_part(r1)) * 4);
   EXPECT_EQ(stage_memory(in, Sharding::Zero3, 1).weights, (S0 + units + inv) * 4);
-  in.prefetch = true;
+  in.overlap = true;
   // On the GPU the same, and the backend's workspace is added.
   in.device = "cuda";
   const StageMemory z3g = stage_memory(in, Sharding::Zero3, 1);

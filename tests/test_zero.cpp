@@ -120,74 +120,105 @@ class DeferredCommunicator final : public Communicator {
   uint64_t start_all_gather_v(const float* mine, float* out,
                               const std::vector<size_t>& c) override {
     std::fill(out, out + c[0], std::numeric_limits<float>::quiet_NaN());
-    started[++last] = {mine, out, c[0]};
+    started[++last] = {mine, out, c[0], {}};
     ++starts;
+    return last;
+  }
+  uint64_t start_reduce_scatter_sum_in_place(float* buf, const std::vector<size_t>& c,
+                                             size_t* result_at) override {
+    // One rank's sum is its own data: kept aside until finish, NaN meanwhile.
+    Job j{nullptr, buf, c[0], std::vector<float>(buf, buf + c[0])};
+    std::fill(buf, buf + c[0], std::numeric_limits<float>::quiet_NaN());
+    started[++last] = std::move(j);
+    ++reductions;
+    *result_at = 0;
     return last;
   }
   void finish(uint64_t h) override {
     ASSERT_TRUE(started.count(h)) << "finished twice or never started";
-    ASSERT_EQ(started.begin()->first, h) << "finished out of order";
-    const Job j = started[h];
-    std::copy(j.from, j.from + j.n, j.to);
+    const Job& j = started[h];
+    if (j.from)
+      std::copy(j.from, j.from + j.n, j.to);
+    else
+      std::copy(j.kept.begin(), j.kept.end(), j.to);
     started.erase(h);
   }
   struct Job {
-    const float* from;
+    const float* from;  // a gather's source, or null: a reduction's result is `kept`
     float* to;
     size_t n;
+    std::vector<float> kept;
   };
   std::map<uint64_t, Job> started;
   uint64_t last = 0;
-  int starts = 0;
+  int starts = 0, reductions = 0;
 };
 
-// ZeRO-3 with prefetch: every layer but the first is gathered ahead of its use and finished
-// before it, nothing is left in flight, and the results are bitwise those of the whole model.
-TEST(Zero, PrefetchStartsEachLayerAheadAndFinishesItBeforeUse) {
-  for (bool tied : {false, true}) {
-    auto be = make_cpu_backend();
-    DeferredCommunicator comm;
-    ModelConfig cfg = testing::tiny_model_config(tied);
-    cfg.num_layers = 5;
-    const Batch b = testing::tiny_packed_batch();
-    const ParamLayout lay(cfg);
-    const int L = int(cfg.num_layers);
-    for (Recompute rc : {Recompute::None, Recompute::Full}) {
-      Model whole(be.get(), cfg, b.tokens(), true, nullptr, rc);
-      ZeroShards zero(be.get(), comm, lay, 3, 1);
-      Model sharded(be.get(), cfg, b.tokens(), true, nullptr, rc, &zero);
-      whole.init_random(5);
-      sharded.init_random(5);
-      ExecContext ctx;
-      be->zero(whole.grads(), whole.num_params() * sizeof(float));
-      zero.zero_grads();
-      EXPECT_EQ(whole.forward_backward(ctx, b, 0.01f).loss,
-                sharded.forward_backward(ctx, b, 0.01f).loss);
-      EXPECT_TRUE(comm.started.empty());
-      // Forward: the embedding is waited for, then each layer and the tail start one unit
-      // ahead. Backward: the last two layers are still in their slots, the rest start ahead.
-      const ZeroShards::GatherStats& g = zero.gather_stats();
-      EXPECT_EQ(g.waited, 1);
-      EXPECT_EQ(g.prefetched, (L + 1) + (L - 2));
-      EXPECT_EQ(g.reused, 1 + 2 + (tied ? 1 : 0));
-      EXPECT_EQ(comm.starts, g.prefetched);
-      std::vector<float> ga(whole.num_params()), gs(ga.size());
-      be->download(ga.data(), whole.grads(), ga.size() * sizeof(float));
-      be->download(gs.data(), zero.shard_grads(), gs.size() * sizeof(float));
-      EXPECT_TRUE(testing::bitwise_equal(ga, gs)) << "tied " << tied << " recompute " << int(rc);
-      // New weights: nothing gathered before is used again.
-      std::vector<float> w = whole.params_to_host();
-      for (float& x : w) x *= 0.5f;
-      whole.params_from_host(w);
-      sharded.params_from_host(w);
-      EXPECT_EQ(whole.forward_loss(ctx, b).loss, sharded.forward_loss(ctx, b).loss);
-      EXPECT_EQ(g.waited, 2);
-      // A hint nobody follows is finished before the slot is used for anything else.
-      zero.prefetch_params(ParamLayout::layer_unit(1));
-      EXPECT_FALSE(comm.started.empty());
-      zero.invalidate_weights();
-      EXPECT_TRUE(comm.started.empty());
-      comm.starts = 0;
+// With overlap: under ZeRO-3 every layer but the first is gathered ahead of its use, and under
+// ZeRO-2/3 every unit's gradients are reduced while backward goes on; each collective is
+// finished before its buffer is used, nothing is left in flight, and the results are bitwise
+// those of the whole model.
+TEST(Zero, OverlapStartsCollectivesAheadAndFinishesThemBeforeUse) {
+  for (int stage : {2, 3}) {
+    for (bool tied : {false, true}) {
+      auto be = make_cpu_backend();
+      DeferredCommunicator comm;
+      ModelConfig cfg = testing::tiny_model_config(tied);
+      cfg.num_layers = 5;
+      const Batch b = testing::tiny_packed_batch();
+      const ParamLayout lay(cfg);
+      const int L = int(cfg.num_layers);
+      for (Recompute rc : {Recompute::None, Recompute::Full}) {
+        const std::string what = "zero" + std::to_string(stage) + " tied " + std::to_string(tied) +
+                                 " recompute " + std::to_string(int(rc));
+        Model whole(be.get(), cfg, b.tokens(), true, nullptr, rc);
+        ZeroShards zero(be.get(), comm, lay, stage, 1);
+        Model sharded(be.get(), cfg, b.tokens(), true, nullptr, rc, &zero);
+        whole.init_random(5);
+        sharded.init_random(5);
+        ExecContext ctx;
+        be->zero(whole.grads(), whole.num_params() * sizeof(float));
+        zero.zero_grads();
+        // Two micro-batches: the second one's reductions accumulate onto the first's (in
+        // another order than the whole model's for a tied head, hence not bitwise then).
+        std::vector<float> ga(whole.num_params()), gs(ga.size());
+        for (int k = 0; k < 2; ++k) {
+          EXPECT_EQ(whole.forward_backward(ctx, b, 0.01f).loss,
+                    sharded.forward_backward(ctx, b, 0.01f).loss)
+              << what;
+          EXPECT_TRUE(comm.started.empty()) << what;
+          EXPECT_EQ(comm.reductions, (k + 1) * lay.num_units()) << what;
+          be->download(ga.data(), whole.grads(), ga.size() * sizeof(float));
+          be->download(gs.data(), zero.shard_grads(), gs.size() * sizeof(float));
+          if (k == 0) {
+            EXPECT_TRUE(testing::bitwise_equal(ga, gs)) << what;
+          }
+          EXPECT_LT(testing::rel_error(ga, gs), 1e-6) << what;
+        }
+        comm.reductions = 0;
+        if (stage == 2) continue;
+        // Forward: the embedding is waited for, then each layer and the tail start one unit
+        // ahead. Backward: the last two layers are still in their slots, the rest start ahead.
+        // The second micro-batch: the embedding, the tail and the first two layers are still
+        // there, the others start ahead again.
+        const ZeroShards::GatherStats& g = zero.gather_stats();
+        EXPECT_EQ(g.waited, 1) << what;
+        EXPECT_EQ(g.prefetched, 2 * (L + 1 + L - 2) - 3) << what;
+        EXPECT_EQ(comm.starts, g.prefetched) << what;
+        // New weights: nothing gathered before is used again.
+        std::vector<float> w = whole.params_to_host();
+        for (float& x : w) x *= 0.5f;
+        whole.params_from_host(w);
+        sharded.params_from_host(w);
+        EXPECT_EQ(whole.forward_loss(ctx, b).loss, sharded.forward_loss(ctx, b).loss) << what;
+        EXPECT_EQ(g.waited, 2) << what;
+        // A hint nobody follows is finished before the slot is used for anything else.
+        zero.prefetch_params(ParamLayout::layer_unit(1));
+        EXPECT_FALSE(comm.started.empty());
+        zero.invalidate_weights();
+        EXPECT_TRUE(comm.started.empty());
+        comm.starts = 0;
+      }
     }
   }
 }
@@ -200,11 +231,18 @@ TEST(Zero, ThirdStageHoldsOnlyTheShardAndWorkSlots) {
   const size_t slots =
       (lay.unit(0).size() + lay.unit(lay.tail_unit()).size() + lay.max_layer_size()) * 4;
   EXPECT_EQ(z2.memory().weights, 0u);
-  // With prefetch one more layer slot, so the next layer gathers while one computes.
-  EXPECT_EQ(z3.memory().weights, lay.total() * 4 + slots + lay.max_layer_size() * 4);
-  ZeroShards z3_alone(be.get(), *comm, lay, 3, 1, false);
+  // With overlap one more layer slot each, so the next layer gathers while one computes and a
+  // layer's gradients reduce (in place) while the next one's backward runs.
+  const size_t layer = lay.max_layer_size() * 4;
+  EXPECT_EQ(z3.memory().weights, lay.total() * 4 + slots + layer);
+  EXPECT_EQ(z2.memory().gradients, lay.total() * 4 + slots + layer);
+  ZeroShards z2_alone(be.get(), *comm, lay, 2, 1, false),
+      z3_alone(be.get(), *comm, lay, 3, 1, false);
   EXPECT_EQ(z3_alone.memory().weights, lay.total() * 4 + slots);
-  EXPECT_GE(z2.memory().gradients, lay.total() * 4 + slots);
+  size_t largest_unit = 0;  // alone, a rank's part of a unit is all of it
+  for (int u = 0; u < lay.num_units(); ++u)
+    largest_unit = std::max(largest_unit, lay.unit(u).size());
+  EXPECT_EQ(z2_alone.memory().gradients, lay.total() * 4 + slots + largest_unit * 4);
   EXPECT_EQ(z2.shard_params(), nullptr);
   // The export's view: each unit gathered to rank 0's host memory in turn is that unit of the
   // weights, and rank 0 never holds more than one unit of them.
