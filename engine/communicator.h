@@ -59,6 +59,9 @@ class Communicator {
   virtual void finish(uint64_t handle) { (void)handle; }
   // Ends every rank of the job (after a rank's error); returns only when there is one rank.
   virtual void abort(int code) { (void)code; }
+  // The single-process communicator: its collectives are plain host copies, so a caller with
+  // device buffers copies through its backend instead (ZeRO-2/3 on one GPU).
+  virtual bool is_local() const { return false; }
 };
 
 struct ShardRange {

@@ -10,7 +10,12 @@ namespace ftune {
 
 ZeroShards::ZeroShards(Backend* be, Communicator& comm, const ParamLayout& layout, int stage,
                        int threads, bool overlap)
-    : be_(be), comm_(comm), layout_(layout), stage_(stage), overlap_(overlap) {
+    : be_(be),
+      comm_(comm),
+      layout_(layout),
+      stage_(stage),
+      overlap_(overlap),
+      alone_(comm.is_local()) {
   FTUNE_CHECK(stage == 2 || stage == 3, "ZeroShards is for ZeRO-2 and ZeRO-3");
   ctx_.threads = threads;
   shard_ = shard_range(layout_.total(), comm_.rank(), comm_.world_size());
@@ -124,8 +129,7 @@ const float* ZeroShards::acquire_params(int u) {
     } else {
       finish(s);  // a prefetch nobody took: completed first, collectives stay in order
       s.unit = u;
-      const ShardRange mine = my_part(u);
-      comm_.all_gather_v(params_.get() + (mine.begin - shard_.begin), s.buf.get(), parts(u));
+      gather(s, u);
       ++stats_.waited;
     }
     stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -146,9 +150,21 @@ void ZeroShards::prefetch_params(int u) {
   if (s.unit == u || s.holds > 0) return;  // there or on its way already, or the slot is busy
   finish(s);
   s.unit = u;
+  if (alone_) return gather(s, u);
   const ShardRange mine = my_part(u);
   s.pending =
       comm_.start_all_gather_v(params_.get() + (mine.begin - shard_.begin), s.buf.get(), parts(u));
+}
+
+void ZeroShards::gather(Slot& s, int u) {
+  const ShardRange mine = my_part(u);
+  // Alone the shard is everything: the unit is a copy (the backend's, as buffers may be on a
+  // GPU).
+  if (alone_)
+    be_->copy(s.buf.get(), params_.get() + (mine.begin - shard_.begin),
+              mine.size() * sizeof(float));
+  else
+    comm_.all_gather_v(params_.get() + (mine.begin - shard_.begin), s.buf.get(), parts(u));
 }
 
 float* ZeroShards::acquire_grads(int u) {
@@ -170,13 +186,19 @@ void ZeroShards::grads_done(int u) {
   // Sum this unit's gradients over ranks; each keeps its part and adds it to its shard
   // (micro-batches accumulate there). With overlap the sum runs while backward goes on, and is
   // added when the slot is needed again; the embedding, backward's last unit, finishes them all.
+  const ShardRange mine = my_part(u);
+  if (alone_) {  // the sum over one rank is its own gradients
+    be_->add_inplace(ctx_, grads_.get() + (mine.begin - shard_.begin), s.buf.get(), mine.size());
+    s.unit = -1;
+    if (u == 0) finish_grads();
+    return;
+  }
   if (overlap_) {
     s.pending = comm_.start_reduce_scatter_sum_in_place(s.buf.get(), parts(u), &s.result_at);
     s.reducing = true;
     if (u == 0) finish_grads();
     return;
   }
-  const ShardRange mine = my_part(u);
   comm_.reduce_scatter_sum(s.buf.get(), reduced_.get(), parts(u));
   if (mine.size() > 0)
     be_->add_inplace(ctx_, grads_.get() + (mine.begin - shard_.begin), reduced_.get(), mine.size());

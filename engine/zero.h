@@ -97,6 +97,8 @@ class ZeroShards final : public ShardHooks {
   void finish(Slot& s);
   // A gradient slot's reduce-scatter, finished and added into the shard.
   void complete_grads(Slot& s);
+  // Unit u's weights into slot s, waiting for them.
+  void gather(Slot& s, int u);
   // Each rank's part of unit u, in rank order (the counts of the collectives).
   std::vector<size_t> parts(int u) const;
   ShardRange my_part(int u) const;
@@ -106,6 +108,7 @@ class ZeroShards final : public ShardHooks {
   ParamLayout layout_;
   int stage_;
   bool overlap_;
+  bool alone_;  // the single-process communicator: units move by backend copies, nothing waits
   GatherStats stats_;
   ExecContext ctx_;
   ShardRange shard_;

@@ -19,11 +19,14 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/communicator.h"
 #include "engine/dtype.h"
 #include "engine/error.h"
 #include "engine/lora.h"
 #include "engine/model.h"
 #include "engine/model_config.h"
+#include "engine/param_layout.h"
+#include "engine/zero.h"
 #include "tests/test_util.h"
 #ifdef FTUNE_HAVE_CUDA
 #include <cublasLt.h>
@@ -993,6 +996,35 @@ TEST_P(CudaModel, LogitsLossAndGradientsMatchCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(TiedAndUntied, CudaModel, ::testing::Values(false, true));
+
+// ZeRO-2/3 on one GPU (the single-process communicator, whose copies are host copies): units
+// move through the backend, and the sharded model computes bitwise what the whole one does on
+// the GPU, over two micro-batches and with new weights.
+TEST_P(CudaModel, ZeroOnOneGpuMatchesTheWholeModel) {
+  const bool tied = GetParam();
+  const ModelConfig cfg = testing::tiny_model_config(tied);
+  const Batch b = testing::tiny_packed_batch();
+  auto comm = make_local_communicator();
+  for (int stage : {2, 3}) {
+    Model whole(gpu(), cfg, 14, true);
+    ZeroShards zero(gpu(), *comm, ParamLayout(cfg), stage, 1);
+    Model sharded(gpu(), cfg, 14, true, nullptr, Recompute::None, &zero);
+    whole.init_random(13);
+    sharded.params_from_host(whole.params_to_host());
+    gpu()->zero(whole.grads(), whole.num_params() * sizeof(float));
+    zero.zero_grads();
+    for (int k = 0; k < 2; ++k) {
+      const LossSum a = whole.forward_backward(ctx_, b, 0.01f);
+      const LossSum z = sharded.forward_backward(ctx_, b, 0.01f);
+      EXPECT_EQ(a.loss, z.loss) << "zero" << stage << " micro-batch " << k;
+    }
+    zero.finish_grads();
+    std::vector<float> gz(whole.num_params());
+    gpu()->download(gz.data(), zero.shard_grads(), gz.size() * sizeof(float));
+    EXPECT_LE(rel_error(gz, grads_of(whole, false)), 1e-6) << "zero" << stage;
+    EXPECT_EQ(whole.forward_loss(ctx_, b).loss, sharded.forward_loss(ctx_, b).loss);
+  }
+}
 
 TEST_F(CudaBackend, LoraAdapterGradientsMatchCpu) {
   LoraConfig lc;
