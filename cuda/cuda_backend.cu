@@ -120,6 +120,15 @@ class CudaBackend final : public Backend {
     mirror_stale_ = true;
   }
   size_t peak_allocated_bytes() const override { return peak_bytes_; }
+  bool memory_info(size_t* free_bytes, size_t* total_bytes) const override {
+    int prev = -1;
+    if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;
+    const bool ok = cudaSetDevice(device_) == cudaSuccess &&
+                    cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess;
+    if (prev >= 0 && prev != device_) (void)cudaSetDevice(prev);
+    (void)cudaGetLastError();
+    return ok;
+  }
 
   // ---- memory ----
   void* alloc(size_t bytes) override {

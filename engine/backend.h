@@ -79,6 +79,12 @@ class Backend {
   // High-water mark of bytes held through alloc() (buffers the model and trainer own; a
   // backend's private workspaces are not included). 0 when the backend does not track it.
   virtual size_t peak_allocated_bytes() const { return 0; }
+  // What the device can still hand out and its size; false when unknown (the CPU's memory is the
+  // operating system's to overcommit).
+  virtual bool memory_info(size_t* free_bytes, size_t* total_bytes) const {
+    (void)free_bytes, (void)total_bytes;
+    return false;
+  }
 
   // ---- linear algebra ----
   // C[M,N] = alpha * op(A) * op(B) + beta * C, row-major; op(A) is [M,K], op(B) is [K,N].

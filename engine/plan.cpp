@@ -1,6 +1,7 @@
 #include "engine/plan.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "engine/bench.h"
 #include "engine/communicator.h"
@@ -201,6 +202,31 @@ StageMemory stage_memory(const PlanInput& in, Sharding s, int rank) {
   // Checkpoints are written by every rank from its own slices, and a ZeRO-3 export gathers one
   // unit at a time through the work slots above: neither adds to the peak.
   return m;
+}
+
+Sharding parse_sharding(const std::string& name) {
+  for (Sharding s : kAllShardings)
+    if (name == sharding_name(s)) return s;
+  throw Error("sharding: unknown stage '" + name + "' (use none, zero1, zero2 or zero3)");
+}
+
+void check_memory_fits(const StageMemory& need, uint64_t free_bytes, uint64_t total_bytes,
+                       const std::string& device) {
+  if (need.arena() <= free_bytes) return;
+  auto gib = [](uint64_t b) {
+    char t[32];
+    std::snprintf(t, sizeof t, "%.2f GiB", double(b) / double(uint64_t(1) << 30));
+    return std::string(t);
+  };
+  throw Error("the run needs " + gib(need.arena()) + " on " + device + " (weights " +
+              gib(need.weights) + ", gradients " + gib(need.grads) + ", optimizer " +
+              gib(need.optimizer) + ", activations " + gib(need.activations) + ", scratch " +
+              gib(need.scratch) + ", plus about " + gib(need.workspace) +
+              " of workspace) but only " + gib(free_bytes) + " of " + gib(total_bytes) +
+              " are free. Lower train.micro_batch_size or train.seq_len (raise train.grad_accum "
+              "to keep the batch), set train.recompute: full, split the state across GPUs "
+              "(sharding: zero3 with ftune launch -n N; `ftune plan RECIPE --gpus N` shows what "
+              "each needs), or use method: lora");
 }
 
 double default_peak_tflops(const std::string& gpu, Precision p) {

@@ -116,6 +116,15 @@ PlanInput plan_input_from_recipe(const RecipeConfig& c, int world_size);
 StageMemory stage_memory(const PlanInput& in, Sharding stage, int rank);
 Plan make_plan(const PlanInput& in);
 
+// none | zero1 | zero2 | zero3 (the recipe's `sharding`); throws naming the key otherwise.
+Sharding parse_sharding(const std::string& name);
+// Before a run allocates: throws a clear error when `need` (one rank, as stage_memory predicts)
+// exceeds the `free_bytes` of `total_bytes` the device reports, naming each part and what to
+// change. Only the arena counts (workspace sizes are estimates), so it never refuses a run that
+// would fit. `device` names the device in the message.
+void check_memory_fits(const StageMemory& need, uint64_t free_bytes, uint64_t total_bytes,
+                       const std::string& device);
+
 // Dense peak TFLOP/s of a GPU kind (h100 | h200 | a100) at a precision (fp32: no tensor cores,
 // as ftune's fp32 GEMMs run today). Throws naming --gpu for an unknown kind.
 double default_peak_tflops(const std::string& gpu, Precision p);

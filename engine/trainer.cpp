@@ -526,7 +526,15 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     grad_accum = c.global_batch_size / per;
   }
   // Everything the model needs is allocated here, up front: running out of memory is one clear
-  // error now, with what to change, rather than a failure mid-run.
+  // error now, with what to change, rather than a failure mid-run. Where the device says how
+  // much is free, `ftune plan`'s prediction for this rank is checked against it first, so the
+  // error names every part of what is needed.
+  if (size_t free_b = 0, total_b = 0; be->memory_info(&free_b, &total_b)) {
+    PlanInput in = plan_input_from_recipe(c, world);
+    in.device = dev.kind;
+    check_memory_fits(stage_memory(in, parse_sharding(c.sharding), comm.rank()), free_b, total_b,
+                      dev.detail);
+  }
   std::unique_ptr<ZeroShards> zero;
   std::unique_ptr<Model> model_ptr;
   try {

@@ -136,6 +136,21 @@ TEST_F(CudaBackend, OutOfMemoryIsAnErrorAndTheBackendStaysUsable) {
   EXPECT_EQ(get(gpu(), x), (std::vector<float>{2.f, 4.f, 6.f}));
 }
 
+// What the trainer checks a run's predicted memory against before it allocates.
+TEST_F(CudaBackend, MemoryInfoSeesAnAllocation) {
+  size_t free0 = 0, total = 0, free1 = 0, total1 = 0;
+  ASSERT_TRUE(gpu()->memory_info(&free0, &total));
+  EXPECT_GT(total, size_t(1) << 30);
+  EXPECT_LE(free0, total);
+  void* p = gpu()->alloc(size_t(256) << 20);
+  ASSERT_TRUE(gpu()->memory_info(&free1, &total1));
+  gpu()->free(p);
+  EXPECT_EQ(total1, total);
+  EXPECT_LE(free1 + (size_t(256) << 20), free0 + (size_t(8) << 20));  // allocator rounding
+  size_t f = 0, t = 0;
+  EXPECT_FALSE(cpu()->memory_info(&f, &t));
+}
+
 // ---------------------------------------------------------------------------------------------
 // GEMM and linear layers
 

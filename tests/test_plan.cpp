@@ -488,5 +488,26 @@ INSTANTIATE_TEST_SUITE_P(Stages, PlanVsRanks,
                            return info.param.first + "_" + info.param.second;
                          });
 
+// Before a run allocates on a device that reports its free memory: a prediction over the free
+// bytes is one error naming each part and what to change; one that fits passes, workspace aside.
+TEST(PlanStages, MemoryCheckNamesWhatIsNeededAndWhatToChange) {
+  StageMemory m;
+  m.weights = uint64_t(3) << 30;
+  m.grads = uint64_t(3) << 30;
+  m.optimizer = uint64_t(6) << 30;
+  m.activations = uint64_t(4) << 30;
+  m.scratch = uint64_t(1) << 30;
+  m.workspace = uint64_t(1) << 30;
+  const uint64_t total = uint64_t(80) << 30;
+  EXPECT_NO_THROW(check_memory_fits(m, m.arena(), total, "GPU 0"));
+  testing::expect_error([&] { check_memory_fits(m, m.arena() - 1, total, "GPU 0 (H100)"); },
+                        {"the run needs 17.00 GiB on GPU 0 (H100)", "weights 3.00 GiB",
+                         "gradients 3.00 GiB", "optimizer 6.00 GiB", "activations 4.00 GiB",
+                         "scratch 1.00 GiB", "of 80.00 GiB are free", "train.micro_batch_size",
+                         "train.recompute: full", "sharding: zero3", "ftune plan", "method: lora"});
+  EXPECT_EQ(parse_sharding("zero2"), Sharding::Zero2);
+  testing::expect_error([] { parse_sharding("zero4"); }, {"sharding", "zero4", "zero3"});
+}
+
 }  // namespace
 }  // namespace ftune
