@@ -39,7 +39,7 @@ struct ZeroCase {
   int stage;
   bool tied;
   Recompute recompute;
-  bool prefetch = true;
+  bool overlap = true;
 };
 
 class ZeroModel : public ::testing::TestWithParam<ZeroCase> {};
@@ -51,7 +51,7 @@ TEST_P(ZeroModel, GradientsAndLossMatchTheWholeModel) {
   const ModelConfig cfg = testing::tiny_model_config(zc.tied);
   const Batch b = testing::tiny_packed_batch();
   Model whole(be.get(), cfg, b.tokens(), true, nullptr, zc.recompute);
-  ZeroShards zero(be.get(), *comm, ParamLayout(cfg), zc.stage, 1, zc.prefetch);
+  ZeroShards zero(be.get(), *comm, ParamLayout(cfg), zc.stage, 1, zc.overlap);
   Model sharded(be.get(), cfg, b.tokens(), true, nullptr, zc.recompute, &zero);
   EXPECT_EQ(sharded.grads(), nullptr);
   EXPECT_EQ(sharded.params() == nullptr, zc.stage == 3);
@@ -94,7 +94,7 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& info) {
       const ZeroCase& c = info.param;
       return "zero" + std::to_string(c.stage) + (c.tied ? "_tied" : "_untied") + "_recompute" +
-             std::to_string(int(c.recompute)) + (c.prefetch ? "" : "_noprefetch");
+             std::to_string(int(c.recompute)) + (c.overlap ? "" : "_sequential");
     });
 
 // One rank whose started all-gathers land only at finish(), and in-flight targets read NaN: a
