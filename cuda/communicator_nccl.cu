@@ -428,6 +428,15 @@ class NcclCommunicator final : public Communicator {
     check_cuda(e, "cudaStreamWaitEvent");
   }
 
+  double busy_seconds() override {
+    DeviceScope scope(device_);
+    std::lock_guard<std::mutex> lock(mu_);
+    // What has completed but the watchdog has not retired yet counts too.
+    while (!pending_.empty() && cudaEventQuery(pending_.front().end) == cudaSuccess) retire_front();
+    (void)cudaGetLastError();
+    return busy_s_;
+  }
+
   void abort(int code) override {
     if (world_ == 1) return;
     std::fflush(stdout);
@@ -507,6 +516,19 @@ class NcclCommunicator final : public Communicator {
         [] {}, join);
   }
 
+  // The oldest collective, completed: its duration is added, its events go back to the pool
+  // (mu_ held).
+  void retire_front() {
+    const Pending& p = pending_.front();
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, p.start, p.end) == cudaSuccess)
+      busy_s_ += double(ms) / 1e3;
+    else
+      (void)cudaGetLastError();
+    free_.insert(free_.end(), {p.start, p.end});
+    pending_.pop_front();
+  }
+
   // One enqueued collective, between its two events.
   struct Pending {
     const char* op;
@@ -563,7 +585,8 @@ class NcclCommunicator final : public Communicator {
       }
     }
     cudaEvent_t e = nullptr;
-    check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+    // Timing events: the watchdog adds each collective's duration to busy_seconds().
+    check_cuda(cudaEventCreateWithFlags(&e, cudaEventDefault), "cudaEventCreate");
     return e;
   }
 
@@ -679,8 +702,7 @@ class NcclCommunicator final : public Communicator {
         }
         const cudaError_t q = cudaEventQuery(p.end);
         if (q == cudaSuccess) {
-          free_.insert(free_.end(), {p.start, p.end});
-          pending_.pop_front();
+          retire_front();
           continue;
         }
         if (q == cudaErrorNotReady && timeout_ > 0 && seconds_since(p.since) > timeout_)
@@ -730,6 +752,7 @@ class NcclCommunicator final : public Communicator {
   std::deque<Pending> pending_;
   std::vector<cudaEvent_t> free_;
   std::map<uint64_t, cudaEvent_t> started_;  // start_all_gather_v handle -> its event
+  double busy_s_ = 0;                        // collectives' device time so far (mu_)
   uint64_t last_handle_ = 0;
   bool stop_ = false;
   std::atomic<bool> dying_{false};

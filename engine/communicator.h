@@ -62,6 +62,10 @@ class Communicator {
   // The single-process communicator: its collectives are plain host copies, so a caller with
   // device buffers copies through its backend instead (ZeRO-2/3 on one GPU).
   virtual bool is_local() const { return false; }
+  // Seconds the device spent running collectives so far, from events around each (0 where not
+  // measured: MPI on the CPU). Against the step time it shows how much communication overlap
+  // can hide.
+  virtual double busy_seconds() { return 0; }
 };
 
 struct ShardRange {

@@ -1179,6 +1179,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   if (result.val_after.tokens > 0)
     summary["val_after"] = {{"loss", result.val_after.loss},
                             {"perplexity", result.val_after.perplexity}};
+  if (world > 1) summary["comm_busy_s"] = comm.busy_seconds();  // 0 where not measured (MPI)
   if (stage >= 3) {
     // How rank 0's weight gathers were served: started ahead (overlapping compute), waited for,
     // or reused from a slot; and the host time spent in them.

@@ -337,10 +337,15 @@ void check_collectives(Communicator& comm) {
     comm.barrier();
     const auto t0 = std::chrono::steady_clock::now();
     const int iters = 5;
+    const double busy0 = comm.busy_seconds();
     for (int i = 0; i < iters; ++i) comm.all_reduce_sum(big.get(), n);
     comm.barrier();
     const double s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
+    // The device time the events measured is there, and no more than the wall time around it.
+    const double busy = comm.busy_seconds() - busy0;
+    EXPECT_GT(busy, 0.0);
+    EXPECT_LT(busy, s * iters * 1.5 + 0.01);
     if (R == 0)
       std::printf(
           "ftune-test: all-reduce of %zu floats between 2 ranks on one GPU: %.2f ms, "
