@@ -410,6 +410,7 @@ class NcclCommunicator final : public Communicator {
     // In place as NCCL defines it: this rank's part lands where its input part was (for
     // ncclReduceScatter recvbuff = sendbuff + rank * count; for the per-root ncclReduce the
     // root's send and receive buffers are the same).
+    FTUNE_CHECK(counts.size() == size_t(world_), "one count per rank");
     const std::vector<size_t> at = offsets(counts);
     *result_at = at[size_t(rank_)];
     return started(reduce_scatter(buf, buf + at[size_t(rank_)], counts, false));
@@ -428,12 +429,17 @@ class NcclCommunicator final : public Communicator {
     check_cuda(e, "cudaStreamWaitEvent");
   }
 
+  void use_stream(void* stream) override {
+    // Blocking streams and the legacy default one order against each other, so work already
+    // joined to the old stream stays ordered before what comes next.
+    if (stream) stream_ = static_cast<cudaStream_t>(stream);
+  }
+
   double busy_seconds() override {
     DeviceScope scope(device_);
     std::lock_guard<std::mutex> lock(mu_);
     // What has completed but the watchdog has not retired yet counts too.
     while (!pending_.empty() && cudaEventQuery(pending_.front().end) == cudaSuccess) retire_front();
-    (void)cudaGetLastError();
     return busy_s_;
   }
 
@@ -738,7 +744,7 @@ class NcclCommunicator final : public Communicator {
 
   const Api& nccl_;
   const int rank_, world_, device_;
-  const cudaStream_t stream_;           // the run's (the backend's) stream
+  cudaStream_t stream_;                 // the run's (the backend's) stream
   cudaStream_t comm_stream_ = nullptr;  // every collective's
   const double timeout_;
   std::unique_ptr<Communicator> host_;

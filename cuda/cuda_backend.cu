@@ -120,6 +120,7 @@ class CudaBackend final : public Backend {
     mirror_stale_ = true;
   }
   size_t peak_allocated_bytes() const override { return peak_bytes_; }
+  void* native_stream() const override { return stream_; }
   bool memory_info(size_t* free_bytes, size_t* total_bytes) const override {
     int prev = -1;
     if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;

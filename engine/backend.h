@@ -79,6 +79,9 @@ class Backend {
   // High-water mark of bytes held through alloc() (buffers the model and trainer own; a
   // backend's private workspaces are not included). 0 when the backend does not track it.
   virtual size_t peak_allocated_bytes() const { return 0; }
+  // The device stream ops run on without an ExecContext stream (cudaStream_t on CUDA; null on
+  // the CPU), for a communicator to order its collectives against.
+  virtual void* native_stream() const { return nullptr; }
   // What the device can still hand out and its size; false when unknown (the CPU's memory is the
   // operating system's to overcommit).
   virtual bool memory_info(size_t* free_bytes, size_t* total_bytes) const {

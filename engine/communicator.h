@@ -62,6 +62,9 @@ class Communicator {
   // The single-process communicator: its collectives are plain host copies, so a caller with
   // device buffers copies through its backend instead (ZeRO-2/3 on one GPU).
   virtual bool is_local() const { return false; }
+  // The run's device stream (Backend::native_stream), once the backend exists: collectives are
+  // ordered against it from then on. Null, or a communicator without a device, ignores it.
+  virtual void use_stream(void* stream) { (void)stream; }
   // Seconds the device spent running collectives so far, from events around each (0 where not
   // measured: MPI on the CPU). Against the step time it shows how much communication overlap
   // can hide.

@@ -376,6 +376,8 @@ void export_sharded(ZeroShards& zero, const Model& model, Communicator& comm,
   if (comm.rank() == 0) {
     auto unit_weights = [&](int u) -> const float* {
       if (u == fail_at) throw Error("injected export failure at unit " + std::to_string(u));
+      // Counted before the call: once a gather's collective has run, a failure copying it out
+      // on rank 0 still leaves that unit served on every rank.
       while (served < u) zero.gather_unit_to_root(served++);
       ++served;
       return zero.gather_unit_to_root(u);
@@ -385,6 +387,8 @@ void export_sharded(ZeroShards& zero, const Model& model, Communicator& comm,
                          max_shard, key);
     } catch (const std::exception& e) {
       failure = e.what();
+    } catch (...) {
+      failure = "unknown error";
     }
   }
   while (served < units) zero.gather_unit_to_root(served++);
@@ -474,6 +478,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     if (!path.empty() && !fs::is_regular_file(path))
       throw Error(std::string(key) + ": file '" + path + "' does not exist");
   std::unique_ptr<Backend> be = make_backend(dev);
+  comm.use_stream(be->native_stream());  // NCCL orders its collectives against the run's stream
   // Cores are shared by the ranks on a node unless the recipe says how many threads each gets.
   const int threads =
       c.threads > 0 ? int(c.threads) : std::max(1, resolve_threads(0) / std::max(1, local_ranks()));
@@ -1089,13 +1094,17 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   if (result.first_step > total_steps && has_val)
     result.val_after = evaluate(model, *data, c.eval_max_batches, threads);
 
-  // The training peak, before export and generation add their own buffers.
-  const size_t train_peak_bytes = be->peak_allocated_bytes();
+  // Every rank's training peak, before export and generation add their own buffers, and while
+  // every rank is still here (below ZeRO-3 rank 0 exports alone).
+  std::vector<double> peaks(size_t(world), 0.0);
+  peaks[size_t(comm.rank())] = double(be->peak_allocated_bytes());
+  comm.all_reduce_sum_host(peaks.data(), peaks.size());
 
   // ---- export: rank 0 writes. Under ZeRO-3 every rank takes part, gathering the weights to
   // rank 0 one unit at a time, so no rank ever holds the whole model; generation below runs
   // sharded on every rank for the same reason. ----
   const bool sharded_weights = stage >= 3;
+  if (!lead && !sharded_weights) return result;
   const DType out_dtype = resolve_export_dtype(c.export_dtype, base_dtype);
   const size_t max_shard = size_t(c.export_max_shard_mb) * 1000 * 1000;
   if (lora && lead) {
@@ -1147,23 +1156,18 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
     result.generation = generate_text(model, tok, c.generate_prompt, g, threads);
   }
   // What each rank held at its peak in training (`ftune plan` predicts it; tests compare).
-  {
-    std::vector<double> peaks(size_t(world), 0.0);
-    peaks[size_t(comm.rank())] = double(train_peak_bytes);
-    comm.all_reduce_sum_host(peaks.data(), peaks.size());
-    if (lead) {
-      nlohmann::json ranks = nlohmann::json::array();
-      for (int r = 0; r < world; ++r)
-        ranks.push_back({{"rank", r}, {"peak_allocated_bytes", int64_t(peaks[size_t(r)])}});
-      write_file_atomic(c.output_dir + "/memory.json",
-                        nlohmann::json{{"world_size", world},
-                                       {"sharding", c.sharding},
-                                       {"device", dev.kind},
-                                       {"ranks", ranks},
-                                       {"export_host_bytes", int64_t(export_host_bytes)}}
-                                .dump(2) +
-                            "\n");
-    }
+  if (lead) {
+    nlohmann::json ranks = nlohmann::json::array();
+    for (int r = 0; r < world; ++r)
+      ranks.push_back({{"rank", r}, {"peak_allocated_bytes", int64_t(peaks[size_t(r)])}});
+    write_file_atomic(c.output_dir + "/memory.json",
+                      nlohmann::json{{"world_size", world},
+                                     {"sharding", c.sharding},
+                                     {"device", dev.kind},
+                                     {"ranks", ranks},
+                                     {"export_host_bytes", int64_t(export_host_bytes)}}
+                              .dump(2) +
+                          "\n");
   }
   if (!lead) return result;
   nlohmann::json summary = {{"steps", state.step},

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <exception>
 
 #include "engine/error.h"
@@ -46,8 +47,12 @@ ZeroShards::~ZeroShards() {
   // Every started collective is finished on the way out, unless an error is unwinding: the
   // ranks then no longer meet, and the process ends anyway.
   if (std::uncaught_exceptions() > 0) return;
-  for (Slot& s : param_slots_) finish(s);
-  for (Slot& s : grad_slots_) finish(s);
+  try {
+    for (Slot& s : param_slots_) finish(s);
+    for (Slot& s : grad_slots_) finish(s);
+  } catch (const std::exception& e) {  // a destructor must not throw; the run has ended anyway
+    std::fprintf(stderr, "ftune: warning: a ZeRO collective failed at shutdown: %s\n", e.what());
+  }
 }
 
 ShardRange ZeroShards::my_part(int u) const {
@@ -229,10 +234,15 @@ const float* ZeroShards::gather_unit_to_root(int u) {
   const float* w = acquire_params(u);
   const bool root = comm_.rank() == 0;
   if (root) {
-    host_unit_.resize(pu.size());
-    host_unit_.shrink_to_fit();  // one unit's worth, not the largest seen so far
-    largest_host_unit_ = std::max(largest_host_unit_, pu.size());
-    be_->download(host_unit_.data(), w, pu.size() * sizeof(float));
+    try {
+      host_unit_.resize(pu.size());
+      host_unit_.shrink_to_fit();  // one unit's worth, not the largest seen so far
+      largest_host_unit_ = std::max(largest_host_unit_, pu.size());
+      be_->download(host_unit_.data(), w, pu.size() * sizeof(float));
+    } catch (...) {
+      release_params(u);  // the gather itself is done: the slot is free for the next unit
+      throw;
+    }
   }
   release_params(u);
   return root ? host_unit_.data() : nullptr;

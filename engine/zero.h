@@ -6,9 +6,9 @@
 // ZeRO-2: every rank keeps whole weights; each unit's gradients are reduce-scattered into the
 // shard as soon as the unit's backward is done, so only one layer's full gradients exist at a
 // time (plus the embedding's and the tail's, which backward holds from the loss to its end).
-// With overlap the layers take turns in two gradient slots: a layer's reduce-scatter
-// (Communicator::start_reduce_scatter_sum) runs while the next layer's backward fills the other
-// slot, and is added into the shard when its slot is needed again or backward ends.
+// With overlap the layers take turns in two gradient slots: a layer's reduce-scatter, in place
+// (Communicator::start_reduce_scatter_sum_in_place), runs while the next layer's backward fills
+// the other slot, and is added into the shard when its slot is needed again or backward ends.
 // ZeRO-3: weights live only as shards; a unit's weights are all-gathered into a work slot just
 // before use (forward, and again in backward) and the slot is reused by the next unit. With
 // overlap the decoder layers take turns in two slots and the model's hint starts the next
