@@ -335,6 +335,18 @@ void SafetensorsReader::read_as(const TensorInfo& t, DType dst_t, void* dst) con
 
 void SafetensorsWriter::add(const std::string& name, const std::vector<int64_t>& shape,
                             const void* src, DType src_t, DType stored_t) {
+  add_entry(Entry{name, shape, src, src_t, stored_t, {}});
+}
+
+void SafetensorsWriter::add_deferred(const std::string& name, const std::vector<int64_t>& shape,
+                                     std::function<const void*()> fetch, DType src_t,
+                                     DType stored_t) {
+  add_entry(Entry{name, shape, nullptr, src_t, stored_t, std::move(fetch)});
+}
+
+void SafetensorsWriter::add_entry(Entry entry) {
+  const std::string& name = entry.name;
+  const DType src_t = entry.src_t, stored_t = entry.stored_t;
   auto fail = [&](const std::string& what) {
     throw Error("safetensors writer: tensor '" + name + "': " + what);
   };
@@ -344,21 +356,11 @@ void SafetensorsWriter::add(const std::string& name, const std::vector<int64_t>&
     if (e.name == name) fail("added twice");
   if (src_t != stored_t && (!is_float(src_t) || !is_float(stored_t)))
     fail(std::string("cannot store ") + dtype_name(src_t) + " data as " + dtype_name(stored_t));
-  const int64_t numel = checked_numel(shape, stored_t, fail);
-  checked_numel(shape, src_t, fail);
-  FTUNE_CHECK(numel == 0 || src != nullptr, "tensor '" + name + "' added without data");
-  entries_.push_back(Entry{name, shape, src, src_t, stored_t, {}});
-}
-
-void SafetensorsWriter::add_deferred(const std::string& name, const std::vector<int64_t>& shape,
-                                     std::function<const void*()> fetch, DType src_t,
-                                     DType stored_t) {
-  FTUNE_CHECK(fetch != nullptr, "tensor '" + name + "' added without a source");
-  // Validated as add() would (a placeholder address stands in for the data not yet there).
-  static const char placeholder = 0;
-  add(name, shape, &placeholder, src_t, stored_t);
-  entries_.back().src = nullptr;
-  entries_.back().fetch = std::move(fetch);
+  const int64_t numel = checked_numel(entry.shape, stored_t, fail);
+  checked_numel(entry.shape, src_t, fail);
+  FTUNE_CHECK(numel == 0 || entry.src != nullptr || entry.fetch != nullptr,
+              "tensor '" + name + "' added without data");
+  entries_.push_back(std::move(entry));
 }
 
 void SafetensorsWriter::set_metadata(const std::string& key, const std::string& value) {

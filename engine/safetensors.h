@@ -78,6 +78,8 @@ class SafetensorsWriter {
     DType src_t, stored_t;
     std::function<const void*()> fetch;  // set: src is asked for at write time
   };
+  // Checks the name, dtypes and shape of either kind of tensor, then keeps it.
+  void add_entry(Entry entry);
   std::vector<Entry> entries_;
   std::map<std::string, std::string> metadata_;
   friend void write_sharded_model(const SafetensorsWriter&, const std::string&, size_t,

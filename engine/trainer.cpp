@@ -1114,7 +1114,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   }
   // The most weight bytes rank 0 held in host memory at once while exporting.
   size_t export_host_bytes = 0;
-  if ((!lora || c.export_merge) && (lead || sharded_weights)) {
+  if (!lora || c.export_merge) {
     // Generation below runs on the merged model then, which gives the same logits.
     if (lora) model.merge_lora();
     result.model_dir = c.output_dir + "/model";
@@ -1138,7 +1138,7 @@ TrainResult run_training_on(const Recipe& recipe, const TrainOptions& given, Com
   }
   if (!result.model_dir.empty()) say("model written to " + result.model_dir);
 
-  if (!c.generate_prompt.empty() && (lead || sharded_weights)) {
+  if (!c.generate_prompt.empty()) {
     GenerateOptions g;
     g.max_new_tokens = c.generate_max_new_tokens;
     g.temperature = c.generate_temperature;

@@ -249,16 +249,12 @@ const float* ZeroShards::gather_unit_to_root(int u) {
 }
 
 void ZeroShards::gather_whole_to_root() {
-  FTUNE_CHECK(stage_ >= 3, "weights are whole below ZeRO-3");
-  // Unit by unit through the work slots, straight into host memory on rank 0: the device never
-  // holds more than one unit beyond the run's own buffers.
   const bool root = comm_.rank() == 0;
   if (root) whole_.assign(layout_.total(), 0.f);
   for (int u = 0; u < layout_.num_units(); ++u) {
-    const ParamUnit pu = layout_.unit(u);
-    const float* w = acquire_params(u);
-    if (root) be_->download(whole_.data() + pu.begin, w, pu.size() * sizeof(float));
-    release_params(u);
+    const float* w = gather_unit_to_root(u);
+    if (root)
+      std::copy(w, w + layout_.unit(u).size(), whole_.begin() + long(layout_.unit(u).begin));
   }
 }
 
