@@ -49,7 +49,7 @@
 #include <string>
 
 #include "cuda/attention.h"
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 namespace ftune::cuda {
 namespace {

@@ -40,7 +40,7 @@
 #include <vector>
 
 #include "cuda/communicator_nccl.h"
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 #if __has_include(<nccl.h>) && !defined(FTUNE_NO_NCCL_HEADER)
 #include <nccl.h>

@@ -7,8 +7,8 @@
 #include <memory>
 #include <string>
 
-#include "engine/communicator.h"
-#include "engine/launch_env.h"
+#include "engine/dist/communicator.h"
+#include "engine/dist/launch_env.h"
 
 namespace ftune {
 

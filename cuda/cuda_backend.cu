@@ -1,5 +1,5 @@
 // The CUDA backend: binds the GPU ops (one file per op family, declared in cuda/cuda_ops.h) to the
-// Backend interface of engine/backend.h, and owns the device state they share: the stream, the
+// Backend interface of engine/backend/backend.h, and owns the device state they share: the stream, the
 // cuBLASLt plans and workspace, growable scratch buffers and a pinned read-back area.
 //
 // Streams: an op runs on ExecContext::stream when it is set, else on the backend's own stream.
@@ -33,7 +33,7 @@
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_ops.h"
 #include "cuda/gemm.h"
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 namespace ftune {
 namespace cuda {

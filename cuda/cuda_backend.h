@@ -1,9 +1,9 @@
-// The CUDA implementation of the Backend interface (engine/backend.h). Plain C++ header: the
+// The CUDA implementation of the Backend interface (engine/backend/backend.h). Plain C++ header: the
 // engine includes it only when FTUNE_HAVE_CUDA is defined.
 #pragma once
 #include <memory>
 
-#include "engine/backend.h"
+#include "engine/backend/backend.h"
 
 namespace ftune {
 

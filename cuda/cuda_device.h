@@ -1,5 +1,5 @@
 // Host-side entry points of the CUDA library, callable from plain C++ (no CUDA headers here).
-// Only compiled in when FTUNE_HAVE_CUDA is defined; engine/device.cpp wraps them.
+// Only compiled in when FTUNE_HAVE_CUDA is defined; engine/device/device.cpp wraps them.
 #pragma once
 #include <string>
 

@@ -2,7 +2,7 @@
 // borrow, the host-side launchers each op file (elementwise.cu, embedding.cu, rmsnorm.cu,
 // rope.cu, swiglu.cu, adamw.cu, lm_head_loss.cu) provides to cuda_backend.cu, and a few device
 // helpers (deterministic block reductions, a column-sum template) shared between those files.
-// Included only by .cu files. Semantics of every op: engine/backend.h.
+// Included only by .cu files. Semantics of every op: engine/backend/backend.h.
 //
 // Kernels are templated on the element type of their activations where a later bf16 step will
 // need it; only float is instantiated today.
@@ -15,8 +15,8 @@
 #include <cstdint>
 #include <string>
 
-#include "engine/backend.h"
-#include "engine/dtype.h"
+#include "engine/backend/backend.h"
+#include "engine/base/dtype.h"
 
 namespace ftune::cuda {
 
@@ -72,7 +72,7 @@ void dropout(cudaStream_t s, const float* x, float* y, size_t n, float p, uint64
 size_t sum_squares_partials(size_t n);
 // Writes the sum into *result (device). Fixed chunking: the result depends on n only.
 void sum_squares(cudaStream_t s, const float* x, size_t n, double* partials, double* result);
-// F32 / BF16 / F16 in any combination, bit for bit what engine/dtype.h's convert() gives.
+// F32 / BF16 / F16 in any combination, bit for bit what engine/base/dtype.h's convert() gives.
 void cast(cudaStream_t s, const void* src, DType src_t, void* dst, DType dst_t, size_t n);
 // *first_bad (device, preset to ULLONG_MAX by this call) = smallest i with ids[i] outside
 // [lo, hi) that is not `allowed` (pass an in-range value to allow none).
@@ -160,7 +160,7 @@ int64_t first_out_of_range(cudaStream_t s, const int32_t* ids, int64_t n, int64_
 // Tokens per logits chunk for a vocabulary (the chunk holds about kLmHeadChunkFloats logits).
 constexpr int64_t kLmHeadChunkFloats = int64_t(1) << 25;
 int64_t lm_head_chunk_rows(int64_t n, int64_t vocab);
-// Backend::lm_head_loss (engine/backend.h): targets validated first (an ftune::Error names the
+// Backend::lm_head_loss (engine/backend/backend.h): targets validated first (an ftune::Error names the
 // first bad one, outputs untouched); per chunk a logits GEMM, one kernel turning each row into
 // its loss and, with dhidden, its dlogits in place, then the dhidden and dW GEMMs; the per-token
 // losses are summed in a fixed order at the end. Waits for the stream before returning.

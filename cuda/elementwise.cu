@@ -1,6 +1,6 @@
 // Elementwise ops and reductions of the CUDA backend: add, scale, dropout (the CPU backend's
 // counter-based mask, bit for bit), sum of squares (two fixed-order passes in double), dtype casts
-// (bit-exact with engine/dtype.cpp), id range checks, and two small matrix helpers.
+// (bit-exact with engine/base/dtype.cpp), id range checks, and two small matrix helpers.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -9,7 +9,7 @@
 #include <string>
 
 #include "cuda/cuda_ops.h"
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 namespace ftune::cuda {
 namespace {
@@ -30,7 +30,7 @@ __global__ void scale_kernel(T* __restrict__ x, float s, size_t n) {
     x[i] = x[i] * s;
 }
 
-// The mask of ref::dropout_keep (engine/cpu/reference_ops.h): a splitmix64-style hash of
+// The mask of ref::dropout_keep (engine/backend/cpu/reference_ops.h): a splitmix64-style hash of
 // (seed, i); element i survives when (z >> 11) * 2^-53 >= p. Since (z >> 11) < 2^53 is exact in
 // double, that comparison equals the integer test (z >> 11) >= ceil(p * 2^53), which the host
 // forms once (dropout_threshold), so the device does no double arithmetic.

@@ -7,7 +7,7 @@
 
 #include "cuda/cuda_ops.h"
 #include "cuda/gemm.h"
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 namespace ftune::cuda {
 namespace {

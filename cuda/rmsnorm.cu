@@ -5,7 +5,7 @@
 #include <climits>
 
 #include "cuda/cuda_ops.h"
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 namespace ftune::cuda {
 namespace {

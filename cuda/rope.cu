@@ -8,7 +8,7 @@
 #include <string>
 
 #include "cuda/cuda_ops.h"
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 namespace ftune::cuda {
 namespace {

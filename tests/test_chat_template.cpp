@@ -9,9 +9,9 @@
 #include <utility>
 #include <vector>
 
-#include "engine/chat_template.h"
-#include "engine/error.h"
-#include "engine/fs_util.h"
+#include "engine/text/chat_template.h"
+#include "engine/base/error.h"
+#include "engine/base/fs_util.h"
 #include "tests/test_util.h"
 
 namespace ftune {

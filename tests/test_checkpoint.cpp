@@ -3,10 +3,10 @@
 #include <filesystem>
 #include <fstream>
 
-#include "engine/checkpoint.h"
-#include "engine/communicator.h"
-#include "engine/error.h"
-#include "engine/fs_util.h"
+#include "engine/train/checkpoint.h"
+#include "engine/dist/communicator.h"
+#include "engine/base/error.h"
+#include "engine/base/fs_util.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

@@ -4,10 +4,10 @@
 #include <filesystem>
 #include <fstream>
 
-#include "engine/fs_util.h"
-#include "engine/manifest.h"
-#include "engine/model.h"
-#include "engine/safetensors.h"
+#include "engine/base/fs_util.h"
+#include "engine/trust/manifest.h"
+#include "engine/model/model.h"
+#include "engine/formats/safetensors.h"
 #include "tests/test_util.h"
 
 namespace ftune {

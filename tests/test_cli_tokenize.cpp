@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/fs_util.h"
+#include "engine/base/fs_util.h"
 #include "tests/test_util.h"
 
 namespace ftune {

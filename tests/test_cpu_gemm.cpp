@@ -7,9 +7,9 @@
 #include <functional>
 #include <vector>
 
-#include "engine/cpu/cpu_ops.h"
-#include "engine/cpu/reference_ops.h"
-#include "engine/error.h"
+#include "engine/backend/cpu/cpu_ops.h"
+#include "engine/backend/cpu/reference_ops.h"
+#include "engine/base/error.h"
 #include "tests/test_util.h"
 
 namespace ftune {

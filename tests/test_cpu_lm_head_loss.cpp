@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/cpu/cpu_ops.h"
-#include "engine/cpu/reference_lm_head_loss.h"
-#include "engine/error.h"
+#include "engine/backend/cpu/cpu_ops.h"
+#include "engine/backend/cpu/reference_lm_head_loss.h"
+#include "engine/base/error.h"
 #include "tests/test_util.h"
 
 namespace ftune {

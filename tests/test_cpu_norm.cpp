@@ -8,8 +8,8 @@
 #include <utility>
 #include <vector>
 
-#include "engine/cpu/cpu_ops.h"
-#include "engine/cpu/reference_ops.h"
+#include "engine/backend/cpu/cpu_ops.h"
+#include "engine/backend/cpu/reference_ops.h"
 #include "tests/test_util.h"
 
 namespace ftune {

@@ -1,5 +1,5 @@
 // CUDA attention (cuda/attention.h) against the scalar reference in double
-// (engine/cpu/reference_attention.h): packed documents of uneven lengths, grouped-query heads,
+// (engine/backend/cpu/reference_attention.h): packed documents of uneven lengths, grouped-query heads,
 // fast and generic head dims, unaligned pointers, more documents than a grid dimension holds;
 // document isolation and bitwise determinism. Outputs are poisoned with NaN before every call so
 // an unwritten element fails. Every test that needs a GPU skips without one.
@@ -17,9 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/backend.h"
-#include "engine/cpu/reference_attention.h"
-#include "engine/error.h"
+#include "engine/backend/backend.h"
+#include "engine/backend/cpu/reference_attention.h"
+#include "engine/base/error.h"
 #include "tests/test_util.h"
 #ifdef FTUNE_HAVE_CUDA
 #include <cuda_runtime.h>

@@ -18,15 +18,15 @@
 #include <string>
 #include <vector>
 
-#include "engine/backend.h"
-#include "engine/communicator.h"
-#include "engine/dtype.h"
-#include "engine/error.h"
-#include "engine/lora.h"
-#include "engine/model.h"
-#include "engine/model_config.h"
-#include "engine/param_layout.h"
-#include "engine/zero.h"
+#include "engine/backend/backend.h"
+#include "engine/dist/communicator.h"
+#include "engine/base/dtype.h"
+#include "engine/base/error.h"
+#include "engine/model/lora.h"
+#include "engine/model/model.h"
+#include "engine/model/model_config.h"
+#include "engine/model/param_layout.h"
+#include "engine/zero/zero_shards.h"
 #include "tests/test_util.h"
 #ifdef FTUNE_HAVE_CUDA
 #include <cublasLt.h>

@@ -15,9 +15,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/backend.h"
-#include "engine/model.h"
-#include "engine/model_config.h"
+#include "engine/backend/backend.h"
+#include "engine/model/model.h"
+#include "engine/model/model_config.h"
 #include "tests/test_util.h"
 #ifdef FTUNE_HAVE_CUDA
 #include "cuda/cuda_backend.h"

@@ -17,8 +17,8 @@
 #include <thread>
 #include <vector>
 
-#include "engine/communicator.h"
-#include "engine/launch_env.h"
+#include "engine/dist/communicator.h"
+#include "engine/dist/launch_env.h"
 #include "tests/test_util.h"
 #ifdef FTUNE_HAVE_CUDA
 #include <arpa/inet.h>

@@ -7,11 +7,11 @@
 #include <set>
 #include <sstream>
 
-#include "engine/error.h"
-#include "engine/fs_util.h"
-#include "engine/recipe.h"
-#include "engine/sample_loader.h"
-#include "engine/trainer.h"
+#include "engine/base/error.h"
+#include "engine/base/fs_util.h"
+#include "engine/recipe/recipe.h"
+#include "engine/data/sample_loader.h"
+#include "engine/train/trainer.h"
 #include "tests/test_util.h"
 
 namespace ftune {

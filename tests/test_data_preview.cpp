@@ -2,9 +2,9 @@
 
 #include <fstream>
 
-#include "engine/data_preview.h"
-#include "engine/error.h"
-#include "engine/recipe.h"
+#include "engine/tools/data_preview.h"
+#include "engine/base/error.h"
+#include "engine/recipe/recipe.h"
 #include "tests/test_util.h"
 
 namespace ftune {

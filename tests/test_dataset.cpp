@@ -4,9 +4,9 @@
 #include <random>
 #include <set>
 
-#include "engine/dataset.h"
-#include "engine/error.h"
-#include "engine/tokenizer.h"
+#include "engine/data/token_stream.h"
+#include "engine/base/error.h"
+#include "engine/text/tokenizer.h"
 #include "tests/test_util.h"
 
 namespace ftune {

@@ -1,4 +1,4 @@
-// ftune diff (engine/diff.h): synthetic pairs with known changes, the LoRA spectrum through its
+// ftune diff (engine/report/diff.h): synthetic pairs with known changes, the LoRA spectrum through its
 // r x r core against the dense computation, and the CLI.
 #include <gtest/gtest.h>
 
@@ -6,12 +6,12 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "engine/adapter.h"
-#include "engine/diff.h"
-#include "engine/error.h"
-#include "engine/export.h"
-#include "engine/model.h"
-#include "engine/model_config.h"
+#include "engine/model/peft_adapter.h"
+#include "engine/report/diff.h"
+#include "engine/base/error.h"
+#include "engine/model/hf_export.h"
+#include "engine/model/model.h"
+#include "engine/model/model_config.h"
 #include "tests/test_util.h"
 
 namespace ftune {

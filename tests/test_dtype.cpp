@@ -9,8 +9,8 @@
 #include <random>
 #include <vector>
 
-#include "engine/dtype.h"
-#include "engine/error.h"
+#include "engine/base/dtype.h"
+#include "engine/base/error.h"
 
 namespace ftune {
 namespace {

@@ -17,9 +17,9 @@
 #include <thread>
 #include <vector>
 
-#include "engine/byte_source.h"
-#include "engine/error.h"
-#include "engine/fs_util.h"
+#include "engine/base/byte_source.h"
+#include "engine/base/error.h"
+#include "engine/base/fs_util.h"
 #include "tests/test_util.h"
 
 namespace ftune {

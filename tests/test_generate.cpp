@@ -3,7 +3,7 @@
 #include <cmath>
 #include <map>
 
-#include "engine/generate.h"
+#include "engine/infer/generate.h"
 
 namespace ftune {
 namespace {

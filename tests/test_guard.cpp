@@ -10,12 +10,12 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "engine/checkpoint.h"
-#include "engine/error.h"
-#include "engine/fs_util.h"
-#include "engine/recipe.h"
-#include "engine/safetensors.h"
-#include "engine/trainer.h"
+#include "engine/train/checkpoint.h"
+#include "engine/base/error.h"
+#include "engine/base/fs_util.h"
+#include "engine/recipe/recipe.h"
+#include "engine/formats/safetensors.h"
+#include "engine/train/trainer.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

@@ -1,4 +1,4 @@
-// The nesting limit on untrusted JSON (engine/json_limits.h), and that every parser fed by users'
+// The nesting limit on untrusted JSON (engine/base/json_limits.h), and that every parser fed by users'
 // files applies it: before it, a config.json, tokenizer.json or JSONL line of ~120 KB of '['
 // overflowed the stack when the parsed value was copied or printed (found by the fuzz targets'
 // review; tests/fuzz).
@@ -7,16 +7,16 @@
 #include <filesystem>
 #include <string>
 
-#include "engine/adapter.h"
-#include "engine/chat_template.h"
-#include "engine/checkpoint.h"
-#include "engine/error.h"
-#include "engine/fs_util.h"
-#include "engine/json_limits.h"
-#include "engine/jsonl.h"
-#include "engine/manifest.h"
-#include "engine/model_config.h"
-#include "engine/tokenizer.h"
+#include "engine/model/peft_adapter.h"
+#include "engine/text/chat_template.h"
+#include "engine/train/checkpoint.h"
+#include "engine/base/error.h"
+#include "engine/base/fs_util.h"
+#include "engine/base/json_limits.h"
+#include "engine/formats/jsonl.h"
+#include "engine/trust/manifest.h"
+#include "engine/model/model_config.h"
+#include "engine/text/tokenizer.h"
 #include "tests/test_util.h"
 
 namespace ftune {

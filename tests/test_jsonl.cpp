@@ -2,8 +2,8 @@
 
 #include <fstream>
 
-#include "engine/error.h"
-#include "engine/jsonl.h"
+#include "engine/base/error.h"
+#include "engine/formats/jsonl.h"
 #include "tests/test_util.h"
 
 namespace ftune {

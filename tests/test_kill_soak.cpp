@@ -25,9 +25,9 @@
 #include <sstream>
 #include <thread>
 
-#include "engine/checkpoint.h"
-#include "engine/fs_util.h"
-#include "engine/safetensors.h"
+#include "engine/train/checkpoint.h"
+#include "engine/base/fs_util.h"
+#include "engine/formats/safetensors.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

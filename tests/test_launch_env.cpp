@@ -4,7 +4,7 @@
 
 #include <map>
 
-#include "engine/launch_env.h"
+#include "engine/dist/launch_env.h"
 #include "tests/test_util.h"
 
 namespace ftune {

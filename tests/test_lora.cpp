@@ -5,9 +5,9 @@
 #include <cmath>
 #include <random>
 
-#include "engine/error.h"
-#include "engine/lora.h"
-#include "engine/model.h"
+#include "engine/base/error.h"
+#include "engine/model/lora.h"
+#include "engine/model/model.h"
 #include "tests/test_util.h"
 
 namespace ftune {

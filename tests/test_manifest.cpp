@@ -12,11 +12,11 @@
 #include <string>
 #include <vector>
 
-#include "engine/fs_util.h"
-#include "engine/inspect.h"
-#include "engine/manifest.h"
-#include "engine/safetensors.h"
-#include "engine/signing.h"
+#include "engine/base/fs_util.h"
+#include "engine/tools/inspect.h"
+#include "engine/trust/manifest.h"
+#include "engine/formats/safetensors.h"
+#include "engine/trust/signing.h"
 #include "tests/test_util.h"
 
 namespace ftune {

@@ -6,8 +6,8 @@
 #include <cmath>
 #include <random>
 
-#include "engine/error.h"
-#include "engine/model.h"
+#include "engine/base/error.h"
+#include "engine/model/model.h"
 #include "tests/test_util.h"
 
 namespace ftune {

@@ -3,9 +3,9 @@
 #include <cmath>
 #include <numbers>
 
-#include "engine/error.h"
-#include "engine/model_config.h"
-#include "engine/param_layout.h"
+#include "engine/base/error.h"
+#include "engine/model/model_config.h"
+#include "engine/model/param_layout.h"
 
 namespace ftune {
 namespace {

@@ -6,7 +6,7 @@
 #include <random>
 #include <set>
 
-#include "engine/packing.h"
+#include "engine/data/packing.h"
 #include "tests/test_util.h"
 
 namespace ftune {

@@ -6,13 +6,13 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
-#include "engine/backend.h"
-#include "engine/bench.h"
-#include "engine/device.h"
-#include "engine/fs_util.h"
-#include "engine/param_layout.h"
-#include "engine/plan.h"
-#include "engine/recipe.h"
+#include "engine/backend/backend.h"
+#include "engine/tools/bench.h"
+#include "engine/device/device.h"
+#include "engine/base/fs_util.h"
+#include "engine/model/param_layout.h"
+#include "engine/tools/plan.h"
+#include "engine/recipe/recipe.h"
 #include "tests/test_util.h"
 
 namespace ftune {

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "engine/fs_util.h"
+#include "engine/base/fs_util.h"
 #include "tests/test_util.h"
 
 namespace ftune {

@@ -9,9 +9,9 @@
 #include <set>
 #include <sstream>
 
-#include "engine/error.h"
-#include "engine/recipe.h"
-#include "engine/recipe_schema.h"
+#include "engine/base/error.h"
+#include "engine/recipe/recipe.h"
+#include "engine/recipe/recipe_schema.h"
 #include "tests/test_util.h"
 
 namespace ftune {
@@ -705,8 +705,8 @@ TEST(RecipeDataMix, ResolvedYamlPrintsTheListAndRoundTrips) {
 TEST(RecipeSchema, CoversEveryHeaderField) {
   // The header comments name each field's key; parse them so a field added to RecipeConfig
   // without a schema entry (or the reverse) fails here.
-  std::ifstream in(std::string(FTUNE_SOURCE_DIR) + "/engine/recipe.h");
-  ASSERT_TRUE(in) << "cannot read engine/recipe.h";
+  std::ifstream in(std::string(FTUNE_SOURCE_DIR) + "/engine/recipe/recipe.h");
+  ASSERT_TRUE(in) << "cannot read engine/recipe/recipe.h";
   std::string line;
   bool inside = false;
   std::set<std::string> header_keys;
@@ -811,7 +811,7 @@ TEST(RecipeSchema, DocsFileIsUpToDate) {
   std::ostringstream text;
   text << in.rdbuf();
   EXPECT_TRUE(text.str() == recipe_schema_markdown())
-      << "docs/recipes.md is out of date with engine/recipe_schema.cpp; regenerate it with "
+      << "docs/recipes.md is out of date with engine/recipe/recipe_schema.cpp; regenerate it with "
          "`ftune recipe-docs > docs/recipes.md`";
 }
 

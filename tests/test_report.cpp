@@ -7,9 +7,9 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "engine/fs_util.h"
-#include "engine/report.h"
-#include "engine/svg_plot.h"
+#include "engine/base/fs_util.h"
+#include "engine/report/report.h"
+#include "engine/report/svg_plot.h"
 #include "tests/test_util.h"
 
 namespace ftune {

@@ -15,13 +15,13 @@
 #include <string>
 #include <vector>
 
-#include "engine/byte_source.h"
-#include "engine/dtype.h"
-#include "engine/encryption.h"
-#include "engine/error.h"
-#include "engine/fs_util.h"
-#include "engine/inspect.h"
-#include "engine/safetensors.h"
+#include "engine/base/byte_source.h"
+#include "engine/base/dtype.h"
+#include "engine/trust/encryption.h"
+#include "engine/base/error.h"
+#include "engine/base/fs_util.h"
+#include "engine/tools/inspect.h"
+#include "engine/formats/safetensors.h"
 #include "tests/test_util.h"
 
 namespace ftune {

@@ -4,8 +4,8 @@
 #include <fstream>
 #include <random>
 
-#include "engine/fs_util.h"
-#include "engine/sample_cache.h"
+#include "engine/base/fs_util.h"
+#include "engine/data/sample_cache.h"
 #include "tests/test_util.h"
 
 namespace ftune {

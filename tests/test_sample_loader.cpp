@@ -4,8 +4,8 @@
 #include <random>
 #include <set>
 
-#include "engine/error.h"
-#include "engine/sample_loader.h"
+#include "engine/base/error.h"
+#include "engine/data/sample_loader.h"
 
 namespace ftune {
 namespace {

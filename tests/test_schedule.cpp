@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "engine/schedule.h"
+#include "engine/train/schedule.h"
 
 namespace ftune {
 namespace {

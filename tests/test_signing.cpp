@@ -8,8 +8,8 @@
 #include <fstream>
 #include <string>
 
-#include "engine/fs_util.h"
-#include "engine/signing.h"
+#include "engine/base/fs_util.h"
+#include "engine/trust/signing.h"
 #include "tests/test_util.h"
 
 namespace ftune {

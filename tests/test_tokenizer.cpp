@@ -13,10 +13,10 @@
 #include <thread>
 #include <vector>
 
-#include "engine/error.h"
-#include "engine/fs_util.h"
-#include "engine/tokenizer.h"
-#include "engine/unicode.h"
+#include "engine/base/error.h"
+#include "engine/base/fs_util.h"
+#include "engine/text/tokenizer.h"
+#include "engine/text/unicode.h"
 #include "tests/test_util.h"
 
 namespace ftune {

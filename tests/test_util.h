@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/error.h"
-#include "engine/model.h"
-#include "engine/model_config.h"
+#include "engine/base/error.h"
+#include "engine/model/model.h"
+#include "engine/model/model_config.h"
 
 namespace ftune::testing {
 

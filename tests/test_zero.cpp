@@ -1,4 +1,4 @@
-// ZeRO-2/3 (engine/zero.h) on one rank: the sharded model computes exactly what the whole one
+// ZeRO-2/3 (engine/zero/zero_shards.h) on one rank: the sharded model computes exactly what the whole one
 // does, unit by unit. Several ranks are covered under MPI by tests/test_launch.cpp.
 #include <gtest/gtest.h>
 
@@ -6,9 +6,9 @@
 #include <limits>
 #include <map>
 
-#include "engine/communicator.h"
-#include "engine/model.h"
-#include "engine/zero.h"
+#include "engine/dist/communicator.h"
+#include "engine/model/model.h"
+#include "engine/zero/zero_shards.h"
 #include "tests/test_util.h"
 
 namespace ftune {

@@ -1,7 +1,7 @@
 #include <unistd.h>
 
 #include "engine/cli/commands.h"
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 namespace ftune::cli {
 

@@ -5,9 +5,9 @@
 #include <nlohmann/json.hpp>
 #include <type_traits>
 
-#include "engine/bench.h"
+#include "engine/tools/bench.h"
 #include "engine/cli/commands.h"
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 namespace ftune::cli {
 

@@ -3,10 +3,10 @@
 #include <cstdio>
 
 #include "engine/cli/commands.h"
-#include "engine/data_preview.h"
-#include "engine/tokenizer.h"
-#include "engine/train_data.h"
-#include "engine/trainer.h"
+#include "engine/tools/data_preview.h"
+#include "engine/text/tokenizer.h"
+#include "engine/data/train_data.h"
+#include "engine/train/trainer.h"
 
 namespace ftune::cli {
 

@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "engine/cli/commands.h"
-#include "engine/encryption.h"
-#include "engine/error.h"
-#include "engine/fs_util.h"
+#include "engine/trust/encryption.h"
+#include "engine/base/error.h"
+#include "engine/base/fs_util.h"
 
 namespace ftune::cli {
 

@@ -2,8 +2,8 @@
 #include <optional>
 
 #include "engine/cli/commands.h"
-#include "engine/diff.h"
-#include "engine/encryption.h"
+#include "engine/report/diff.h"
+#include "engine/trust/encryption.h"
 
 namespace ftune::cli {
 

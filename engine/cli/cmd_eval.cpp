@@ -1,15 +1,15 @@
 #include <cstdio>
 #include <optional>
 
-#include "engine/adapter.h"
+#include "engine/model/peft_adapter.h"
 #include "engine/cli/commands.h"
-#include "engine/dataset.h"
-#include "engine/device.h"
-#include "engine/encryption.h"
-#include "engine/error.h"
-#include "engine/safetensors.h"
-#include "engine/tokenizer.h"
-#include "engine/trainer.h"
+#include "engine/data/token_stream.h"
+#include "engine/device/device.h"
+#include "engine/trust/encryption.h"
+#include "engine/base/error.h"
+#include "engine/formats/safetensors.h"
+#include "engine/text/tokenizer.h"
+#include "engine/train/trainer.h"
 
 namespace ftune::cli {
 

@@ -1,13 +1,13 @@
 #include <cstdio>
 #include <optional>
 
-#include "engine/adapter.h"
+#include "engine/model/peft_adapter.h"
 #include "engine/cli/commands.h"
-#include "engine/device.h"
-#include "engine/encryption.h"
-#include "engine/generate.h"
-#include "engine/safetensors.h"
-#include "engine/trainer.h"
+#include "engine/device/device.h"
+#include "engine/trust/encryption.h"
+#include "engine/infer/generate.h"
+#include "engine/formats/safetensors.h"
+#include "engine/train/trainer.h"
 
 namespace ftune::cli {
 

@@ -1,7 +1,7 @@
 #include <cstdio>
 
 #include "engine/cli/commands.h"
-#include "engine/inspect.h"
+#include "engine/tools/inspect.h"
 
 namespace ftune::cli {
 

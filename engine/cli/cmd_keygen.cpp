@@ -1,8 +1,8 @@
 #include <cstdio>
 
 #include "engine/cli/commands.h"
-#include "engine/error.h"
-#include "engine/signing.h"
+#include "engine/base/error.h"
+#include "engine/trust/signing.h"
 
 namespace ftune::cli {
 

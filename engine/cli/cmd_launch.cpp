@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "engine/cli/commands.h"
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 namespace ftune::cli {
 

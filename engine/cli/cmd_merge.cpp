@@ -2,14 +2,14 @@
 #include <filesystem>
 #include <optional>
 
-#include "engine/adapter.h"
+#include "engine/model/peft_adapter.h"
 #include "engine/cli/commands.h"
-#include "engine/device.h"
-#include "engine/encryption.h"
-#include "engine/error.h"
-#include "engine/export.h"
-#include "engine/manifest.h"
-#include "engine/signing.h"
+#include "engine/device/device.h"
+#include "engine/trust/encryption.h"
+#include "engine/base/error.h"
+#include "engine/model/hf_export.h"
+#include "engine/trust/manifest.h"
+#include "engine/trust/signing.h"
 
 namespace fs = std::filesystem;
 

@@ -6,9 +6,9 @@
 #include <vector>
 
 #include "engine/cli/commands.h"
-#include "engine/error.h"
-#include "engine/plan.h"
-#include "engine/recipe.h"
+#include "engine/base/error.h"
+#include "engine/tools/plan.h"
+#include "engine/recipe/recipe.h"
 
 namespace ftune::cli {
 

@@ -1,7 +1,7 @@
 #include <cstdio>
 
 #include "engine/cli/commands.h"
-#include "engine/recipe.h"
+#include "engine/recipe/recipe.h"
 
 namespace ftune::cli {
 

@@ -4,11 +4,11 @@
 #include <optional>
 #include <sstream>
 
-#include "engine/checkpoint.h"
+#include "engine/train/checkpoint.h"
 #include "engine/cli/commands.h"
-#include "engine/error.h"
-#include "engine/fs_util.h"
-#include "engine/json_limits.h"
+#include "engine/base/error.h"
+#include "engine/base/fs_util.h"
+#include "engine/base/json_limits.h"
 
 namespace fs = std::filesystem;
 

@@ -7,10 +7,10 @@
 #include <sstream>
 
 #include "engine/cli/commands.h"
-#include "engine/error.h"
-#include "engine/fs_util.h"
-#include "engine/manifest.h"
-#include "engine/recipe.h"
+#include "engine/base/error.h"
+#include "engine/base/fs_util.h"
+#include "engine/trust/manifest.h"
+#include "engine/recipe/recipe.h"
 
 namespace fs = std::filesystem;
 

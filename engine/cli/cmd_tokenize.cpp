@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "engine/cli/commands.h"
-#include "engine/error.h"
-#include "engine/json_limits.h"
-#include "engine/tokenizer.h"
+#include "engine/base/error.h"
+#include "engine/base/json_limits.h"
+#include "engine/text/tokenizer.h"
 
 namespace ftune::cli {
 namespace {

@@ -1,8 +1,8 @@
 #include <cstdio>
 
 #include "engine/cli/commands.h"
-#include "engine/recipe.h"
-#include "engine/trainer.h"
+#include "engine/recipe/recipe.h"
+#include "engine/train/trainer.h"
 
 namespace ftune::cli {
 

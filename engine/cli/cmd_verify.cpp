@@ -1,7 +1,7 @@
 #include <cstdio>
 
 #include "engine/cli/commands.h"
-#include "engine/manifest.h"
+#include "engine/trust/manifest.h"
 
 namespace ftune::cli {
 

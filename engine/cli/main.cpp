@@ -6,7 +6,7 @@
 #include <exception>
 
 #include "engine/cli/commands.h"
-#include "engine/error.h"
+#include "engine/base/error.h"
 
 int main(int argc, char** argv) {
   // OpenMP workers that spin between parallel regions steal the cores from OpenBLAS and from

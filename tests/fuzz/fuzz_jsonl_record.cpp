@@ -5,11 +5,11 @@
 #include <string>
 #include <vector>
 
-#include "engine/chat_template.h"
-#include "engine/data_format.h"
-#include "engine/error.h"
-#include "engine/jsonl.h"
-#include "engine/tokenizer.h"
+#include "engine/text/chat_template.h"
+#include "engine/data/data_format.h"
+#include "engine/base/error.h"
+#include "engine/formats/jsonl.h"
+#include "engine/text/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {

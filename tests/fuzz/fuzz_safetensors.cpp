@@ -6,10 +6,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/byte_source.h"
-#include "engine/dtype.h"
-#include "engine/error.h"
-#include "engine/safetensors.h"
+#include "engine/base/byte_source.h"
+#include "engine/base/dtype.h"
+#include "engine/base/error.h"
+#include "engine/formats/safetensors.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {

@@ -4,8 +4,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/error.h"
-#include "engine/tokenizer.h"
+#include "engine/base/error.h"
+#include "engine/text/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/dtype.h"
-#include "engine/encryption.h"
-#include "engine/error.h"
-#include "engine/safetensors.h"
+#include "engine/base/dtype.h"
+#include "engine/trust/encryption.h"
+#include "engine/base/error.h"
+#include "engine/formats/safetensors.h"
 
 int main(int argc, char** argv) {
   using namespace ftune;

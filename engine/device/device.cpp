@@ -1,0 +1,61 @@
+#include "engine/device/device.h"
+
+#include "engine/base/error.h"
+#ifdef FTUNE_HAVE_CUDA
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_device.h"
+#endif
+
+namespace ftune {
+
+// `device: auto` picks the CUDA backend whenever a GPU is usable: it has passed scripts/gpu-check
+// on an H200 (docs/performance.md), the CPU backend staying the reference it is tested against.
+
+bool cuda_built() {
+#ifdef FTUNE_HAVE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+int cuda_device_count(std::string* why) {
+#ifdef FTUNE_HAVE_CUDA
+  return cuda::device_count(why);
+#else
+  if (why) *why = "this ftune was built without CUDA (FTUNE_CUDA=OFF or no nvcc at build time)";
+  return 0;
+#endif
+}
+
+DeviceChoice resolve_device(const std::string& requested) {
+  return resolve_device(requested, 0);
+}
+
+DeviceChoice resolve_device(const std::string& requested, int local_rank) {
+  if (requested == "cpu") return {"cpu", "CPU"};
+  std::string why;
+  int n = cuda_device_count(&why);
+  if (requested == "cuda") {
+    if (n == 0)
+      throw Error("device: cuda was requested but no GPU is usable (" + why +
+                  "); set `device: cpu` or `device: auto` to train on the CPU");
+    return {"cuda", "CUDA", local_rank % n};
+  }
+  if (requested == "auto") {
+    if (n > 0) return {"cuda", "CUDA", local_rank % n};
+    return {"cpu", "CPU"};
+  }
+  throw Error("device: unknown value '" + requested + "' (use auto, cpu or cuda)");
+}
+
+std::unique_ptr<Backend> make_backend(const DeviceChoice& choice) {
+  if (choice.kind == "cpu") return make_cpu_backend();
+#ifdef FTUNE_HAVE_CUDA
+  return make_cuda_backend(choice.index);
+#else
+  throw Error("this ftune was built without CUDA; use `device: cpu`");
+#endif
+}
+
+}  // namespace ftune
