@@ -16,6 +16,7 @@ namespace ftune {
 namespace {
 
 using testing::dot;
+using testing::kF32Unit;
 using testing::numeric_grad;
 using testing::random_vec;
 using testing::rel_error;
@@ -105,8 +106,9 @@ TEST(CpuGemm, ThreadCountsAgree) {
   cpu::gemm(1, false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, c1.data(), N);
   cpu::gemm(2, false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, c2.data(), N);
   cpu::gemm(1, false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, c3.data(), N);
-  EXPECT_LE(rel_error(c2, c1), 1e-6);
-  EXPECT_EQ(c3, c1);
+  // OpenBLAS may round another thread split differently: each run's length-K sums are within K*u.
+  EXPECT_LE(rel_error(c2, c1), 2.0 * double(K) * kF32Unit);
+  EXPECT_EQ(c3, c1);  // the same call again
 }
 
 TEST(CpuLinear, ForwardMatchesReference) {

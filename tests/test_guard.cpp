@@ -25,6 +25,9 @@ namespace {
 
 const std::string kSrc = FTUNE_SOURCE_DIR;
 
+// Every run of a test uses this recipe's fixed `threads`, so runs that are compared bit for bit
+// (resume, rollback replay) make the same GEMM calls on the same OpenBLAS thread count: bitwise by
+// construction on any CPU, though not across CPUs (docs/reliability.md).
 Recipe small_recipe(const std::string& out, std::vector<std::string> extra = {}) {
   std::string yaml = "model:\n  path: " + kSrc +
                      "/configs/models/quickstart-base\n  init: random\n"

@@ -29,6 +29,9 @@ namespace {
 
 const std::string kSrc = FTUNE_SOURCE_DIR;
 
+// Every run of a test uses this recipe's fixed `threads`, so runs that are compared bit for bit
+// (resume, rollback replay) make the same GEMM calls on the same OpenBLAS thread count: bitwise by
+// construction on any CPU, though not across CPUs (docs/reliability.md).
 Recipe small_recipe(const std::string& out, std::vector<std::string> extra = {}) {
   std::string yaml =
       "model:\n  path: " + kSrc +
@@ -432,6 +435,8 @@ TEST(Trainer, StopSignalCheckpointsAndResumesExactly) {
 // skip where they are not). RLIMIT_FSIZE (`ulimit -f`) needs neither, but breaks MPI's
 // shared-memory files, so the two-rank case uses the read-only mount.
 
+// threads=1 in every run: the resumed and the clean run compare bytes, so their GEMMs must split
+// the same way (OpenBLAS rounding depends on the thread count).
 std::string cli_train(const std::string& out, const std::string& extra = "") {
   return "train " + kSrc + "/recipes/quickstart-base.yaml output_dir=" + out +
          " data.train=" + kSrc + "/data/quickstart/train.jsonl data.cache=false " +

@@ -33,6 +33,11 @@ ModelConfig tiny_model_config(bool tied);
 // target is ignored.
 Batch tiny_packed_batch();
 
+// fp32 unit roundoff. An fp32 sum of K terms, in any order, is within K * u * sum|terms| of the
+// exact sum (Higham's gamma_K to first order): tolerances between two fp32 code paths (another
+// chunking, thread count or OpenBLAS core) are built from it.
+inline constexpr double kF32Unit = 0x1p-24;
+
 // ||a-b|| / ||b|| (returns ||a|| when b is all zeros).
 double rel_error(const float* a, const float* b, size_t n);
 double rel_error(const std::vector<float>& a, const std::vector<float>& b);

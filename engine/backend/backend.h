@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/base/dtype.h"
+#include "engine/base/targets.h"
 
 namespace ftune {
 
@@ -53,8 +54,6 @@ struct LossSum {
   double loss = 0.0;   // sum of per-token cross-entropy over counted tokens
   int64_t tokens = 0;  // tokens whose target is not ignore_index
 };
-
-constexpr int32_t kIgnoreIndex = -100;
 
 // Device time of one backend op name, summed over its calls (Backend::take_op_profile).
 struct OpTime {

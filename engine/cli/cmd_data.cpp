@@ -6,7 +6,9 @@
 #include "engine/tools/data_preview.h"
 #include "engine/text/tokenizer.h"
 #include "engine/data/train_data.h"
-#include "engine/train/trainer.h"
+#include "engine/base/threads.h"
+#include "engine/infer/evaluate.h"
+#include "engine/model/lora.h"
 
 namespace ftune::cli {
 

@@ -9,7 +9,9 @@
 #include "engine/base/error.h"
 #include "engine/formats/safetensors.h"
 #include "engine/text/tokenizer.h"
-#include "engine/train/trainer.h"
+#include "engine/base/threads.h"
+#include "engine/infer/evaluate.h"
+#include "engine/model/lora.h"
 
 namespace ftune::cli {
 

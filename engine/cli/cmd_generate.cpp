@@ -7,7 +7,9 @@
 #include "engine/trust/encryption.h"
 #include "engine/infer/generate.h"
 #include "engine/formats/safetensors.h"
-#include "engine/train/trainer.h"
+#include "engine/base/threads.h"
+#include "engine/infer/evaluate.h"
+#include "engine/model/lora.h"
 
 namespace ftune::cli {
 

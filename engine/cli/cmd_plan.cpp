@@ -7,7 +7,7 @@
 
 #include "engine/cli/commands.h"
 #include "engine/base/error.h"
-#include "engine/tools/plan.h"
+#include "engine/zero/memory_plan.h"
 #include "engine/recipe/recipe.h"
 
 namespace ftune::cli {

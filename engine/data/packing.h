@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/model/model.h"
+#include "engine/data/batch.h"
 #include "engine/data/samples.h"
 
 namespace ftune {

@@ -1,7 +1,9 @@
 #include "engine/device/device.h"
 
 #include "engine/base/error.h"
+#include "engine/dist/launch_env.h"
 #ifdef FTUNE_HAVE_CUDA
+#include "cuda/communicator_nccl.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_device.h"
 #endif
@@ -55,6 +57,24 @@ std::unique_ptr<Backend> make_backend(const DeviceChoice& choice) {
   return make_cuda_backend(choice.index);
 #else
   throw Error("this ftune was built without CUDA; use `device: cpu`");
+#endif
+}
+
+std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env, double timeout_s,
+                                                const std::string& device_kind) {
+  if (device_kind != "cuda" || env.world_size <= 1) return make_communicator(env, timeout_s);
+#ifdef FTUNE_HAVE_CUDA
+  // MPI carries NCCL's unique id when it launched the ranks; srun with MASTER_PORT set, and
+  // torchrun, bootstrap through NCCL_COMM_ID instead.
+  std::unique_ptr<Communicator> host;
+#ifdef FTUNE_HAVE_MPI
+  if (env.launcher == "mpi" || (env.launcher == "slurm" && env.master_port == 0))
+    host = make_mpi_communicator(env, timeout_s);
+#endif
+  return make_nccl_communicator(env, timeout_s, nullptr, std::move(host));
+#else
+  throw Error("launch environment: " + std::to_string(env.world_size) + " GPU ranks, but this " +
+              "ftune was built without CUDA; use `device: cpu`");
 #endif
 }
 

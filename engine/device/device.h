@@ -5,6 +5,7 @@
 #include <string>
 
 #include "engine/backend/backend.h"
+#include "engine/dist/communicator.h"
 
 namespace ftune {
 
@@ -24,5 +25,12 @@ DeviceChoice resolve_device(const std::string& requested);
 DeviceChoice resolve_device(const std::string& requested, int local_rank);
 // The backend for a resolved choice (CUDA: GPU choice.index).
 std::unique_ptr<Backend> make_backend(const DeviceChoice& choice);
+
+// make_communicator (engine/dist/communicator.h) for a run on `device_kind` ("cpu" | "cuda"):
+// several GPU ranks get the NCCL communicator (cuda/communicator_nccl.h) on GPU local_rank %
+// GPUs; its unique id travels over MPI when MPI launched the ranks (mpirun, or srun without
+// MASTER_PORT), else through NCCL_COMM_ID = MASTER_ADDR:MASTER_PORT.
+std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env, double timeout_s,
+                                                const std::string& device_kind);
 
 }  // namespace ftune

@@ -88,11 +88,7 @@ struct LaunchEnv;
 // process with a message naming the rank and the operation, so the job fails instead of
 // waiting forever.
 std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env, double timeout_s = 600);
-// The same for a run on `device_kind` ("cpu" | "cuda"): several GPU ranks get the NCCL
-// communicator (cuda/communicator_nccl.h) on GPU local_rank % GPUs; its unique id travels over
-// MPI when MPI launched the ranks (mpirun, or srun without MASTER_PORT), else through
-// NCCL_COMM_ID = MASTER_ADDR:MASTER_PORT.
-std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env, double timeout_s,
-                                                const std::string& device_kind);
-
+// The MPI communicator of ranks MPI launched (mpirun, srun --mpi); an error naming what to
+// install when MPI is not built in. NCCL bootstraps over it (engine/device/device.h).
+std::unique_ptr<Communicator> make_mpi_communicator(const LaunchEnv& env, double timeout_s);
 }  // namespace ftune

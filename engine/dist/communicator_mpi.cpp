@@ -13,15 +13,12 @@
 #include <thread>
 #include <vector>
 
-#include "engine/dist/communicator.h"
 #include "engine/base/error.h"
+#include "engine/dist/communicator.h"
 #include "engine/dist/launch_env.h"
 
 #ifdef FTUNE_HAVE_MPI
 #include <mpi.h>
-#endif
-#ifdef FTUNE_HAVE_CUDA
-#include "cuda/communicator_nccl.h"
 #endif
 
 namespace ftune {
@@ -247,8 +244,6 @@ class MpiCommunicator final : public Communicator {
 }  // namespace
 #endif
 
-namespace {
-
 std::unique_ptr<Communicator> make_mpi_communicator(const LaunchEnv& env, double timeout_s) {
 #ifdef FTUNE_HAVE_MPI
   auto c = std::make_unique<MpiCommunicator>(timeout_s);
@@ -263,8 +258,6 @@ std::unique_ptr<Communicator> make_mpi_communicator(const LaunchEnv& env, double
 #endif
 }
 
-}  // namespace
-
 std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env, double timeout_s) {
   if (env.world_size <= 1) return make_local_communicator();
   if (env.launcher == "torchrun")
@@ -272,24 +265,6 @@ std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env, double tim
                 "ranks run on GPUs (`device: cuda`, NCCL); launch CPU ranks with " +
                 "`ftune launch -n N train ...` (mpirun) or srun");
   return make_mpi_communicator(env, timeout_s);
-}
-
-std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env, double timeout_s,
-                                                const std::string& device_kind) {
-  if (device_kind != "cuda" || env.world_size <= 1) return make_communicator(env, timeout_s);
-#ifdef FTUNE_HAVE_CUDA
-  // MPI carries NCCL's unique id when it launched the ranks; srun with MASTER_PORT set, and
-  // torchrun, bootstrap through NCCL_COMM_ID instead.
-  std::unique_ptr<Communicator> host;
-#ifdef FTUNE_HAVE_MPI
-  if (env.launcher == "mpi" || (env.launcher == "slurm" && env.master_port == 0))
-    host = make_mpi_communicator(env, timeout_s);
-#endif
-  return make_nccl_communicator(env, timeout_s, nullptr, std::move(host));
-#else
-  throw Error("launch environment: " + std::to_string(env.world_size) + " GPU ranks, but this " +
-              "ftune was built without CUDA; use `device: cpu`");
-#endif
 }
 
 }  // namespace ftune

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "engine/base/error.h"
+#include "engine/recipe/recipe.h"
 
 namespace ftune {
 
@@ -156,6 +157,29 @@ LoraConfig lora_config_from_peft(const nlohmann::json& j, const std::string& fil
     throw bad("target_modules", "is missing");
   }
   lc.targets = parse_lora_targets(names, file + ": target_modules");
+  return lc;
+}
+
+std::optional<LoraConfig> recipe_lora_config(const RecipeConfig& c) {
+  if (c.method != "lora") return std::nullopt;
+  LoraConfig lc;
+  lc.rank = c.lora_rank;
+  lc.alpha = c.lora_alpha;
+  lc.dropout = c.lora_dropout;
+  lc.rslora = c.lora_rslora;
+  lc.init = c.lora_init;
+  std::vector<std::string> names;
+  std::string cur;
+  for (char ch : c.lora_targets + ",") {
+    if (ch == ',') {
+      while (!cur.empty() && cur.back() == ' ') cur.pop_back();
+      if (!cur.empty()) names.push_back(cur);
+      cur.clear();
+    } else if (ch != ' ' || !cur.empty()) {
+      cur += ch;
+    }
+  }
+  lc.targets = parse_lora_targets(names, "lora.targets");
   return lc;
 }
 

@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -69,5 +70,10 @@ nlohmann::json peft_adapter_config(const LoraConfig& lc, const std::string& base
 // Reads an adapter_config.json; features ftune does not implement (DoRA, per-layer ranks,
 // biases, modules_to_save, regex targets, fan_in_fan_out, ...) are errors naming the key.
 LoraConfig lora_config_from_peft(const nlohmann::json& j, const std::string& file);
+
+struct RecipeConfig;
+// The adapter settings of a `method: lora` recipe (nullopt for full fine-tuning); bad target
+// names are errors naming lora.targets.
+std::optional<LoraConfig> recipe_lora_config(const RecipeConfig& c);
 
 }  // namespace ftune

@@ -15,26 +15,6 @@ Recompute parse_recompute(const std::string& name) {
   throw Error("train.recompute: unknown value '" + name + "' (use none, mlp or full)");
 }
 
-int64_t Batch::target_count() const {
-  int64_t n = 0;
-  for (int32_t t : targets) n += t != kIgnoreIndex;
-  return n;
-}
-
-Batch Batch::from_rows(int64_t rows, int64_t seq, std::vector<int32_t> ids,
-                       std::vector<int32_t> targets) {
-  Batch b;
-  b.rows = rows;
-  b.seq = seq;
-  b.ids = std::move(ids);
-  b.targets = std::move(targets);
-  b.positions.resize(size_t(rows * seq));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t t = 0; t < seq; ++t) b.positions[size_t(r * seq + t)] = int32_t(t);
-  for (int64_t r = 0; r <= rows; ++r) b.doc_offsets.push_back(int32_t(r * seq));
-  return b;
-}
-
 // Saved activations (one slot per layer) and backward scratch, sized for max_tokens.
 struct Model::Acts {
   int64_t L, N, d, f, q, kv, hq;
@@ -397,6 +377,8 @@ void linear_fwd(Backend* be, const ExecContext& ctx, const float* params, const 
     xin = lr.xd;
   }
   float* xa = lr.saved(l);
+  // The base product above is the base model's call; with B = 0 (fresh adapters) the term added
+  // below is exact zeros, so the output is bitwise the base model's.
   be->linear_forward(ctx, xin, lr.params + s->a, nullptr, xa, n, l.in, lr.rank);
   be->gemm(ctx, false, true, n, l.out, lr.rank, lr.scale, xa, lr.rank, lr.params + s->b, lr.rank,
            1.f, y, l.out);
@@ -455,7 +437,8 @@ LoraRun Model::lora_run(const ExecContext& ctx, bool training) const {
 }
 
 // One decoder layer's forward from its stored input resid[l]; backward calls it again to refill
-// the work slots when activations are recomputed.
+// the work slots when activations are recomputed: the same calls on the same shapes and inputs,
+// so the refilled values (and the gradients) are bitwise those of a run that kept them.
 void Model::forward_layer(const ExecContext& ctx, const Batch& b, const LoraRun& lr, int l) {
   Acts& a = *a_;
   const int64_t N = b.tokens(), d = a.d, f = a.f, q = a.q, kv = a.kv;

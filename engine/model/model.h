@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/backend/backend.h"
+#include "engine/data/batch.h"
 #include "engine/model/lora.h"
 #include "engine/model/model_config.h"
 #include "engine/model/param_layout.h"
@@ -16,19 +17,6 @@ namespace ftune {
 class WeightStore;
 class SafetensorsReader;
 struct LoraRun;
-
-// One micro-batch, host side: N = rows*seq tokens, row-major. targets[i] is the token that
-// should follow ids[i], or kIgnoreIndex. doc_offsets are cu_seqlens-style over the N tokens;
-// positions restart at each document start.
-struct Batch {
-  int64_t rows = 0, seq = 0;
-  std::vector<int32_t> ids, targets, positions, doc_offsets;
-  int64_t tokens() const { return rows * seq; }
-  int64_t target_count() const;  // targets that are not kIgnoreIndex
-  // Every row one document starting at position 0.
-  static Batch from_rows(int64_t rows, int64_t seq, std::vector<int32_t> ids,
-                         std::vector<int32_t> targets);
-};
 
 // Bytes a model holds on its backend, by purpose (what `ftune train` prints at start).
 struct ModelMemory {

@@ -215,4 +215,12 @@ std::vector<float> rope_inv_freq(const ModelConfig& cfg) {
   return out;
 }
 
+double flops_per_token(const ModelConfig& c, int64_t seq, bool frozen_base) {
+  const double d = double(c.hidden_size), f = double(c.intermediate_size);
+  const double per_layer = d * double(c.q_dim()) * 2 + d * double(c.kv_dim()) * 2 + 3 * d * f;
+  const double n = per_layer * double(c.num_layers);
+  return (frozen_base ? 4.0 : 6.0) * n +
+         12.0 * double(c.num_layers) * double(c.num_heads) * double(c.head_dim) * double(seq);
+}
+
 }  // namespace ftune

@@ -54,4 +54,11 @@ nlohmann::json model_config_json(const ModelConfig& cfg, DType stored);
 // RoPE inverse frequencies [head_dim/2] with the configured scaling applied (as HF computes them).
 std::vector<float> rope_inv_freq(const ModelConfig& cfg);
 
+// Training FLOPs per token: 6·N (N = non-embedding parameters: the LM head is not counted, as
+// in the peers' MFU figures) plus 12·L·H·Q·T for attention (PaLM appendix B); causal sparsity
+// not discounted. `ftune bench`, `ftune plan` and bench/pytorch_step.py use the same formula.
+// A frozen base (LoRA) skips the weight-gradient GEMMs: 4·N instead of 6·N (adapters are not
+// counted).
+double flops_per_token(const ModelConfig& c, int64_t seq, bool frozen_base = false);
+
 }  // namespace ftune

@@ -9,10 +9,12 @@
 #include <optional>
 #include <random>
 
-#include "engine/device/device.h"
 #include "engine/base/error.h"
-#include "engine/tools/plan.h"
-#include "engine/train/trainer.h"
+#include "engine/base/threads.h"
+#include "engine/device/device.h"
+#include "engine/infer/evaluate.h"
+#include "engine/model/lora.h"
+#include "engine/zero/memory_plan.h"
 
 namespace ftune {
 
@@ -30,14 +32,6 @@ ModelConfig bench_model_config(const BenchOptions& o) {
                       {"tie_word_embeddings", o.tied},
                       {"initializer_range", 0.02}};
   return parse_model_config(j, "bench shape");
-}
-
-double flops_per_token(const ModelConfig& c, int64_t seq, bool frozen_base) {
-  const double d = double(c.hidden_size), f = double(c.intermediate_size);
-  const double per_layer = d * double(c.q_dim()) * 2 + d * double(c.kv_dim()) * 2 + 3 * d * f;
-  const double n = per_layer * double(c.num_layers);
-  return (frozen_base ? 4.0 : 6.0) * n +
-         12.0 * double(c.num_layers) * double(c.num_heads) * double(c.head_dim) * double(seq);
 }
 
 void apply_bench_preset(const std::string& name, BenchOptions* o) {

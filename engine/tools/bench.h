@@ -41,11 +41,6 @@ struct BenchResult {
 };
 
 ModelConfig bench_model_config(const BenchOptions& o);
-// Training FLOPs per token: 6·N (N = non-embedding parameters: the LM head is not counted, as
-// in the peers' MFU figures) plus 12·L·H·Q·T for attention (PaLM appendix B); causal sparsity
-// not discounted. bench/pytorch_step.py uses the same formula. A frozen base (LoRA) skips the
-// weight-gradient GEMMs: 4·N instead of 6·N (adapters are not counted).
-double flops_per_token(const ModelConfig& c, int64_t seq, bool frozen_base = false);
 BenchResult run_bench(const BenchOptions& o);
 
 }  // namespace ftune

@@ -7,11 +7,11 @@
 #include <filesystem>
 #include <vector>
 
-#include "engine/model/peft_adapter.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
 #include "engine/base/json_limits.h"
 #include "engine/formats/safetensors.h"
+#include "engine/model/peft_adapter.h"
 
 namespace fs = std::filesystem;
 

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/data/token_stream.h"
+#include "engine/infer/evaluate.h"
 #include "engine/model/model.h"
 #include "engine/recipe/recipe.h"
 
@@ -20,12 +20,6 @@ struct TrainOptions {
   // Resume when output_dir holds a checkpoint of this same recipe, else start fresh (what a
   // requeued batch job runs).
   bool auto_resume = false;
-};
-
-struct EvalResult {
-  double loss = 0;        // mean per-token cross-entropy
-  double perplexity = 0;  // exp(loss)
-  int64_t tokens = 0;
 };
 
 struct TrainResult {
@@ -44,20 +38,5 @@ struct TrainResult {
 };
 
 TrainResult run_training(const Recipe& recipe, const TrainOptions& opt);
-
-// Mean loss of `model` over a dataset's blocks, micro_batch rows at a time (max_batches 0: all).
-EvalResult evaluate(Model& model, const BlockDataset& data, int64_t micro_batch,
-                    int64_t max_batches, int threads);
-
-class TrainData;
-// Mean loss over the validation batches of a run's data (max_batches 0: all).
-EvalResult evaluate(Model& model, const TrainData& data, int64_t max_batches, int threads);
-
-// The adapter settings of a `method: lora` recipe (nullopt for full fine-tuning); bad target
-// names are errors naming lora.targets.
-std::optional<LoraConfig> recipe_lora_config(const RecipeConfig& c);
-
-// Threads to use: `requested` if > 0, else every core.
-int resolve_threads(int64_t requested);
 
 }  // namespace ftune

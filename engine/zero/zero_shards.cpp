@@ -193,6 +193,9 @@ void ZeroShards::grads_done(int u) {
   // added when the slot is needed again; the embedding, backward's last unit, finishes them all.
   const ShardRange mine = my_part(u);
   if (alone_) {  // the sum over one rank is its own gradients
+    // The slot holds this micro-batch's terms from the whole model's GEMMs (same shapes): on the
+    // first micro-batch (zero shard) bitwise the whole model's gradients. Later ones add the
+    // slot's sum to the shard, g + (a + b), where the whole model adds each term in turn.
     be_->add_inplace(ctx_, grads_.get() + (mine.begin - shard_.begin), s.buf.get(), mine.size());
     s.unit = -1;
     if (u == 0) finish_grads();

@@ -31,6 +31,7 @@ struct Coeffs {
 template <bool kLerpFromM>
 void adamw_span(float* p, const float* g, float* m, float* v, size_t count, const Coeffs& k) {
   // Static schedule; the implicit barrier keeps overlapping spans (a caller bug) race-free.
+  // Element i reads only element i (no reduction), so any thread split gives the same bits.
 #pragma omp for simd schedule(static)
   for (size_t i = 0; i < count; ++i) {
     const float gi = g[i] * k.gs;

@@ -125,6 +125,10 @@ void gemm(int threads, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t
 #ifdef FTUNE_NO_BLAS
   gemm_portable(threads, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #else
+  // Bitwise only call for call: for one (M, N, K, transposes, thread count) on one OpenBLAS core,
+  // each element's K-sum runs in a fixed order whatever the values (so rows whose inputs did not
+  // change repeat exactly). Another M (other chunking), thread count or core (another CPU,
+  // OPENBLAS_CORETYPE) may round differently: tests compare those within K * 2^-24.
   set_blas_threads(threads);
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, int(M), int(N), int(K), alpha, A, int(lda), B,

@@ -110,13 +110,16 @@ LossSum lm_head_loss(int threads, const float* hidden, const float* W, const int
   for (int64_t c0 = 0; c0 < n; c0 += chunk) {
     const int64_t rows = std::min(chunk, n - c0);
     const float* h = hidden + c0 * d;
+    // The logits' rounding depends on `rows` (cpu_gemm.cpp), so another chunking is not bitwise;
+    // everything after it is per row and does not look at the chunk.
     gemm(threads, false, true, rows, vocab, d, 1.f, h, d, W, d, 0.f, logits.get(), vocab);
 #pragma omp parallel for num_threads(threads) schedule(static) if (rows > 1)
     for (int64_t r = 0; r < rows; ++r) {
       losses[size_t(r)] =
           row_loss(logits.get() + r * vocab, vocab, targets[c0 + r], grad_scale, grad);
     }
-    // Summed in token order whatever the thread count.
+    // Summed in token order whatever the thread count. Forward-only (grad false) does the same
+    // arithmetic, only without storing the exps: with the same chunks, the same loss bit for bit.
     for (int64_t r = 0; r < rows; ++r) {
       if (targets[c0 + r] == kIgnoreIndex) continue;
       total.loss += losses[size_t(r)];

@@ -11,7 +11,7 @@
 #include "engine/device/device.h"
 #include "engine/base/fs_util.h"
 #include "engine/model/param_layout.h"
-#include "engine/tools/plan.h"
+#include "engine/zero/memory_plan.h"
 #include "engine/recipe/recipe.h"
 #include "tests/test_util.h"
 

@@ -40,8 +40,8 @@ ModelMemory predict_model_memory(const ModelConfig& cfg, int64_t max_tokens, con
                                  Recompute recompute, Precision precision = Precision::Fp32);
 
 // The slices of the flat parameter buffer that ZeRO-2/3 gather and reduce one at a time
-// (engine/zero/zero_shards.h): the embedding [0, first layer begin), each decoder layer, and the tail (final
-// norm and untied LM head) [last layer end, total). Counts in parameters.
+// (engine/zero/zero_shards.h): the embedding [0, first layer begin), each decoder layer, and the
+// tail (final norm and untied LM head) [last layer end, total). Counts in parameters.
 struct ParamUnits {
   std::vector<ShardRange> units;  // in order: embedding, layers, tail
   size_t embed = 0, tail = 0, largest_layer = 0;

@@ -1,14 +1,12 @@
-#include "engine/tools/plan.h"
+#include "engine/zero/memory_plan.h"
 
 #include <algorithm>
 #include <cstdio>
 
-#include "engine/tools/bench.h"
-#include "engine/dist/communicator.h"
 #include "engine/base/error.h"
+#include "engine/dist/communicator.h"
 #include "engine/model/param_layout.h"
 #include "engine/recipe/recipe.h"
-#include "engine/train/trainer.h"
 
 namespace ftune {
 
