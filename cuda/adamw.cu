@@ -4,8 +4,6 @@
 // (engine/backend/cpu/cpu_adamw.cpp, torch.optim.AdamW's single-tensor path) operation for operation:
 // explicit fma where it has std::fma and _rn arithmetic elsewhere (nvcc may not contract them),
 // so a step agrees with the CPU's to about an ulp.
-#include <cmath>
-
 #include "cuda/cuda_ops.h"
 #include "engine/base/error.h"
 
@@ -55,23 +53,6 @@ __global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g,
 }
 
 }  // namespace
-
-AdamWCoeffs adamw_coeffs(const AdamWHyper& h) {
-  FTUNE_CHECK(h.step >= 1, "adamw_step: step is 1-based");
-  // Scalars formed in double and rounded once, as PyTorch (and the CPU backend) do.
-  AdamWCoeffs k{};
-  const double bc1 = 1.0 - std::pow(double(h.beta1), double(h.step));
-  const double bc2 = 1.0 - std::pow(double(h.beta2), double(h.step));
-  k.step_size = float(double(h.lr) / bc1);
-  k.bc2_sqrt = float(std::sqrt(bc2));
-  k.w1 = float(1.0 - double(h.beta1));
-  k.b2 = h.beta2;
-  k.w2 = float(1.0 - double(h.beta2));
-  k.eps = h.eps;
-  k.gs = h.grad_scale;
-  k.lerp_from_m = std::abs(k.w1) < 0.5f ? 1 : 0;
-  return k;
-}
 
 void adamw_step(cudaStream_t s, float* p, const float* g, float* m, float* v,
                 const DeviceSpan* spans, int n_spans, unsigned long long total,

@@ -55,6 +55,7 @@
 #include <string>
 
 #include "cuda/attention.h"
+#include "engine/backend/attention_shape.h"
 #include "engine/base/error.h"
 
 namespace ftune::cuda {
@@ -670,22 +671,14 @@ bool aligned(const void* ptr, size_t n) {
 
 // Shape checks that need no device access. Returns false when there is nothing to compute.
 bool validate(const AttentionArgs& a) {
-  if (a.tokens < 0 || a.q_heads <= 0 || a.kv_heads <= 0) {
-    fail("needs tokens >= 0 and positive q_heads and kv_heads (got tokens " +
-         std::to_string(a.tokens) + ", q_heads " + std::to_string(a.q_heads) + ", kv_heads " +
-         std::to_string(a.kv_heads) + ")");
-  }
+  const std::string bad = attention_layout_error(a.tokens, a.q_heads, a.kv_heads, a.head_dim,
+                                                 a.n_docs, a.doc_offsets != nullptr);
+  if (!bad.empty()) fail(bad);
   if (a.head_dim != 64 && a.head_dim != 128) {
     fail("head_dim " + std::to_string(a.head_dim) + " is not supported (64 or 128)");
   }
-  if (a.q_heads % a.kv_heads != 0) {
-    fail("q_heads " + std::to_string(a.q_heads) + " is not a multiple of kv_heads " +
-         std::to_string(a.kv_heads));
-  }
   if (a.q_heads > 65535) fail("more than 65535 q heads");
-  if (a.n_docs < 0) fail("negative n_docs");
   if (a.tokens == 0) return false;
-  if (a.n_docs == 0 || a.doc_offsets == nullptr) fail("tokens without doc_offsets");
   if (a.max_doc_len <= 0 || a.max_doc_len > a.tokens) {
     fail("max_doc_len " + std::to_string(a.max_doc_len) + " is outside 1.." +
          std::to_string(a.tokens));

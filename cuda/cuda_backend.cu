@@ -486,7 +486,7 @@ class CudaBackend final : public Backend {
     ProfScope prof_scope(this, &c, "adamw_step");
     const cudaStream_t s = stream(c);
     const char* op = "adamw_step";
-    const cuda::AdamWCoeffs k = cuda::adamw_coeffs(h);
+    const AdamWCoeffs k = adamw_coeffs(h);
     if (n_spans <= 0) return;
     host_spans_.resize(size_t(n_spans));
     unsigned long long total = 0;
@@ -494,7 +494,7 @@ class CudaBackend final : public Backend {
       cuda::DeviceSpan& d = host_spans_[size_t(i)];
       d.start = total;
       d.offset = spans[i].offset;
-      d.decay = float(1.0 - double(h.lr) * double(spans[i].weight_decay));
+      d.decay = adamw_decay(h, spans[i].weight_decay);
       total += spans[i].count;
     }
     if (total == 0) return;

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <string>
 
+#include "engine/backend/adamw_coeffs.h"
 #include "engine/backend/backend.h"
 #include "engine/base/dtype.h"
 
@@ -126,11 +127,7 @@ struct DeviceSpan {
   float decay;                // 1 - lr * weight_decay, formed in double and rounded once
   float pad_ = 0.f;
 };
-struct AdamWCoeffs {
-  float w1, b2, w2, eps, gs, step_size, bc2_sqrt;
-  int lerp_from_m;
-};
-AdamWCoeffs adamw_coeffs(const AdamWHyper& h);
+// k: the step's scalars, adamw_coeffs() (engine/backend/adamw_coeffs.h, shared with the CPU).
 // spans (device) hold n_spans entries sorted by start; total = elements over all spans.
 // With `p16` (the bf16 copy of p, same offsets) each updated weight is also written there,
 // rounded to nearest even: the compute copy of bf16 mixed precision, in the same pass.

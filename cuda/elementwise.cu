@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cuda/cuda_ops.h"
+#include "engine/backend/dropout_mask.h"
 #include "engine/base/error.h"
 
 namespace ftune::cuda {
@@ -30,26 +31,8 @@ __global__ void scale_kernel(T* __restrict__ x, float s, size_t n) {
     x[i] = x[i] * s;
 }
 
-// The mask of ref::dropout_keep (engine/backend/cpu/reference_ops.h): a splitmix64-style hash of
-// (seed, i); element i survives when (z >> 11) * 2^-53 >= p. Since (z >> 11) < 2^53 is exact in
-// double, that comparison equals the integer test (z >> 11) >= ceil(p * 2^53), which the host
-// forms once (dropout_threshold), so the device does no double arithmetic.
-__host__ __device__ inline uint64_t dropout_hash(uint64_t seed, uint64_t i) {
-  uint64_t z = seed + 0x9e3779b97f4a7c15ull * (i + 1);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  return z >> 11;
-}
-
-uint64_t dropout_threshold(float p) {
-  constexpr uint64_t kNone = uint64_t(1) << 53;  // above every (z >> 11): nothing survives
-  if (std::isnan(p)) return kNone;               // the double compare is false for NaN
-  if (p <= 0.f) return 0;
-  const double t = std::ceil(double(p) * 0x1.0p53);
-  return t >= 0x1.0p53 ? kNone : uint64_t(t);
-}
-
+// The mask is engine/backend/dropout_mask.h's, shared with the CPU: an integer threshold test,
+// so the device does no double arithmetic.
 __global__ void dropout_kernel(const float* x, float* y, size_t n, uint64_t seed,
                                uint64_t threshold, float scale, bool accumulate) {
   // x and y may be the same buffer: each element is read before it is written, by one thread.

@@ -280,5 +280,22 @@ TEST(CpuSwiGLU, OutputsMayAliasInputs) {
   EXPECT_TRUE(bitwise_equal(up, du));
 }
 
+// The integer threshold the CUDA kernel tests keeps exactly the elements the reference's double
+// comparison keeps, at random hashes and at p placed exactly on a hash (the boundary).
+TEST(DropoutMask, IntegerThresholdEqualsTheReferenceComparison) {
+  const float kPs[] = {0.f, -0.5f, 1e-9f, 0.1f, 0.25f, 0.5f, 0.999999f, 1.f, 2.f, NAN};
+  for (float p : kPs)
+    for (size_t i = 0; i < 5000; ++i)
+      ASSERT_EQ(dropout_hash(7, i) >= dropout_threshold(p), ref::dropout_keep(7, i, p))
+          << p << " " << i;
+  for (size_t i = 0; i < 5000; ++i) {
+    const float p = float(double(dropout_hash(7, i)) * 0x1.0p-53);
+    for (size_t j = i; j < i + 3; ++j)
+      ASSERT_EQ(dropout_hash(7, j) >= dropout_threshold(p), ref::dropout_keep(7, j, p))
+          << p << " " << j;
+  }
+}
+
 }  // namespace
 }  // namespace ftune
+

@@ -15,6 +15,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <initializer_list>
 #include <vector>
 
 #include "engine/backend/backend.h"
@@ -304,17 +305,21 @@ TEST(CudaAttention, LargeScoresStayFinite) {
   }
 }
 
-TEST(CudaAttention, DocumentsAreIndependent) {
-  REQUIRE_GPU();
-  for (int dim : {16, 64}) {
+// The bodies the fp32 and bf16 kernels share; `run` is the kernel under test.
+using RunAttention = Outputs (*)(const AttentionShape&, const Inputs&);
+
+// Replacing every input of one document changes that document's outputs and no other bit.
+void expect_documents_independent(RunAttention run, std::initializer_list<int> dims,
+                                  uint64_t seed, uint64_t noise_seed) {
+  for (int dim : dims) {
     const Case c{{0, 70, 150, 171}, 4, 2, dim};
     const AttentionShape s = shape_of(c);
-    const Inputs base(s, 6000 + dim);
+    const Inputs base(s, seed + uint64_t(dim));
     Inputs changed = base;
     // Replace every input of document 2 (tokens 70..149).
     const int64_t b = 70, e = 150;
     const size_t qrow = size_t(s.q_heads * s.head_dim), kvrow = size_t(s.kv_heads * s.head_dim);
-    const std::vector<float> noise = random_vec(size_t(e - b) * qrow + 7, 99, -3.f, 3.f);
+    const std::vector<float> noise = random_vec(size_t(e - b) * qrow + 7, noise_seed, -3.f, 3.f);
     for (size_t i = 0; i < size_t(e - b) * qrow; ++i) {
       changed.q[b * qrow + i] = noise[i];
       changed.dout[b * qrow + i] = -noise[i];
@@ -323,7 +328,7 @@ TEST(CudaAttention, DocumentsAreIndependent) {
       changed.k[b * kvrow + i] = noise[i] * 0.5f;
       changed.v[b * kvrow + i] = noise[i + 7];
     }
-    const Outputs o1 = run_gpu(s, base), o2 = run_gpu(s, changed);
+    const Outputs o1 = run(s, base), o2 = run(s, changed);
     auto same_outside = [&](const std::vector<float>& x, const std::vector<float>& y, size_t row,
                             const char* name) {
       bool any_inside_differs = false;
@@ -347,13 +352,26 @@ TEST(CudaAttention, DocumentsAreIndependent) {
   }
 }
 
+// The same inputs give the same bits, run after run.
+void expect_deterministic(RunAttention run, const Case& c, uint64_t seed) {
+  const AttentionShape s = shape_of(c);
+  const Inputs in(s, seed);
+  const Outputs first = run(s, in);
+  for (int rep = 0; rep < 2; ++rep) expect_bitwise(first, run(s, in), describe(c));
+}
+
+Outputs run_fp32(const AttentionShape& s, const Inputs& in) {
+  return run_gpu(s, in);
+}
+
+TEST(CudaAttention, DocumentsAreIndependent) {
+  REQUIRE_GPU();
+  expect_documents_independent(run_fp32, {16, 64}, 6000, 99);
+}
+
 TEST(CudaAttention, DeterministicAcrossRuns) {
   REQUIRE_GPU();
-  const Case c{offsets_of(kUnevenLens), 8, 2, 128};
-  const AttentionShape s = shape_of(c);
-  const Inputs in(s, 7000);
-  const Outputs first = run_gpu(s, in);
-  for (int rep = 0; rep < 2; ++rep) expect_bitwise(first, run_gpu(s, in), describe(c));
+  expect_deterministic(run_fp32, Case{offsets_of(kUnevenLens), 8, 2, 128}, 7000);
 }
 
 // Shape errors are caught on the host before any device work, so this runs without a GPU.
@@ -609,54 +627,12 @@ TEST(CudaAttentionBf16, SameLseConventionAsFp32Path) {
 
 TEST(CudaAttentionBf16, DocumentsAreIndependent) {
   REQUIRE_GPU();
-  for (int dim : {64, 128}) {
-    const Case c{{0, 70, 150, 171}, 4, 2, dim};
-    const AttentionShape s = shape_of(c);
-    const Inputs base(s, 16000 + dim);
-    Inputs changed = base;
-    // Replace every input of document 2 (tokens 70..149).
-    const int64_t b = 70, e = 150;
-    const size_t qrow = size_t(s.q_heads * s.head_dim), kvrow = size_t(s.kv_heads * s.head_dim);
-    const std::vector<float> noise = random_vec(size_t(e - b) * qrow + 7, 98, -3.f, 3.f);
-    for (size_t i = 0; i < size_t(e - b) * qrow; ++i) {
-      changed.q[b * qrow + i] = noise[i];
-      changed.dout[b * qrow + i] = -noise[i];
-    }
-    for (size_t i = 0; i < size_t(e - b) * kvrow; ++i) {
-      changed.k[b * kvrow + i] = noise[i] * 0.5f;
-      changed.v[b * kvrow + i] = noise[i + 7];
-    }
-    const Outputs o1 = run_gpu_bf16(s, base), o2 = run_gpu_bf16(s, changed);
-    auto same_outside = [&](const std::vector<float>& x, const std::vector<float>& y, size_t row,
-                            const char* name) {
-      bool any_inside_differs = false;
-      for (int64_t t = 0; t < s.tokens; ++t) {
-        for (size_t j = 0; j < row; ++j) {
-          const size_t i = size_t(t) * row + j;
-          if (t >= b && t < e) {
-            any_inside_differs |= x[i] != y[i];
-          } else {
-            ASSERT_EQ(x[i], y[i]) << name << " token " << t << " D=" << dim;
-          }
-        }
-      }
-      EXPECT_TRUE(any_inside_differs) << name << " D=" << dim;
-    };
-    same_outside(o1.out, o2.out, qrow, "out");
-    same_outside(o1.lse, o2.lse, size_t(s.q_heads), "lse");
-    same_outside(o1.dq, o2.dq, qrow, "dq");
-    same_outside(o1.dk, o2.dk, kvrow, "dk");
-    same_outside(o1.dv, o2.dv, kvrow, "dv");
-  }
+  expect_documents_independent(run_gpu_bf16, {64, 128}, 16000, 98);
 }
 
 TEST(CudaAttentionBf16, DeterministicAcrossRuns) {
   REQUIRE_GPU();
-  const Case c{offsets_of(kBf16Lens), 8, 2, 128};
-  const AttentionShape s = shape_of(c);
-  const Inputs in(s, 17000);
-  const Outputs first = run_gpu_bf16(s, in);
-  for (int rep = 0; rep < 2; ++rep) expect_bitwise(first, run_gpu_bf16(s, in), describe(c));
+  expect_deterministic(run_gpu_bf16, Case{offsets_of(kBf16Lens), 8, 2, 128}, 17000);
 }
 
 // Shape and pointer errors are caught on the host before any device work: runs without a GPU.

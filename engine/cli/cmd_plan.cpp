@@ -153,10 +153,10 @@ void print_table(const Plan& p, const std::string& recipe_sharding, const std::s
   if (timed) std::printf(", %g TFLOP/s peak x MFU %.2f", in.peak_tflops, in.mfu);
   std::printf("\n");
   std::printf("precision %s%s\n", precision_name(in.precision),
-              in.precision == Precision::Fp32
-                  ? (in.device == "cuda" ? " (bf16 compute is not in ftune yet: fp32 numbers)" : "")
-                  : " (planned layout: bf16 weights/grads/activations, fp32 master + moments; "
-                    "not in ftune yet)");
+              in.precision == Precision::Bf16
+                  ? " (bf16 tensor-core compute from fp32 buffers; one rank adds a bf16 weight "
+                    "copy)"
+                  : "");
   std::printf("\n%-20s", "per rank");
   for (const StagePlan& s : p.stages)
     std::printf(" %13s", (std::string(sharding_name(s.stage)) +
@@ -196,13 +196,15 @@ void print_table(const Plan& p, const std::string& recipe_sharding, const std::s
     if (!s.supported) std::printf("%s: %s\n", sharding_name(s.stage), s.why_not.c_str());
   if (!recipe_sharding.empty()) std::printf("*: the recipe's sharding\n");
   std::printf(
-      "export: a zero3 run gathers the whole weights to rank 0 at the end, to export them\n"
-      "fits: rank 0's total + export%s within the memory given\n",
+      "export: rank 0 writes the model; a zero3 run streams the weights to it one unit at a "
+      "time,\n  which adds nothing to the peak\n"
+      "fits: rank 0's total%s within the memory given\n",
       p.reserve ? (" + " + human_bytes(double(p.reserve)) + " for the CUDA context").c_str() : "");
   if (timed)
     std::printf(
-        "comm hidden?: whether collectives overlapped with compute would take no extra time "
-        "(ftune's\n  collectives do not overlap yet); step = compute + what is not hidden\n");
+        "comm hidden?: whether the communication fits under the compute ftune runs it under "
+        "(zero2/zero3\n  with dist.overlap; none and zero1 wait for their collectives); step = "
+        "compute + what is not hidden\n");
   else
     std::printf("compute time: give --peak-tflops (the device's dense peak) to predict it\n");
 }
@@ -237,7 +239,7 @@ void add_plan(CLI::App& app, Action* action) {
   cmd->add_option("--mfu", o->mfu, "Assumed model-FLOPs utilisation, (0, 1]")
       ->capture_default_str();
   cmd->add_option("--precision", o->precision,
-                  "fp32 (what ftune runs today) or bf16 (the planned mixed-precision layout)")
+                  "fp32, or bf16 (tensor-core compute from fp32 buffers, the CUDA default)")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "bf16"}));
   cmd->add_option("--device", o->device,

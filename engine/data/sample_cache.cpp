@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "engine/base/error.h"
+#include "engine/base/little_endian.h"
 #include "engine/base/fs_util.h"
 #include "engine/base/json_limits.h"
 
@@ -25,8 +26,7 @@ std::string file_head(const std::string& key, int64_t samples, int64_t tokens,
   const std::string header = h.dump();
   std::string head(pad64(8 + 8 + header.size()), '\0');
   std::memcpy(head.data(), kMagic, 8);
-  const uint64_t len = header.size();
-  for (int i = 0; i < 8; ++i) head[size_t(8 + i)] = char((len >> (8 * i)) & 0xff);
+  store_le64(header.size(), reinterpret_cast<uint8_t*>(head.data() + 8));
   std::memcpy(head.data() + 16, header.data(), header.size());
   return head;
 }
@@ -64,8 +64,7 @@ std::shared_ptr<const MappedSamples> open_sample_cache(const std::string& path,
     const uint8_t* p = m->src_->data();
     const size_t size = m->src_->size();
     if (!p || size < 16 || std::memcmp(p, kMagic, 8) != 0) return nullptr;
-    uint64_t len = 0;
-    for (int i = 0; i < 8; ++i) len |= uint64_t(p[8 + i]) << (8 * i);
+    const uint64_t len = load_le64(p + 8);
     if (len > size - 16) return nullptr;
     auto h = parse_json_bounded(std::string(reinterpret_cast<const char*>(p) + 16, len), path);
     if (h.at("key").get<std::string>() != key) return nullptr;

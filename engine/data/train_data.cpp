@@ -411,7 +411,10 @@ std::unique_ptr<TrainData> make_train_data(const RecipeConfig& c, const std::str
                     recipe::format_double(sources[i].weight) + " is fractional, but the stream " +
                     "layout repeats documents whole; use a whole-number weight, or set " +
                     "data.packing: pack or pad to sample a fraction each epoch");
-    if (world != 1) throw Error("the stream layout is single-rank for now; use data.packing: pack");
+    if (world != 1)
+      throw Error("data.packing: the stream layout (the default for text data) runs on one rank; " +
+                  std::string("set data.packing: pack (or pad) to train on ") +
+                  std::to_string(world) + " ranks");
     return std::make_unique<StreamData>(c, tok, threads, show_progress);
   }
   return std::make_unique<SampleData>(c, tokenizer_dir, tok, threads, rank, world, show_progress);

@@ -14,6 +14,7 @@
 
 #include "engine/trust/encryption.h"
 #include "engine/base/error.h"
+#include "engine/base/little_endian.h"
 #include "engine/base/fs_util.h"
 #include "engine/base/json_limits.h"
 
@@ -78,16 +79,6 @@ std::string join_path(const std::string& dir, const std::string& name) {
 bool is_directory(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-uint64_t load_le64(const uint8_t* b) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | b[i];
-  return v;
-}
-
-void store_le64(uint64_t v, uint8_t* b) {
-  for (int i = 0; i < 8; ++i) b[i] = uint8_t(v >> (8 * i));
 }
 
 // "model-00001-of-00004.safetensors", the name transformers gives shards.

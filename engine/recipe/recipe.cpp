@@ -636,6 +636,17 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   return r;
 }
 
+int64_t recipe_grad_accum(const RecipeConfig& c, int world_size, const std::string& fix) {
+  if (c.global_batch_size <= 0) return c.grad_accum;
+  const int64_t per = c.micro_batch_size * world_size;
+  if (c.global_batch_size % per != 0)
+    throw Error("train.global_batch_size (" + std::to_string(c.global_batch_size) +
+                " rows) is not a multiple of train.micro_batch_size x ranks (" +
+                std::to_string(c.micro_batch_size) + " x " + std::to_string(world_size) +
+                "): " + fix);
+  return c.global_batch_size / per;
+}
+
 bool DataSource::has_overrides() const {
   for (const KeySpec& k : recipe::schema()) {
     const bool set = std::visit(

@@ -146,6 +146,11 @@ RecipeConfig recipe_for_source(const RecipeConfig& cfg, const DataSource& src);
 // Canonical YAML of a config (every schema key, grouped by section, in schema order).
 std::string recipe_to_yaml(const RecipeConfig& cfg);
 // recipe_to_yaml with every run-control key at its default (Recipe::identity_yaml).
+// Micro-batches per optimizer step on each of `world_size` ranks: train.grad_accum, or what
+// train.global_batch_size (rows per step over all ranks) gives, so every rank count trains the
+// same batch. A global batch that does not divide is an error ending in `fix`.
+int64_t recipe_grad_accum(const RecipeConfig& c, int world_size,
+                          const std::string& fix = "change one of them");
 std::string recipe_identity_yaml(const RecipeConfig& cfg);
 // "key: old -> new" for each schema key whose value differs between two configs (data.train
 // list entries count as one key), in schema order; run-control keys only, or only the others.

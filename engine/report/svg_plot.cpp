@@ -148,6 +148,42 @@ std::vector<double> nice_ticks(double lo, double hi, int target, bool enclose, b
   return t;
 }
 
+namespace {
+
+// A ring at (x, y) and its label, kept inside the plot (left edge ml, top mt, width pw).
+void write_marker(std::ostream& o, const Marker& m, double x, double y, double ml, double mt,
+                  double pw) {
+  const bool right = x > ml + pw * 0.6;
+  const double ty = std::max(mt + 14, y - 12);
+  o << "<g" << attr("id", m.id) << " class=\"marker\" data-step=\"" << num(m.x, 12)
+    << "\" data-value=\"" << num(m.y, 6) << "\">\n"
+    << "<circle cx=\"" << px(x) << "\" cy=\"" << px(y)
+    << "\" r=\"7\" fill=\"none\" stroke=\"#111\" stroke-width=\"2\"/>\n"
+    << "<text class=\"marker-label\" x=\"" << px(right ? x - 10 : x + 10) << "\" y=\"" << px(ty)
+    << "\" text-anchor=\"" << (right ? "end" : "start")
+    << "\" stroke=\"#fff\" stroke-width=\"3\" paint-order=\"stroke\" font-weight=\"600\">"
+    << escape(m.label) << "</text>\n</g>\n";
+}
+
+// The legend, in the top margin so it never covers a curve: one entry per series drawn.
+void write_legend(std::ostream& o, const LineChart& c,
+                  const std::vector<std::vector<Point>>& drawn, double ml) {
+  o << "<g class=\"legend\">\n";
+  double lx = ml;
+  for (size_t k = 0; k < c.series.size(); ++k) {
+    if (drawn[k].empty()) continue;
+    const Series& s = c.series[k];
+    o << "<g class=\"legend-item\"" << attr("data-series", s.id) << ">"
+      << "<line x1=\"" << px(lx) << "\" x2=\"" << px(lx + 22) << "\" y1=\"16\" y2=\"16\""
+      << attr("stroke", s.color) << " stroke-width=\"2.5\""
+      << (s.dashed ? " stroke-dasharray=\"6 4\"" : "") << "/>"
+      << "<text x=\"" << px(lx + 28) << "\" y=\"20\">" << escape(s.label) << "</text></g>\n";
+    lx += 40 + 6.8 * double(s.label.size());
+  }
+}
+
+}  // namespace
+
 std::string line_chart(const LineChart& c) {
   const double W = c.width, H = c.height;
   const double ml = 74, mr = 18, mt = 34, mb = 46;
@@ -273,34 +309,9 @@ std::string line_chart(const LineChart& c) {
 
   // ---- the marker: a ring and its label, kept inside the plot ----
   if (c.marker && std::isfinite(c.marker->x) && std::isfinite(c.marker->y) &&
-      (!log_y || c.marker->y > 0)) {
-    const Marker& m = *c.marker;
-    const double x = fx(m.x), y = fy(m.y);
-    const bool right = x > ml + pw * 0.6;
-    const double ty = std::max(mt + 14, y - 12);
-    o << "<g" << attr("id", m.id) << " class=\"marker\" data-step=\"" << num(m.x, 12)
-      << "\" data-value=\"" << num(m.y, 6) << "\">\n"
-      << "<circle cx=\"" << px(x) << "\" cy=\"" << px(y)
-      << "\" r=\"7\" fill=\"none\" stroke=\"#111\" stroke-width=\"2\"/>\n"
-      << "<text class=\"marker-label\" x=\"" << px(right ? x - 10 : x + 10) << "\" y=\"" << px(ty)
-      << "\" text-anchor=\"" << (right ? "end" : "start")
-      << "\" stroke=\"#fff\" stroke-width=\"3\" paint-order=\"stroke\" font-weight=\"600\">"
-      << escape(m.label) << "</text>\n</g>\n";
-  }
-
-  // ---- legend, in the top margin so it never covers a curve ----
-  o << "<g class=\"legend\">\n";
-  double lx = ml;
-  for (size_t k = 0; k < c.series.size(); ++k) {
-    if (drawn[k].empty()) continue;
-    const Series& s = c.series[k];
-    o << "<g class=\"legend-item\"" << attr("data-series", s.id) << ">"
-      << "<line x1=\"" << px(lx) << "\" x2=\"" << px(lx + 22) << "\" y1=\"16\" y2=\"16\""
-      << attr("stroke", s.color) << " stroke-width=\"2.5\""
-      << (s.dashed ? " stroke-dasharray=\"6 4\"" : "") << "/>"
-      << "<text x=\"" << px(lx + 28) << "\" y=\"20\">" << escape(s.label) << "</text></g>\n";
-    lx += 40 + 6.8 * double(s.label.size());
-  }
+      (!log_y || c.marker->y > 0))
+    write_marker(o, *c.marker, fx(c.marker->x), fy(c.marker->y), ml, mt, pw);
+  write_legend(o, c, drawn, ml);
   o << "</g>\n</svg>\n";
   return o.str();
 }

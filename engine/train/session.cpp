@@ -75,24 +75,17 @@ Session build_session(const Job& job, Communicator& comm) {
   if (stage >= 2 && lora)
     throw Error("sharding: " + c.sharding + " splits a full fine-tune's weights and gradients; " +
                 "with method: lora use zero1 (the adapters' state is small) or none");
-  s.grad_accum = c.grad_accum;
-  if (c.global_batch_size > 0) {
-    const int64_t per = c.micro_batch_size * world;
-    if (c.global_batch_size % per != 0)
-      throw Error("train.global_batch_size (" + std::to_string(c.global_batch_size) +
-                  " rows) is not a multiple of train.micro_batch_size x ranks (" +
-                  std::to_string(c.micro_batch_size) + " x " + std::to_string(world) +
-                  "): change one of them");
-    s.grad_accum = c.global_batch_size / per;
-  }
+  s.grad_accum = recipe_grad_accum(c, world);
 
   // ---- model: allocated whole, up front ----
   // Running out of memory is one clear error now, with what to change, rather than a failure
   // mid-run. Where the device says how much is free, `ftune plan`'s prediction for this rank is
   // checked against it first, so the error names every part of what is needed.
+  s.precision = resolve_precision(c.precision, job.dev.kind, "precision");
   if (size_t free_b = 0, total_b = 0; be->memory_info(&free_b, &total_b)) {
     PlanInput in = plan_input_from_recipe(c, world);
     in.device = job.dev.kind;
+    in.precision = s.precision;
     check_memory_fits(stage_memory(in, parse_sharding(c.sharding), comm.rank()), free_b, total_b,
                       job.dev.detail);
   }
@@ -113,7 +106,6 @@ Session build_session(const Job& job, Communicator& comm) {
   // buffers; one rank keeps a bf16 copy of the weights that the optimizer step refreshes (with
   // several ranks collectives write the weights behind the backend's back, so each product
   // converts its weight instead).
-  s.precision = resolve_precision(c.precision, job.dev.kind, "precision");
   if (s.precision == Precision::Bf16) {
     if (!be->set_bf16_compute(true))
       throw Error("precision: bf16 needs bf16 tensor cores (an sm_80 or newer GPU), which " +

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/base/error.h"
+#include "engine/base/little_endian.h"
 #include "engine/base/fs_util.h"
 #include "engine/base/json_limits.h"
 
@@ -67,16 +68,6 @@ bool from_hex(const std::string& text, uint8_t* out, size_t n) {
     out[i] = uint8_t(hi << 4 | lo);
   }
   return true;
-}
-
-uint64_t load_le64(const uint8_t* b) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | b[i];
-  return v;
-}
-
-void store_le64(uint64_t v, uint8_t* b) {
-  for (int i = 0; i < 8; ++i) b[i] = uint8_t(v >> (8 * i));
 }
 
 // Wipes a string that held key text before it is freed.

@@ -46,17 +46,16 @@ Precision resolve_precision(const std::string& name, const std::string& device_k
 
 namespace {
 
-// Bytes per element of compute tensors (weights, gradients, activations) at a precision.
-uint64_t compute_bytes(Precision p) {
-  return p == Precision::Bf16 ? 2 : 4;
-}
+// Bytes per element of weights, gradients and activations: fp32 at either precision (bf16
+// converts from them, see Precision).
+constexpr uint64_t kStoredBytes = 4;
 
 }  // namespace
 
 // Mirrors Model's constructor and Model::Acts buffer by buffer; tests pin it to Model::memory().
 ModelMemory predict_model_memory(const ModelConfig& c, int64_t max_tokens, const LoraConfig* lora,
-                                 Recompute rc, Precision precision) {
-  const uint64_t cb = compute_bytes(precision);
+                                 Recompute rc) {
+  const uint64_t cb = kStoredBytes;
   const uint64_t N = uint64_t(max_tokens), L = uint64_t(c.num_layers);
   const uint64_t d = uint64_t(c.hidden_size), f = uint64_t(c.intermediate_size);
   const uint64_t q = uint64_t(c.q_dim()), kv = uint64_t(c.kv_dim()), hq = uint64_t(c.num_heads);
@@ -75,7 +74,7 @@ ModelMemory predict_model_memory(const ModelConfig& c, int64_t max_tokens, const
   m.gradients = (lora ? adapters : params) * cb;
 
   // Saved for backward: each layer's input, the stored layers' internals, h, the final norm's
-  // input and output; statistics (rstd, lse) stay fp32 and token ids int32 at any precision.
+  // input and output; statistics (rstd, lse) fp32 and token ids int32.
   const uint64_t stored = L * N * d + Li * N * (d + q + kv + kv + q + d + d + f + f) + Lh * N * f +
                           2 * N * d + L * uint64_t(kLoraTargets) * N * r;
   const uint64_t stats = Li * N * (1 + hq + 1) + N;
@@ -156,8 +155,8 @@ StageMemory stage_memory(const PlanInput& in, Sharding s, int rank) {
   const ModelConfig& c = in.model;
   const int64_t max_tokens = in.micro_batch_size * in.seq_len;
   const LoraConfig* lora = in.lora ? &*in.lora : nullptr;
-  const ModelMemory mm = predict_model_memory(c, max_tokens, lora, in.recompute, in.precision);
-  const uint64_t cb = compute_bytes(in.precision);
+  const ModelMemory mm = predict_model_memory(c, max_tokens, lora, in.recompute);
+  const uint64_t cb = kStoredBytes;
   const bool bf16 = in.precision == Precision::Bf16;
   const bool gpu = in.device == "cuda";
 
@@ -187,7 +186,9 @@ StageMemory stage_memory(const PlanInput& in, Sharding s, int rank) {
   if (s == Sharding::Zero3)
     compute_weights = shard + unit_buffers + (in.overlap ? u.largest_layer : 0);
   m.weights = compute_weights * cb + inv_freq * 4;
-  if (bf16) m.weights += shard * 4;  // fp32 masters of what is trained, sharded like m and v
+  // bf16 on one rank: the backend's bf16 copy of the whole weights, refreshed by each update
+  // (with several ranks, or sharded weights, each product converts its weight instead).
+  if (bf16 && in.world_size == 1 && s != Sharding::Zero3) m.weights += params * 2;
 
   // ZeRO-2/3: the shard, the per-unit staging slots, and the buffer this rank's part of a unit's
   // reduce-scatter lands in before it is added to the shard.
@@ -243,17 +244,7 @@ PlanInput plan_input_from_recipe(const RecipeConfig& c, int world_size) {
   in.world_size = world_size;
   in.micro_batch_size = c.micro_batch_size;
   in.seq_len = c.seq_len;
-  in.grad_accum = c.grad_accum;
-  if (c.global_batch_size > 0) {
-    // As the trainer derives it: the same global batch on any number of ranks.
-    const int64_t per = c.micro_batch_size * world_size;
-    if (c.global_batch_size % per != 0)
-      throw Error("train.global_batch_size (" + std::to_string(c.global_batch_size) +
-                  " rows) is not a multiple of train.micro_batch_size x ranks (" +
-                  std::to_string(c.micro_batch_size) + " x " + std::to_string(world_size) +
-                  "): change one of them or --gpus");
-    in.grad_accum = c.global_batch_size / per;
-  }
+  in.grad_accum = recipe_grad_accum(c, world_size, "change one of them or --gpus");
   in.recompute = parse_recompute(c.recompute);
   in.overlap = c.dist_overlap;
   return in;
@@ -289,14 +280,13 @@ Plan make_plan(const PlanInput& in) {
   const double recompute_tok = in.recompute == Recompute::Full ? fwd_tok : 0.0;
   const double step_tok = total_tok + recompute_tok;
   plan.flops_per_step = step_tok * double(plan.tokens_per_step);
-  const double fwd_frac = fwd_tok / step_tok, bwd_frac = 1.0 - fwd_frac;
+  const double bwd_frac = 1.0 - fwd_tok / step_tok;
   const double compute_s =
       in.peak_tflops > 0 ? plan.flops_per_step / (in.peak_tflops * 1e12 * in.mfu) : 0.0;
-  const double micro_s = compute_s / double(in.grad_accum);
 
   const double W = double(in.world_size);
   const double ring = (W - 1) / W;  // share of a buffer each rank sends in a ring pass
-  const double cb = double(compute_bytes(in.precision));
+  const double cb = double(kStoredBytes);  // collectives move the fp32 buffers
   const double grad_bytes = double(plan.trained_params) * cb;
   const double weight_bytes = double(plan.trained_params) * cb;
   const double accum = double(in.grad_accum);
@@ -316,31 +306,33 @@ Plan make_plan(const PlanInput& in) {
     sp.memory = stage_memory(in, s, 0);
     sp.fits = sp.memory.total() + plan.reserve <= in.mem_limit_bytes;
     // Bytes each rank sends per step (ring all-reduce = reduce-scatter + all-gather), and the
-    // compute each could run under if it were overlapped.
+    // compute ftune runs them under: only ZeRO-2/3 with dist.overlap overlap a collective with
+    // compute; the gradient all-reduce (none, zero1) and the weight all-gather after the update
+    // (zero1, zero2) wait for it.
     switch (s) {
       case Sharding::None:
-        // One all-reduce of the gradients, bucketed under the last micro-batch's backward.
+        // One all-reduce of the gradients after the last micro-batch's backward.
         sp.bytes_per_step = 2 * ring * grad_bytes;
-        sp.overlappable_s = micro_s * bwd_frac;
+        sp.overlappable_s = 0;
         break;
       case Sharding::Zero1:
-        // The same all-reduce, then each rank's updated slice all-gathered, which can run
-        // under the next step's first forward, layer by layer.
+        // The same all-reduce, then each rank's updated slice all-gathered.
         sp.bytes_per_step = 2 * ring * grad_bytes + ring * weight_bytes;
-        sp.overlappable_s = micro_s * bwd_frac + micro_s * fwd_frac;
+        sp.overlappable_s = 0;
         break;
       case Sharding::Zero2:
-        // A reduce-scatter of the gradients per micro-batch (under its backward) and one
-        // all-gather of the updated weights.
+        // A reduce-scatter of the gradients per micro-batch (each layer's under the next
+        // layer's backward) and one all-gather of the updated weights.
         sp.bytes_per_step = accum * ring * grad_bytes + ring * weight_bytes;
-        sp.overlappable_s = compute_s * bwd_frac + micro_s * fwd_frac;
+        sp.overlappable_s = in.overlap ? compute_s * bwd_frac : 0;
         break;
       case Sharding::Zero3:
         // Per micro-batch: the weights all-gathered for forward and again for backward (the
         // loss regathers the tail, and a tied head the embedding; the embedding's backward needs
-        // no weights), and the gradients reduce-scattered; all of it can prefetch under compute.
+        // no weights), and the gradients reduce-scattered; with dist.overlap each gather runs
+        // under the previous layer's compute and each reduce-scatter under the next backward.
         sp.bytes_per_step = accum * (ring * regathered_bytes + ring * grad_bytes);
-        sp.overlappable_s = compute_s;
+        sp.overlappable_s = in.overlap ? compute_s : 0;
         break;
     }
     sp.comm_s = sp.bytes_per_step / link_bytes_per_s;

@@ -21,9 +21,9 @@ constexpr Sharding kAllShardings[] = {Sharding::None, Sharding::Zero1, Sharding:
                                       Sharding::Zero3};
 const char* sharding_name(Sharding s);  // none | zero1 | zero2 | zero3
 
-// Number formats of the training state. fp32 is what ftune runs today on CPU and CUDA. bf16 is
-// the planned mixed-precision layout: bf16 weights for compute, gradients and activations (fp32
-// norm/attention statistics), fp32 master weights sharded like the two fp32 AdamW moments.
+// Compute precision of a run. ftune stores weights, gradients and activations in fp32 either way;
+// bf16 runs the linear layers, LM head and attention on bf16 tensor cores (CUDA) from those
+// buffers, and a one-rank run keeps a bf16 copy of the weights for it (2 bytes a parameter).
 enum class Precision { Fp32, Bf16 };
 const char* precision_name(Precision p);
 // fp32 | bf16; `key` names the flag or setting in the error.
@@ -34,10 +34,9 @@ Precision resolve_precision(const std::string& name, const std::string& device_k
                             const std::string& key);
 
 // The bytes a Model(cfg, max_tokens, with_grads=true, lora, recompute) allocates, by purpose,
-// computed from the shapes alone (equal to Model::memory() for fp32). bf16 gives the planned
-// layout's sizes for the same buffers.
+// computed from the shapes alone (equal to Model::memory(): fp32 buffers at either precision).
 ModelMemory predict_model_memory(const ModelConfig& cfg, int64_t max_tokens, const LoraConfig* lora,
-                                 Recompute recompute, Precision precision = Precision::Fp32);
+                                 Recompute recompute);
 
 // The slices of the flat parameter buffer that ZeRO-2/3 gather and reduce one at a time
 // (engine/zero/zero_shards.h): the embedding [0, first layer begin), each decoder layer, and the
@@ -69,7 +68,7 @@ struct PlanInput {
 
 // One rank's bytes by purpose.
 struct StageMemory {
-  uint64_t weights = 0;      // base weights (+ adapters) for compute, fp32 masters, gather buffers
+  uint64_t weights = 0;      // base weights (+ adapters), gather buffers, the bf16 weight copy
   uint64_t grads = 0;        // gradients of what is trained (+ per-unit staging under ZeRO-2/3)
   uint64_t optimizer = 0;    // AdamW m and v
   uint64_t activations = 0;  // saved for backward (Model::memory().activations)
@@ -90,7 +89,7 @@ struct StagePlan {
   double bytes_per_step = 0;  // sent (= received) per rank per optimizer step
   double comm_s = 0;
   double compute_s = 0;       // 0 when peak_tflops is not known
-  double overlappable_s = 0;  // compute the communication could run under
+  double overlappable_s = 0;  // compute ftune runs the communication under (dist.overlap)
   bool hidden = false;        // comm_s <= overlappable_s
   double step_s = 0;          // compute_s + the part of comm_s that is not hidden
 };

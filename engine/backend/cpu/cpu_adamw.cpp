@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "engine/backend/adamw_coeffs.h"
 #include "engine/backend/cpu/cpu_ops.h"
 #include "engine/backend/cpu/parallel.h"
 #include "engine/base/error.h"
@@ -21,15 +22,12 @@
 namespace ftune::cpu {
 namespace {
 
-struct Coeffs {
-  float decay, w1, b2, w2, eps, gs, step_size, bc2_sqrt;
-};
-
 // torch's lerp switches formula at weight 0.5; the choice is a template parameter so the loop
 // body has no branch (a float select would block vectorisation under -ftrapping-math). The loop
 // vectorises when built with -fno-math-errno; otherwise GCC keeps sqrt scalar for errno's sake.
 template <bool kLerpFromM>
-void adamw_span(float* p, const float* g, float* m, float* v, size_t count, const Coeffs& k) {
+void adamw_span(float* p, const float* g, float* m, float* v, size_t count, const AdamWCoeffs& k,
+                float decay) {
   // Static schedule; the implicit barrier keeps overlapping spans (a caller bug) race-free.
   // Element i reads only element i (no reduction), so any thread split gives the same bits.
 #pragma omp for simd schedule(static)
@@ -39,7 +37,7 @@ void adamw_span(float* p, const float* g, float* m, float* v, size_t count, cons
         kLerpFromM ? std::fma(k.w1, gi - m[i], m[i]) : std::fma(-(gi - m[i]), 1.f - k.w1, gi);
     const float vi = std::fma(k.w2 * gi, gi, v[i] * k.b2);
     const float denom = std::sqrt(vi) / k.bc2_sqrt + k.eps;
-    p[i] = p[i] * k.decay + -k.step_size * mi / denom;
+    p[i] = p[i] * decay + -k.step_size * mi / denom;
     m[i] = mi;
     v[i] = vi;
   }
@@ -49,32 +47,20 @@ void adamw_span(float* p, const float* g, float* m, float* v, size_t count, cons
 
 void adamw_step(int threads, float* params, const float* grads, float* m, float* v,
                 const ParamSpan* spans, int n_spans, const AdamWHyper& h) {
-  FTUNE_CHECK(h.step >= 1, "adamw_step: step is 1-based");
-  // Scalars are formed in double and rounded once, as PyTorch does with its Python floats.
-  Coeffs k{};
-  const double bc1 = 1.0 - std::pow(double(h.beta1), double(h.step));
-  const double bc2 = 1.0 - std::pow(double(h.beta2), double(h.step));
-  k.step_size = float(double(h.lr) / bc1);
-  k.bc2_sqrt = float(std::sqrt(bc2));
-  k.w1 = float(1.0 - double(h.beta1));
-  k.b2 = h.beta2;
-  k.w2 = float(1.0 - double(h.beta2));
-  k.eps = h.eps;
-  k.gs = h.grad_scale;
-  const bool lerp_from_m = std::abs(k.w1) < 0.5f;
+  const AdamWCoeffs k = adamw_coeffs(h);  // the scalars every backend uses (adamw_coeffs.h)
   size_t total = 0;
   for (int s = 0; s < n_spans; ++s) total += spans[s].count;
   const int t = team(threads, int64_t(total));
-#pragma omp parallel num_threads(t) if (t > 1) firstprivate(k)
+#pragma omp parallel num_threads(t) if (t > 1)
   for (int s = 0; s < n_spans; ++s) {
     const ParamSpan& sp = spans[s];
-    k.decay = float(1.0 - double(h.lr) * double(sp.weight_decay));
-    if (lerp_from_m) {
+    const float decay = adamw_decay(h, sp.weight_decay);
+    if (k.lerp_from_m) {
       adamw_span<true>(params + sp.offset, grads + sp.offset, m + sp.offset, v + sp.offset,
-                       sp.count, k);
+                       sp.count, k, decay);
     } else {
       adamw_span<false>(params + sp.offset, grads + sp.offset, m + sp.offset, v + sp.offset,
-                        sp.count, k);
+                        sp.count, k, decay);
     }
   }
 }

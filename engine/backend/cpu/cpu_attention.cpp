@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/backend/attention_shape.h"
 #include "engine/backend/cpu/cpu_ops.h"
 #include "engine/backend/cpu/simd.h"
 #include "engine/base/error.h"
@@ -158,17 +159,10 @@ struct Dims {
 };
 
 void check_shape(const AttentionShape& s) {
-  FTUNE_CHECK(s.tokens >= 0 && s.q_heads > 0 && s.kv_heads > 0 && s.head_dim > 0,
-              "attention shape needs tokens >= 0 and positive head counts and head_dim");
-  FTUNE_CHECK(s.q_heads % s.kv_heads == 0, "attention q_heads " + std::to_string(s.q_heads) +
-                                               " is not a multiple of kv_heads " +
-                                               std::to_string(s.kv_heads));
-  FTUNE_CHECK(s.n_docs >= 0 && (s.n_docs == 0 || s.doc_offsets != nullptr),
-              "attention needs doc_offsets for its documents");
-  if (s.n_docs == 0) {
-    FTUNE_CHECK(s.tokens == 0, "attention over tokens without documents");
-    return;
-  }
+  const std::string bad = attention_layout_error(s.tokens, s.q_heads, s.kv_heads, s.head_dim,
+                                                 s.n_docs, s.doc_offsets != nullptr);
+  FTUNE_CHECK(bad.empty(), "attention " + bad);
+  if (s.n_docs == 0) return;  // and no tokens
   FTUNE_CHECK(s.doc_offsets[0] == 0, "attention doc_offsets must start at 0");
   for (int d = 0; d < s.n_docs; ++d) {
     FTUNE_CHECK(

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "engine/backend/backend.h"
+#include "engine/backend/dropout_mask.h"
 #include "engine/base/error.h"
 
 namespace ftune::ref {
@@ -86,14 +87,10 @@ void scale_inplace(T* x, std::type_identity_t<T> s, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] *= s;
 }
 
-// Whether element i survives dropout with probability p under `seed`: a counter-based hash, so
-// backward recomputes the same mask instead of storing it (and any thread order agrees).
+// Whether element i survives dropout with probability p under `seed`: the shared mask
+// (engine/backend/dropout_mask.h) as the plain comparison it stands for.
 inline bool dropout_keep(uint64_t seed, size_t i, float p) {
-  uint64_t z = seed + 0x9e3779b97f4a7c15ull * (uint64_t(i) + 1);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  return double(z >> 11) * 0x1.0p-53 >= double(p);
+  return double(dropout_hash(seed, uint64_t(i))) * 0x1.0p-53 >= double(p);
 }
 
 // y (= or +=) x * keep / (1 - p).
