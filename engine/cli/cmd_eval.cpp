@@ -42,6 +42,7 @@ void add_eval(CLI::App& app, Action* action) {
       const std::optional<WeightKey> key = load_key_option(keys->file, keys->env);
       auto be = make_backend(resolve_device(o->device));
       ModelConfig mc = load_model_config(o->model);
+      check_attention_window(mc, o->seq, "--seq-len");
       Tokenizer tok = Tokenizer::load(o->model);
       auto m = open_inference_model(be.get(), o->model, o->adapter, o->batch * o->seq, o->merged,
                                     nullptr, key ? &*key : nullptr);

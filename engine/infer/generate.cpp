@@ -57,6 +57,13 @@ std::string generate_text(Model& model, const Tokenizer& tok, const std::string&
   std::vector<int32_t> out;
   const int64_t window = opt.context_window > 0 ? std::min(opt.context_window, model.max_tokens())
                                                 : model.max_tokens();
+  // Checked here, where the prompt's length is known, so every caller (ftune generate, the
+  // trainer's sample) is covered: the longest forward sees the prompt and all but the last new
+  // token, at most the context window.
+  if (opt.max_new_tokens > 0)
+    check_attention_window(model.config(),
+                           std::min(int64_t(ids.size()) + opt.max_new_tokens - 1, window),
+                           "the generation context (prompt + max new tokens)");
   for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
     std::vector<int32_t> ctx_ids = ids;
     if (int64_t(ctx_ids.size()) > window) ctx_ids.erase(ctx_ids.begin(), ctx_ids.end() - window);

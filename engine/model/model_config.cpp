@@ -63,6 +63,185 @@ int32_t get_token_id(const nlohmann::json& j, const char* key, const std::string
   return v->get<int32_t>();
 }
 
+using U = ConfigKeyUse;
+
+// The one list of top-level config.json keys ftune knows (see ConfigKeyUse in the header).
+// tests/test_config_keys.cpp spells the Read and Refused names out, so changing either list is a
+// visible test change, and checks every key transformers writes for llama, mistral and qwen2 is
+// in exactly one list.
+const std::vector<ConfigKey> kConfigKeys = {
+    {"model_type", U::Read, "", "llama, mistral or qwen2; any other is refused"},
+    {"vocab_size", U::Read, "", "shape"},
+    {"hidden_size", U::Read, "", "shape"},
+    {"intermediate_size", U::Read, "", "shape"},
+    {"num_hidden_layers", U::Read, "", "shape"},
+    {"num_attention_heads", U::Read, "", "shape"},
+    {"num_key_value_heads", U::Read, "", "shape (GQA; default num_attention_heads)"},
+    {"head_dim", U::Read, "", "shape (default hidden_size / num_attention_heads)"},
+    {"hidden_act", U::Read, "", "silu (swish) only: the MLP is SwiGLU"},
+    {"rms_norm_eps", U::Read, "", "RMSNorm epsilon"},
+    {"max_position_embeddings", U::Read, "",
+     "caps the generation context; llama3 RoPE's default original_max_position_embeddings"},
+    {"rope_theta", U::Read, "", "RoPE base (transformers 4)"},
+    {"rope_scaling", U::Read, "",
+     "RoPE type default, linear or llama3 (transformers 4); other types refused"},
+    {"rope_parameters", U::Read, "",
+     "RoPE theta and type (transformers 5); as rope_scaling, per-layer-type parameters and "
+     "partial_rotary_factor other than 1 refused"},
+    {"original_max_position_embeddings", U::Read, "",
+     "llama3 RoPE: overrides the rope parameters' value, as transformers 5 does"},
+    {"tie_word_embeddings", U::Read, "", "LM head shares the embedding"},
+    {"attention_bias", U::Read, "",
+     "llama: q/k/v/o biases (transformers' mistral has none, qwen2 always q/k/v)"},
+    {"mlp_bias", U::Read, "", "llama: gate/up/down biases"},
+    {"sliding_window", U::Read, "",
+     "mistral: every layer's window; qwen2: with use_sliding_window. ftune has no windowed "
+     "attention: check_attention_window refuses runs it binds"},
+    {"use_sliding_window", U::Read, "", "qwen2: turns sliding_window on"},
+    {"max_window_layers", U::Read, "", "qwen2: layers from this index slide (no layer_types)"},
+    {"layer_types", U::Read, "",
+     "qwen2: full_attention or sliding_attention per layer (other kinds refused); mistral and "
+     "llama ignore it, as transformers does"},
+    {"attention_dropout", U::Read, "",
+     "training with it above 0 refused (check_trainable); eval and generation never drop"},
+    {"initializer_range", U::Read, "", "std of model.init: random"},
+    {"bos_token_id", U::Read, "", "token id"},
+    {"eos_token_id", U::Read, "", "generation stops at it"},
+    {"torch_dtype", U::Read, "", "dtype on disk (transformers 4)"},
+    {"dtype", U::Read, "", "dtype on disk (transformers 5)"},
+
+    {"quantization_config", U::Refused, "", "ftune loads unquantized weights only"},
+    {"partial_rotary_factor", U::Refused, "1.0", "ftune rotates the whole head_dim"},
+    {"attn_logit_softcapping", U::Refused, "", "ftune's attention has no logit soft-capping"},
+    {"final_logit_softcapping", U::Refused, "", "ftune's LM head has no logit soft-capping"},
+    {"query_pre_attn_scalar", U::Refused, "", "ftune scales attention by 1/sqrt(head_dim)"},
+    {"attention_multiplier", U::Refused, "", "ftune scales attention by 1/sqrt(head_dim)"},
+    {"embedding_multiplier", U::Refused, "", "ftune does not scale the embedding"},
+    {"residual_multiplier", U::Refused, "", "ftune does not scale the residual branches"},
+    {"logits_scaling", U::Refused, "", "ftune does not scale the logits"},
+    {"use_qk_norm", U::Refused, "false", "ftune has no query/key norms"},
+    {"qk_layernorm", U::Refused, "false", "ftune has no query/key norms"},
+    {"is_causal", U::Refused, "true", "ftune's attention is causal"},
+    {"use_bidirectional_attention", U::Refused, "false", "ftune's attention is causal"},
+    {"attention_chunk_size", U::Refused, "", "ftune has no chunked attention"},
+    {"num_local_experts", U::Refused, "", "ftune's MLP is dense (no mixture of experts)"},
+    {"num_experts", U::Refused, "", "ftune's MLP is dense (no mixture of experts)"},
+    {"hidden_activation", U::Refused, "\"silu\"", "ftune's MLP is SwiGLU (silu)"},
+
+    // Bookkeeping, kernel choice and generation defaults: not in the forward's arithmetic.
+    {"architectures", U::NoEffect, "", ""},
+    {"transformers_version", U::NoEffect, "", ""},
+    {"_name_or_path", U::NoEffect, "", ""},
+    {"auto_map", U::NoEffect, "", ""},
+    {"tokenizer_class", U::NoEffect, "", ""},
+    {"use_cache", U::NoEffect, "", ""},
+    {"pad_token_id", U::NoEffect, "", "padding is masked by the data layer"},
+    {"sep_token_id", U::NoEffect, "", ""},
+    {"decoder_start_token_id", U::NoEffect, "", ""},
+    {"pretraining_tp", U::NoEffect, "",
+     "transformers 4 split the projections into this many GEMMs: the same sums"},
+    {"chunk_size_feed_forward", U::NoEffect, "", "unused by these decoders"},
+    {"attn_implementation", U::NoEffect, "", "kernel choice"},
+    {"_attn_implementation_autoset", U::NoEffect, "", "kernel choice"},
+    {"id2label", U::NoEffect, "", "classification heads"},
+    {"label2id", U::NoEffect, "", "classification heads"},
+    {"problem_type", U::NoEffect, "", "classification heads"},
+    {"finetuning_task", U::NoEffect, "", ""},
+    {"task_specific_params", U::NoEffect, "", ""},
+    {"prefix", U::NoEffect, "", ""},
+    {"is_encoder_decoder", U::NoEffect, "", ""},
+    {"is_decoder", U::NoEffect, "", ""},
+    {"add_cross_attention", U::NoEffect, "", ""},
+    {"cross_attention_hidden_size", U::NoEffect, "", ""},
+    {"tie_encoder_decoder", U::NoEffect, "", ""},
+    {"output_attentions", U::NoEffect, "", ""},
+    {"output_hidden_states", U::NoEffect, "", ""},
+    {"return_dict", U::NoEffect, "", ""},
+    {"torchscript", U::NoEffect, "", ""},
+    {"use_bfloat16", U::NoEffect, "", ""},
+    {"tf_legacy_loss", U::NoEffect, "", ""},
+    // transformers 4 generation defaults: ftune generate takes its own flags.
+    {"max_length", U::NoEffect, "", "generation"},
+    {"min_length", U::NoEffect, "", "generation"},
+    {"do_sample", U::NoEffect, "", "generation"},
+    {"early_stopping", U::NoEffect, "", "generation"},
+    {"num_beams", U::NoEffect, "", "generation"},
+    {"num_beam_groups", U::NoEffect, "", "generation"},
+    {"diversity_penalty", U::NoEffect, "", "generation"},
+    {"temperature", U::NoEffect, "", "generation"},
+    {"top_k", U::NoEffect, "", "generation"},
+    {"top_p", U::NoEffect, "", "generation"},
+    {"typical_p", U::NoEffect, "", "generation"},
+    {"repetition_penalty", U::NoEffect, "", "generation"},
+    {"length_penalty", U::NoEffect, "", "generation"},
+    {"no_repeat_ngram_size", U::NoEffect, "", "generation"},
+    {"encoder_no_repeat_ngram_size", U::NoEffect, "", "generation"},
+    {"bad_words_ids", U::NoEffect, "", "generation"},
+    {"num_return_sequences", U::NoEffect, "", "generation"},
+    {"output_scores", U::NoEffect, "", "generation"},
+    {"return_dict_in_generate", U::NoEffect, "", "generation"},
+    {"forced_bos_token_id", U::NoEffect, "", "generation"},
+    {"forced_eos_token_id", U::NoEffect, "", "generation"},
+    {"remove_invalid_values", U::NoEffect, "", "generation"},
+    {"exponential_decay_length_penalty", U::NoEffect, "", "generation"},
+    {"suppress_tokens", U::NoEffect, "", "generation"},
+    {"begin_suppress_tokens", U::NoEffect, "", "generation"},
+};
+
+// A Refused key is accepted absent, null or holding exactly its `accepted` value (1 and 1.0 are
+// equal JSON numbers).
+void refuse_unimplemented(const nlohmann::json& j, const ConfigKey& k, const std::string& label) {
+  auto it = j.find(k.name);
+  if (it == j.end() || it->is_null()) return;
+  if (*k.accepted && *it == nlohmann::json::parse(k.accepted)) return;
+  throw Error(label + ": " + k.name + " " + json_excerpt(*it) + " is not supported: " + k.note +
+              " (accepted: absent, null" + (*k.accepted ? std::string(" or ") + k.accepted : "") +
+              ")");
+}
+
+// sliding_window: null or absent is none; a number must be a positive window.
+int64_t get_window(const nlohmann::json& j, const std::string& label) {
+  const int64_t w = get_int(j, "sliding_window", label, false, 0);
+  if (j.contains("sliding_window") && !j["sliding_window"].is_null() && w <= 0)
+    throw Error(label + ": sliding_window must be positive or null, got " + std::to_string(w));
+  return w;
+}
+
+// Which qwen2 layers slide, as transformers 5's Qwen2Config: sliding_window counts only with
+// use_sliding_window; layer_types, when given, names each layer's attention, otherwise layers
+// from max_window_layers on slide.
+void qwen2_window(const nlohmann::json& j, const std::string& label, ModelConfig* c) {
+  const int64_t window = get_bool(j, "use_sliding_window", false, label) ? get_window(j, label) : 0;
+  const int64_t first = get_int(j, "max_window_layers", label, false, 28);
+  auto lt = j.find("layer_types");
+  const bool listed = lt != j.end() && !lt->is_null();
+  if (listed && (!lt->is_array() || int64_t(lt->size()) != c->num_layers))
+    throw Error(label + ": layer_types must list one attention kind per layer (" +
+                std::to_string(c->num_layers) + "), got " + json_excerpt(*lt));
+  for (int64_t i = 0; i < c->num_layers; ++i) {
+    bool slides = window > 0 && i >= first;
+    if (listed) {
+      const nlohmann::json& t = (*lt)[size_t(i)];
+      if (t == "sliding_attention") {
+        // transformers fails to build this layer's mask without a window.
+        if (window == 0)
+          throw Error(label + ": layer_types marks layer " + std::to_string(i) +
+                      " sliding_attention but no sliding_window is on (use_sliding_window " +
+                      "false or sliding_window null)");
+        slides = true;
+      } else if (t == "full_attention") {
+        slides = false;
+      } else {
+        throw Error(label + ": layer_types entry " + json_excerpt(t) + " (layer " +
+                    std::to_string(i) +
+                    ") is not supported (ftune has full_attention and sliding_attention)");
+      }
+    }
+    if (slides) c->sliding_layers.push_back(i);
+  }
+  if (!c->sliding_layers.empty()) c->sliding_window = window;
+}
+
 // Far above any released model (the largest have hidden 16384, intermediate 53248, 126 layers)
 // and low enough that sizes ftune derives (layers x hidden x intermediate x bytes) fit in int64.
 constexpr int64_t kMaxDim = int64_t(1) << 20;
@@ -79,6 +258,8 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& label
     throw Error(label + ": model_type '" + c.model_type +
                 "' is not supported (ftune trains llama, mistral, qwen2 and models built on them "
                 "such as SmolLM and TinyLlama)");
+  for (const ConfigKey& k : kConfigKeys)
+    if (k.use == ConfigKeyUse::Refused) refuse_unimplemented(j, k, label);
   std::string act = get_str(j, "hidden_act", "silu", label);
   if (act != "silu" && act != "swish")
     throw Error(label + ": hidden_act '" + act +
@@ -115,15 +296,20 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& label
                 ")");
   if (c.head_dim % 2 != 0) throw Error(label + ": head_dim must be even for RoPE");
 
+  c.attention_dropout = get_num(j, "attention_dropout", 0.0, label);
+  // Per family as transformers builds it: qwen2 always has q/k/v biases and reads no bias key,
+  // mistral has none, llama reads attention_bias and mlp_bias.
   if (c.model_type == "qwen2") {
     c.qkv_bias = true;
-    if (get_bool(j, "use_sliding_window", false, label))
-      c.sliding_window = get_int(j, "sliding_window", label, false, 0);
+    qwen2_window(j, label, &c);
+  } else if (c.model_type == "mistral") {
+    c.sliding_window = get_window(j, label);
+    for (int64_t i = 0; c.sliding_window > 0 && i < c.num_layers; ++i)
+      c.sliding_layers.push_back(i);
   } else {
     bool attn_bias = get_bool(j, "attention_bias", false, label);
     c.qkv_bias = c.o_bias = attn_bias;
     c.mlp_bias = get_bool(j, "mlp_bias", false, label);
-    if (c.model_type == "mistral") c.sliding_window = get_int(j, "sliding_window", label, false, 0);
   }
 
   std::string dt = get_str(j, "torch_dtype", get_str(j, "dtype", "float32", label), label);
@@ -142,6 +328,14 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& label
     rp = &j["rope_scaling"];
   c.rope_theta = get_num(j, "rope_theta", 10000.0, label);
   if (rp) {
+    for (const auto& [key, v] : rp->items()) {
+      if (v.is_object())
+        throw Error(label + ": rope parameters per layer type ('" + key +
+                    "') are not supported (ftune applies one RoPE to every layer)");
+      if (key == "partial_rotary_factor" && !v.is_null() && v != 1.0)
+        throw Error(label + ": rope partial_rotary_factor " + json_excerpt(v) +
+                    " is not supported (ftune rotates the whole head_dim)");
+    }
     c.rope_theta = get_num(*rp, "rope_theta", c.rope_theta, label + ": rope parameters");
     std::string type =
         get_str(*rp, "rope_type", get_str(*rp, "type", "default", label + ": rope parameters"),
@@ -154,8 +348,12 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& label
       c.rope_scaling.factor = get_num(*rp, "factor", 8.0, label);
       c.rope_scaling.low_freq_factor = get_num(*rp, "low_freq_factor", 1.0, label);
       c.rope_scaling.high_freq_factor = get_num(*rp, "high_freq_factor", 4.0, label);
+      // transformers 5: a top-level value wins, then the rope parameters', then
+      // max_position_embeddings.
       c.rope_scaling.original_max_position_embeddings =
-          get_int(*rp, "original_max_position_embeddings", label, false, 8192);
+          get_int(j, "original_max_position_embeddings", label, false,
+                  get_int(*rp, "original_max_position_embeddings", label, false,
+                          c.max_position_embeddings));
     } else {
       throw Error(label + ": rope scaling type '" + type +
                   "' is not supported (ftune handles default, linear and llama3)");
@@ -176,6 +374,34 @@ ModelConfig load_model_config(const std::string& dir) {
     throw Error(path + ": invalid JSON: " + e.what());
   }
   return parse_model_config(j, path);
+}
+
+void check_attention_window(const ModelConfig& cfg, int64_t tokens, const std::string& what) {
+  if (cfg.sliding_window <= 0 || tokens <= cfg.sliding_window) return;
+  const std::string w = std::to_string(cfg.sliding_window);
+  const std::string layers = cfg.sliding_layers.size() == size_t(cfg.num_layers)
+                                 ? "every layer"
+                                 : std::to_string(cfg.sliding_layers.size()) + " of " +
+                                       std::to_string(cfg.num_layers) + " layers (from layer " +
+                                       std::to_string(cfg.sliding_layers.front()) + ")";
+  const std::string keys = cfg.model_type == "qwen2"
+                               ? "sliding_window (" + w + ", use_sliding_window true, on " +
+                                     layers + " by max_window_layers / layer_types)"
+                               : "sliding_window (" + w + ", on " + layers + ")";
+  throw Error("config.json " + keys + " is shorter than " + what + " (" + std::to_string(tokens) +
+              "): ftune's attention has no sliding window yet, so it would attend to tokens " +
+              "transformers masks; lower " + what + " to " + w + " or less");
+}
+
+void check_trainable(const ModelConfig& cfg) {
+  if (cfg.attention_dropout > 0)
+    throw Error("config.json attention_dropout (" + nlohmann::json(cfg.attention_dropout).dump() +
+                ") is not supported in training: ftune's attention has no dropout; set it to "
+                "0.0 (eval and generation, which never drop, accept it)");
+}
+
+const std::vector<ConfigKey>& config_keys() {
+  return kConfigKeys;
 }
 
 nlohmann::json model_config_json(const ModelConfig& cfg, DType stored) {

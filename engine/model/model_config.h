@@ -28,7 +28,11 @@ struct ModelConfig {
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
   int64_t max_position_embeddings = 0;
-  int64_t sliding_window = 0;  // 0: none (Mistral sets one; training longer rows is refused)
+  // The window transformers gives the layers in sliding_layers (0: no layer slides). ftune's
+  // attention has none, so check_attention_window refuses runs it would bind.
+  int64_t sliding_window = 0;
+  std::vector<int64_t> sliding_layers;
+  double attention_dropout = 0.0;  // transformers drops attention weights in training only
   double rms_norm_eps = 1e-5;
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
@@ -45,10 +49,35 @@ struct ModelConfig {
   int64_t kv_dim() const { return num_kv_heads * head_dim; }
 };
 
-// Reads <dir>/config.json. Unsupported model_type, activation or rope scaling is an
-// ftune::Error naming the file and key.
+// Reads <dir>/config.json. Unsupported model_type, activation or rope scaling, and any key of
+// config_keys() marked Refused holding another value than the accepted one, is an ftune::Error
+// naming the file and key.
 ModelConfig load_model_config(const std::string& dir);
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& label);
+// Refuses a run whose attention spans `tokens` when a layer slides with a shorter window
+// (transformers would mask what ftune attends to). `what` names the setting that sets `tokens`
+// ("train.seq_len", "--seq-len"), which the error asks to lower.
+void check_attention_window(const ModelConfig& cfg, int64_t tokens, const std::string& what);
+// Refuses training a config whose training-only math ftune lacks (attention_dropout > 0).
+void check_trainable(const ModelConfig& cfg);
+
+// How ftune treats a top-level config.json key. Read: parsed and implemented (some values refused
+// with a named error). Refused: what other architectures compute with and ftune lacks; any value
+// but absent, null or `accepted` is an error, since such a config is most likely not the model
+// its model_type claims. NoEffect: not in the forward's arithmetic. A key in no list is accepted:
+// transformers' llama, mistral and qwen2 compute only with keys their config classes define
+// (tests/fixtures/config_keys.json, checked to be all listed) and the few they look up
+// optionally (partial_rotary_factor, is_causal, original_max_position_embeddings: listed), so an
+// unlisted key is ignored there as here.
+enum class ConfigKeyUse { Read, Refused, NoEffect };
+struct ConfigKey {
+  const char* name;
+  ConfigKeyUse use;
+  const char* accepted;  // Refused: the one value (JSON text) allowed besides null; else ""
+  const char* note;      // how ftune reads it, or why it refuses it
+};
+const std::vector<ConfigKey>& config_keys();
+
 // config.json contents for a config (the original keys kept, dtype updated).
 nlohmann::json model_config_json(const ModelConfig& cfg, DType stored);
 // RoPE inverse frequencies [head_dim/2] with the configured scaling applied (as HF computes them).

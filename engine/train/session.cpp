@@ -55,10 +55,8 @@ Session build_session(const Job& job, Communicator& comm) {
   Session s;
   s.mc = load_model_config(c.model_path);
   const ModelConfig& mc = s.mc;
-  if (mc.sliding_window > 0 && c.seq_len > mc.sliding_window)
-    throw Error("train.seq_len (" + std::to_string(c.seq_len) + ") exceeds the model's " +
-                "sliding_window (" + std::to_string(mc.sliding_window) + "), which ftune's " +
-                "attention does not apply: lower train.seq_len");
+  check_attention_window(mc, c.seq_len, "train.seq_len");
+  check_trainable(mc);
   s.tok = Tokenizer::load(c.model_path);
   if (s.tok.vocab_size() > mc.vocab_size)
     throw Error("the tokenizer in '" + c.model_path + "' has " +
