@@ -29,7 +29,7 @@ struct TrainState {
   // older checkpoint); data.index counts this rank's micro-batches of the epoch.
   int world_size = 1;
   int64_t global_micro_batches = 0;
-  // Numeric guards (trainer.cpp): the learning-rate factor rollbacks have applied, how many there
+  // Numeric guards (guard.cpp): the learning-rate factor rollbacks have applied, how many there
   // were, and the recent accepted losses the spike detector compares against; kept so a resumed
   // run decides exactly as an uninterrupted one.
   double lr_scale = 1.0;
