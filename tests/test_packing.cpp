@@ -34,7 +34,7 @@ std::vector<int64_t> iota_order(int64_t n) {
 TEST(Packing, RowsHoldWholeSamplesAndRespectTheLength) {
   SampleSet s = random_samples({5, 9, 3, 12, 1, 7, 7, 2, 30, 4}, 50, 1);
   PackStats st;
-  auto rows = pack_rows(s, iota_order(s.size()), 12, OverlongPolicy::Truncate, &st);
+  auto rows = pack_rows(s, iota_order(s.size()), 12, Overlong::Truncate, &st);
   std::set<int64_t> seen;
   int64_t tokens = 0;
   for (const Row& r : rows) {
@@ -55,11 +55,10 @@ TEST(Packing, RowsHoldWholeSamplesAndRespectTheLength) {
   EXPECT_LE(rows.size(), 8u);
 
   PackStats dropped;
-  auto rows2 = pack_rows(s, iota_order(s.size()), 12, OverlongPolicy::Drop, &dropped);
+  auto rows2 = pack_rows(s, iota_order(s.size()), 12, Overlong::Drop, &dropped);
   EXPECT_EQ(dropped.dropped, 1);
   EXPECT_EQ(dropped.samples, s.size() - 1);
-  EXPECT_EQ(pack_rows(s, iota_order(s.size()), 12, OverlongPolicy::Drop, nullptr).size(),
-            rows2.size());
+  EXPECT_EQ(pack_rows(s, iota_order(s.size()), 12, Overlong::Drop, nullptr).size(), rows2.size());
 }
 
 TEST(Packing, BatchTargetsStayInsideSamplesAndSkipPrompts) {
@@ -99,7 +98,7 @@ TEST(Packing, PackedBatchEqualsSamplesRunAlone) {
   Model model(be.get(), cfg, 4 * seq, false);
   model.init_random(9);
   SampleSet s = random_samples({7, 3, 16, 5, 9, 2, 11}, 41, 3);
-  auto rows = pack_rows(s, iota_order(s.size()), seq, OverlongPolicy::Truncate, nullptr);
+  auto rows = pack_rows(s, iota_order(s.size()), seq, Overlong::Truncate, nullptr);
   ASSERT_LE(rows.size(), 4u);
   Batch packed = make_row_batch(s, rows, seq, 0);
   ExecContext ctx;
@@ -132,7 +131,7 @@ TEST(Packing, DynamicPaddingChangesNothingButLength) {
   Model model(be.get(), parse_model_config(j, "dyn"), 3 * 32, false);
   model.init_random(4);
   SampleSet s = random_samples({5, 11, 3}, 41, 8);
-  auto rows = single_rows(s, iota_order(s.size()), 32, OverlongPolicy::Truncate, nullptr);
+  auto rows = single_rows(s, iota_order(s.size()), 32, Overlong::Truncate, nullptr);
   ASSERT_EQ(batch_row_length(rows, 32), 16);  // longest 11, rounded up to 8s
   Batch full = make_row_batch(s, rows, 32, 0), tight = make_row_batch(s, rows, 16, 0);
   ExecContext ctx;

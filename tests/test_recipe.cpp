@@ -54,7 +54,17 @@ RecipeConfig load_text(const std::string& yaml, const std::vector<std::string>& 
 // checked by SchemaCoversEveryHeaderField).
 void expect_same_config(const RecipeConfig& a, const RecipeConfig& b) {
   for (const recipe::KeySpec& k : recipe::schema()) {
-    std::visit([&](auto m) { EXPECT_EQ(a.*m, b.*m) << k.key; }, k.field);
+    if (std::holds_alternative<recipe::EnumField>(k.field)) {
+      EXPECT_EQ(recipe::value_text(k, a), recipe::value_text(k, b)) << k.key;
+      continue;
+    }
+    std::visit(
+        [&](auto m) {
+          if constexpr (!std::is_same_v<decltype(m), recipe::EnumField>) {
+            EXPECT_EQ(a.*m, b.*m) << k.key;
+          }
+        },
+        k.field);
   }
 }
 
@@ -80,7 +90,7 @@ TEST(Recipe, FullRecipeLoadsEveryValue) {
   EXPECT_EQ(c.device, "cpu");
   EXPECT_EQ(c.threads, 3);
   EXPECT_EQ(c.model_path, (dir.parent_path() / "models/tiny-llama").string());
-  EXPECT_EQ(c.model_init, "random");
+  EXPECT_EQ(c.model_init, ModelInit::Random);
   EXPECT_EQ(c.data_train, (dir / "data/train.jsonl").string());
   EXPECT_EQ(c.data_validation, (dir / "data/valid.jsonl").string());
   EXPECT_DOUBLE_EQ(c.data_val_fraction, 0.1);
@@ -99,14 +109,14 @@ TEST(Recipe, FullRecipeLoadsEveryValue) {
   EXPECT_DOUBLE_EQ(c.clip, 0.5);
   EXPECT_TRUE(c.decay_norms_and_biases);
   EXPECT_TRUE(c.decay_embeddings);
-  EXPECT_EQ(c.schedule_kind, "linear");
+  EXPECT_EQ(c.schedule_kind, ScheduleKind::Linear);
   EXPECT_EQ(c.warmup_steps, 10);
   EXPECT_DOUBLE_EQ(c.min_lr_ratio, 0.1);
   EXPECT_EQ(c.eval_every, 25);
   EXPECT_EQ(c.eval_max_batches, 4);
   EXPECT_EQ(c.checkpoint_every, 50);
   EXPECT_EQ(c.checkpoint_keep_last, 3);
-  EXPECT_EQ(c.export_dtype, "bf16");
+  EXPECT_EQ(c.export_dtype, ExportDtype::Bf16);
   EXPECT_EQ(c.export_max_shard_mb, 2000);
   EXPECT_EQ(c.generate_prompt, "Once upon a time");
   EXPECT_EQ(c.generate_max_new_tokens, 32);
@@ -122,7 +132,7 @@ TEST(Recipe, MinimalRecipeTakesDefaults) {
   EXPECT_EQ(c.model_path, (dir / "model").string());
   EXPECT_EQ(c.data_train, (dir / "train.jsonl").string());
   EXPECT_EQ(c.output_dir, (dir / "out").string());
-  EXPECT_EQ(c.model_init, "pretrained");
+  EXPECT_EQ(c.model_init, ModelInit::Pretrained);
   EXPECT_EQ(c.data_validation, "");
   EXPECT_DOUBLE_EQ(c.data_val_fraction, 0.05);
   EXPECT_EQ(c.data_text_field, "text");
@@ -137,9 +147,9 @@ TEST(Recipe, MinimalRecipeTakesDefaults) {
   EXPECT_DOUBLE_EQ(c.beta2, 0.95);
   EXPECT_DOUBLE_EQ(c.eps, 1e-8);
   EXPECT_DOUBLE_EQ(c.clip, 1.0);
-  EXPECT_EQ(c.schedule_kind, "cosine");
+  EXPECT_EQ(c.schedule_kind, ScheduleKind::Cosine);
   EXPECT_EQ(c.checkpoint_keep_last, 2);
-  EXPECT_EQ(c.export_dtype, "auto");
+  EXPECT_EQ(c.export_dtype, ExportDtype::Auto);
   EXPECT_EQ(c.export_max_shard_mb, 5000);
   EXPECT_EQ(c.generate_prompt, "");
   EXPECT_EQ(c.generate_max_new_tokens, 48);
@@ -217,7 +227,7 @@ TEST(Recipe, OverridesOfEveryType) {
   EXPECT_EQ(c.max_steps, 20);
   EXPECT_DOUBLE_EQ(c.lr, 1e-4);
   EXPECT_FALSE(c.data_shuffle);
-  EXPECT_EQ(c.schedule_kind, "constant");
+  EXPECT_EQ(c.schedule_kind, ScheduleKind::Constant);
   EXPECT_DOUBLE_EQ(c.data_val_fraction, 0.0);
   // The last override of a key wins; values keep everything after the first '='.
   EXPECT_EQ(c.generate_prompt, "Once");
@@ -502,23 +512,34 @@ TEST(Recipe, ToYamlRoundTripsNonDefaultAndAwkwardValues) {
   int i = 0;
   for (const recipe::KeySpec& k : recipe::schema()) {
     ++i;
+    if (const recipe::EnumField* e = std::get_if<recipe::EnumField>(&k.field)) {
+      // The last name, or the first when the last is the default's.
+      const int last = int(k.allowed.size()) - 1;
+      RecipeConfig probe;
+      e->set(probe, last);
+      e->set(cfg, e->index(probe) == e->index(cfg) ? 0 : last);
+      continue;
+    }
     std::visit(
         [&](auto m) {
-          using T = std::decay_t<decltype(cfg.*m)>;
-          if constexpr (std::is_same_v<T, std::string>) {
-            if (!k.allowed.empty())
-              cfg.*m = std::string(k.allowed.back()) == cfg.*m ? std::string(k.allowed.front())
-                                                               : std::string(k.allowed.back());
-            else if (k.is_path)
-              cfg.*m = "/dir with space/#p" + std::to_string(i);
-            else
-              cfg.*m = "value " + std::to_string(i);
-          } else if constexpr (std::is_same_v<T, bool>) {
-            cfg.*m = !(cfg.*m);
-          } else if constexpr (std::is_same_v<T, double>) {
-            cfg.*m = 0.1234567890123456789 / i;  // needs all 17 digits to round-trip
+          if constexpr (std::is_same_v<decltype(m), recipe::EnumField>) {
           } else {
-            cfg.*m = 1000 + i;
+            using T = std::decay_t<decltype(cfg.*m)>;
+            if constexpr (std::is_same_v<T, std::string>) {
+              if (!k.allowed.empty())
+                cfg.*m = std::string(k.allowed.back()) == cfg.*m ? std::string(k.allowed.front())
+                                                                 : std::string(k.allowed.back());
+              else if (k.is_path)
+                cfg.*m = "/dir with space/#p" + std::to_string(i);
+              else
+                cfg.*m = "value " + std::to_string(i);
+            } else if constexpr (std::is_same_v<T, bool>) {
+              cfg.*m = !(cfg.*m);
+            } else if constexpr (std::is_same_v<T, double>) {
+              cfg.*m = 0.1234567890123456789 / i;  // needs all 17 digits to round-trip
+            } else {
+              cfg.*m = 1000 + i;
+            }
           }
         },
         k.field);
@@ -712,7 +733,7 @@ TEST(RecipeSchema, CoversEveryHeaderField) {
   std::set<std::string> header_keys;
   size_t fields = 0;
   const std::regex field_re(
-      R"(^\s*(std::string|int64_t|double|bool)\s+\w+\s*(=[^;]*)?;\s*//\s*([A-Za-z0-9_.]+))");
+      R"(^\s*(std::string|int64_t|double|bool|[A-Z]\w+)\s+\w+\s*(=[^;]*)?;\s*//\s*([A-Za-z0-9_.]+))");
   while (std::getline(in, line)) {
     if (line.rfind("struct RecipeConfig", 0) == 0)
       inside = true;
@@ -739,7 +760,11 @@ TEST(RecipeSchema, EntriesAreConsistent) {
     EXPECT_TRUE(keys.insert(k.key).second) << "duplicate key " << k.key;
     EXPECT_FALSE(k.doc.empty()) << k.key;
     if (k.required || k.is_path || !k.allowed.empty()) {
-      EXPECT_EQ(k.type(), recipe::ValueType::kString) << k.key;
+      EXPECT_TRUE(k.type() == recipe::ValueType::kString || k.type() == recipe::ValueType::kEnum)
+          << k.key;
+    }
+    if (k.type() == recipe::ValueType::kEnum) {
+      EXPECT_FALSE(k.allowed.empty()) << k.key;
     }
     if (k.min || k.max) {
       EXPECT_NE(k.type(), recipe::ValueType::kString) << k.key;
@@ -758,15 +783,21 @@ TEST(RecipeSchema, EntriesAreConsistent) {
   // Distinct keys are bound to distinct fields: setting one changes no other.
   for (const recipe::KeySpec& k : recipe::schema()) {
     RecipeConfig c;
+    if (const recipe::EnumField* e = std::get_if<recipe::EnumField>(&k.field))
+      e->set(c, e->index(c) == 0 ? 1 : 0);
     std::visit(
         [&](auto m) {
-          using T = std::decay_t<decltype(c.*m)>;
-          if constexpr (std::is_same_v<T, std::string>) {
-            c.*m = "changed";
-          } else if constexpr (std::is_same_v<T, bool>) {
-            c.*m = !(c.*m);
+          if constexpr (std::is_same_v<decltype(m), recipe::EnumField>) {
+            return;
           } else {
-            c.*m = c.*m + 3;
+            using T = std::decay_t<decltype(c.*m)>;
+            if constexpr (std::is_same_v<T, std::string>) {
+              c.*m = "changed";
+            } else if constexpr (std::is_same_v<T, bool>) {
+              c.*m = !(c.*m);
+            } else {
+              c.*m = c.*m + 3;
+            }
           }
         },
         k.field);
@@ -776,6 +807,35 @@ TEST(RecipeSchema, EntriesAreConsistent) {
           << k.key << " also changed " << o.key;
     }
   }
+}
+
+// Each choice's names map to the enum values the code switches on (an enum's value is the index
+// of its name, so a reordered enum or name list fails here).
+TEST(RecipeSchema, ChoiceNamesMapToTheirEnums) {
+  auto load1 = [](const std::string& ov) { return load_text(kRequired, {ov}); };
+  EXPECT_EQ(load1("method=lora").method, Method::Lora);
+  EXPECT_EQ(load1("method=full").method, Method::Full);
+  EXPECT_EQ(load1("model.init=random").model_init, ModelInit::Random);
+  EXPECT_EQ(load1("lora.init=gaussian").lora_init, LoraInit::Gaussian);
+  EXPECT_EQ(load1("data.packing=stream").data_packing, Packing::Stream);
+  EXPECT_EQ(load1("data.packing=pack").data_packing, Packing::Pack);
+  EXPECT_EQ(load1("data.packing=pad").data_packing, Packing::Pad);
+  EXPECT_EQ(load1("data.packing=true").data_packing, Packing::Pack);
+  EXPECT_EQ(load1("data.packing=false").data_packing, Packing::Pad);
+  EXPECT_EQ(load1("data.overlong=drop").data_overlong, Overlong::Drop);
+  EXPECT_EQ(load1("train.recompute=mlp").recompute, Recompute::Mlp);
+  EXPECT_EQ(load1("train.recompute=full").recompute, Recompute::Full);
+  EXPECT_EQ(load1("schedule.kind=constant").schedule_kind, ScheduleKind::Constant);
+  EXPECT_EQ(load1("schedule.kind=linear").schedule_kind, ScheduleKind::Linear);
+  EXPECT_EQ(load1("checkpoint.on_error=continue").checkpoint_on_error, OnCheckpointError::Continue);
+  EXPECT_EQ(load1("guard.nonfinite=skip").guard_nonfinite, GuardPolicy::Skip);
+  EXPECT_EQ(load1("guard.spike=rollback").guard_spike, GuardPolicy::Rollback);
+  EXPECT_EQ(load1("export.dtype=bf16").export_dtype, ExportDtype::Bf16);
+  EXPECT_EQ(load1("export.dtype=f16").export_dtype, ExportDtype::F16);
+  EXPECT_EQ(load1("precision=bf16").precision, PrecisionSetting::Bf16);
+  EXPECT_EQ(load1("sharding=zero3").sharding, Sharding::Zero3);
+  // The resolved recipe writes the canonical name.
+  EXPECT_TRUE(Contains(recipe_to_yaml(load1("data.packing=true")), "packing: pack"));
 }
 
 TEST(RecipeSchema, MarkdownDocumentsEveryKey) {

@@ -8,7 +8,7 @@ namespace ftune {
 namespace {
 
 TEST(Schedule, WarmupThenCosineToFloor) {
-  Schedule s{"cosine", 1.0, 10, 110, 0.1};
+  Schedule s{ScheduleKind::Cosine, 1.0, 10, 110, 0.1};
   EXPECT_DOUBLE_EQ(s.lr_at(1), 0.1);
   EXPECT_DOUBLE_EQ(s.lr_at(10), 1.0);
   EXPECT_NEAR(s.lr_at(60), 0.1 + 0.9 * 0.5, 1e-12);  // halfway through the decay
@@ -17,10 +17,10 @@ TEST(Schedule, WarmupThenCosineToFloor) {
 }
 
 TEST(Schedule, LinearAndConstant) {
-  Schedule lin{"linear", 2.0, 0, 100, 0.0};
+  Schedule lin{ScheduleKind::Linear, 2.0, 0, 100, 0.0};
   EXPECT_NEAR(lin.lr_at(50), 1.0, 1e-12);
   EXPECT_NEAR(lin.lr_at(100), 0.0, 1e-12);
-  Schedule c{"constant", 3e-4, 5, 100, 0.0};
+  Schedule c{ScheduleKind::Constant, 3e-4, 5, 100, 0.0};
   EXPECT_NEAR(c.lr_at(5), 3e-4, 1e-15);
   EXPECT_NEAR(c.lr_at(99), 3e-4, 1e-15);
   EXPECT_NEAR(c.lr_at(2), 3e-4 * 2 / 5, 1e-15);

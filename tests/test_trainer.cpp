@@ -135,7 +135,7 @@ TEST(Trainer, ResumeMayChangeRunSettingsOnly) {
   // recipe.yaml now holds the settings the run finished with.
   const RecipeConfig now = load_recipe(part + "/recipe.yaml").cfg;
   EXPECT_EQ(now.log_every, 3);
-  EXPECT_EQ(now.guard_nonfinite, "skip");
+  EXPECT_EQ(now.guard_nonfinite, GuardPolicy::Skip);
 }
 
 TEST(Trainer, OutputDirIsProtected) {

@@ -5,10 +5,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/cli/commands.h"
 #include "engine/base/error.h"
-#include "engine/zero/memory_plan.h"
+#include "engine/cli/commands.h"
 #include "engine/recipe/recipe.h"
+#include "engine/zero/memory_plan.h"
 
 namespace ftune::cli {
 
@@ -74,14 +74,14 @@ std::string grouped(uint64_t n) {
   return out;
 }
 
-nlohmann::json plan_json(const Plan& p, const std::string& recipe_sharding) {
+nlohmann::json plan_json(const Plan& p, Sharding recipe_sharding) {
   const PlanInput& in = p.input;
   const bool timed = in.peak_tflops > 0;
   nlohmann::json stages = nlohmann::json::array();
   for (const StagePlan& s : p.stages) {
     nlohmann::json j = {{"stage", sharding_name(s.stage)},
                         {"supported", s.supported},
-                        {"recipe", recipe_sharding == sharding_name(s.stage)}};
+                        {"recipe", recipe_sharding == s.stage}};
     if (!s.supported) {
       j["why_not"] = s.why_not;
       stages.push_back(j);
@@ -134,7 +134,7 @@ nlohmann::json plan_json(const Plan& p, const std::string& recipe_sharding) {
           {"stages", stages}};
 }
 
-void print_table(const Plan& p, const std::string& recipe_sharding, const std::string& gpu,
+void print_table(const Plan& p, Sharding recipe_sharding, const std::string& gpu,
                  const std::string& config_path) {
   const PlanInput& in = p.input;
   const bool timed = in.peak_tflops > 0;
@@ -159,9 +159,9 @@ void print_table(const Plan& p, const std::string& recipe_sharding, const std::s
                   : "");
   std::printf("\n%-20s", "per rank");
   for (const StagePlan& s : p.stages)
-    std::printf(" %13s", (std::string(sharding_name(s.stage)) +
-                          (recipe_sharding == sharding_name(s.stage) ? "*" : ""))
-                             .c_str());
+    std::printf(
+        " %13s",
+        (std::string(sharding_name(s.stage)) + (recipe_sharding == s.stage ? "*" : "")).c_str());
   std::printf("\n");
   auto row = [&](const char* name, auto cell) {
     std::printf("%-20s", name);
@@ -194,7 +194,7 @@ void print_table(const Plan& p, const std::string& recipe_sharding, const std::s
   std::printf("\n");
   for (const StagePlan& s : p.stages)
     if (!s.supported) std::printf("%s: %s\n", sharding_name(s.stage), s.why_not.c_str());
-  if (!recipe_sharding.empty()) std::printf("*: the recipe's sharding\n");
+  std::printf("*: the recipe's sharding\n");
   std::printf(
       "export: rank 0 writes the model; a zero3 run streams the weights to it one unit at a "
       "time,\n  which adds nothing to the peak\n"

@@ -10,12 +10,11 @@ namespace ftune {
 namespace {
 
 // Length a sample takes in a row after the overlong policy; 0 means leave it out.
-int64_t fitted_length(const Samples& s, int64_t i, int64_t seq_len, OverlongPolicy p,
-                      PackStats* st) {
+int64_t fitted_length(const Samples& s, int64_t i, int64_t seq_len, Overlong p, PackStats* st) {
   const int64_t n = s.length(i);
   if (n == 0) return 0;
   if (n <= seq_len) return n;
-  if (p == OverlongPolicy::Drop) {
+  if (p == Overlong::Drop) {
     st->dropped++;
     return 0;
   }
@@ -26,7 +25,7 @@ int64_t fitted_length(const Samples& s, int64_t i, int64_t seq_len, OverlongPoli
 }  // namespace
 
 std::vector<Row> pack_rows(const Samples& s, const std::vector<int64_t>& order, int64_t seq_len,
-                           OverlongPolicy overlong, PackStats* stats) {
+                           Overlong overlong, PackStats* stats) {
   PackStats local;
   PackStats* st = stats ? stats : &local;
   *st = {};
@@ -57,7 +56,7 @@ std::vector<Row> pack_rows(const Samples& s, const std::vector<int64_t>& order, 
 }
 
 std::vector<Row> single_rows(const Samples& s, const std::vector<int64_t>& order, int64_t seq_len,
-                             OverlongPolicy overlong, PackStats* stats) {
+                             Overlong overlong, PackStats* stats) {
   PackStats local;
   PackStats* st = stats ? stats : &local;
   *st = {};

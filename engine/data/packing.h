@@ -9,10 +9,11 @@
 
 #include "engine/data/batch.h"
 #include "engine/data/samples.h"
+#include "engine/recipe/recipe.h"
 
 namespace ftune {
 
-enum class OverlongPolicy { Truncate, Drop };
+// Overlong (recipe.h): a sample longer than a row is truncated (its start kept) or dropped.
 
 struct PackStats {
   int64_t rows = 0;
@@ -32,10 +33,10 @@ using Row = std::vector<RowPiece>;
 // Best-fit packing of samples (visited in `order`) into rows of seq_len tokens: each sample goes
 // into the open row with the least room that still holds it, else a new row. Deterministic.
 std::vector<Row> pack_rows(const Samples& s, const std::vector<int64_t>& order, int64_t seq_len,
-                           OverlongPolicy overlong, PackStats* stats);
+                           Overlong overlong, PackStats* stats);
 // One sample per row (padding the rest), same overlong handling.
 std::vector<Row> single_rows(const Samples& s, const std::vector<int64_t>& order, int64_t seq_len,
-                             OverlongPolicy overlong, PackStats* stats);
+                             Overlong overlong, PackStats* stats);
 
 // Row length a batch of these rows needs: the longest row's tokens rounded up to a multiple of 8,
 // at most seq_len (padded layouts pad each batch only that far).

@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine/data/token_stream.h"
 #include "engine/data/packing.h"
+#include "engine/data/token_stream.h"
 
 namespace ftune {
 
@@ -27,7 +27,7 @@ struct LoaderOptions {
   int64_t rows_per_batch = 1;
   bool packing = true;
   bool shuffle = true;
-  OverlongPolicy overlong = OverlongPolicy::Truncate;
+  Overlong overlong = Overlong::Truncate;
   uint64_t seed = 0;
   int rank = 0;
   int world = 1;

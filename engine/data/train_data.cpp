@@ -10,12 +10,12 @@
 #include <numeric>
 #include <random>
 
-#include "engine/data/data_format.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
-#include "engine/recipe/recipe_schema.h"
+#include "engine/data/data_format.h"
 #include "engine/data/sample_cache.h"
 #include "engine/data/sample_loader.h"
+#include "engine/recipe/recipe_schema.h"
 
 namespace fs = std::filesystem;
 
@@ -258,7 +258,7 @@ class SampleData final : public TrainData {
     // Count what training will actually see: tokens past the first of each sample, within
     // train.seq_len (truncation keeps the start), dropped samples excluded.
     int64_t trainable = 0;
-    const bool drop = c.data_overlong == "drop";
+    const bool drop = c.data_overlong == Overlong::Drop;
     for (int64_t i = 0; i < train_.size(); ++i) {
       const int64_t len = train_.length(i);
       if (drop && len > seq_) continue;
@@ -273,9 +273,9 @@ class SampleData final : public TrainData {
     LoaderOptions lo;
     lo.seq_len = c.seq_len;
     lo.rows_per_batch = c.micro_batch_size;
-    lo.packing = c.data_packing != "pad" && c.data_packing != "false";
+    lo.packing = c.data_packing != Packing::Pad;
     lo.shuffle = c.data_shuffle;
-    lo.overlong = c.data_overlong == "drop" ? OverlongPolicy::Drop : OverlongPolicy::Truncate;
+    lo.overlong = c.data_overlong;
     lo.bucket = c.data_bucket;
     lo.seed = uint64_t(c.seed);
     lo.rank = rank;
@@ -401,7 +401,8 @@ std::unique_ptr<TrainData> make_train_data(const RecipeConfig& c, const std::str
   bool all_text = true;
   for (const DataSource& d : sources)
     all_text = all_text && recipe_for_source(c, d).data_format == "text";
-  const bool stream = c.data_packing == "stream" || (c.data_packing == "auto" && all_text);
+  const bool stream =
+      c.data_packing == Packing::Stream || (c.data_packing == Packing::Auto && all_text);
   if (stream) {
     if (!all_text)
       throw Error("data.packing: stream works only with data.format: text (use pack or pad)");

@@ -21,6 +21,20 @@ DType resolve_export_dtype(const std::string& name, DType base) {
   throw Error("export.dtype: unknown dtype '" + name + "' (use auto, f32, bf16 or f16)");
 }
 
+DType resolve_export_dtype(ExportDtype dtype, DType base) {
+  switch (dtype) {
+    case ExportDtype::Auto:
+      return base;
+    case ExportDtype::F32:
+      return DType::F32;
+    case ExportDtype::Bf16:
+      return DType::BF16;
+    case ExportDtype::F16:
+      return DType::F16;
+  }
+  return base;
+}
+
 void export_weights_dir(const ModelConfig& cfg, const ParamLayout& layout,
                         const UnitWeights& unit_weights, const std::string& source_dir,
                         const std::string& final_dir, DType dtype, size_t max_shard_bytes,

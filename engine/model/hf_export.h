@@ -13,6 +13,8 @@ struct WeightKey;
 
 // dtype_name: "auto" (the base model's on-disk dtype), "f32", "bf16" or "f16".
 DType resolve_export_dtype(const std::string& dtype_name, DType base_dtype);
+// The same for the recipe's export.dtype.
+DType resolve_export_dtype(ExportDtype dtype, DType base_dtype);
 // Writes into `dir` (created); every file atomic. Copies tokenizer files from `source_dir`.
 // With `key`, every weight file is written encrypted (AES-256-GCM, see encryption.h).
 // The weights stream one unit (ParamLayout::unit: the embedding, a decoder layer, the tail) at a

@@ -110,7 +110,7 @@ nlohmann::json peft_adapter_config(const LoraConfig& lc, const std::string& base
           {"fan_in_fan_out", false},
           {"inference_mode", true},
           {"init_lora_weights",
-           lc.init == "gaussian" ? nlohmann::json("gaussian") : nlohmann::json(true)},
+           lc.init == LoraInit::Gaussian ? nlohmann::json("gaussian") : nlohmann::json(true)},
           {"modules_to_save", nullptr},
           {"layers_to_transform", nullptr},
           {"layers_pattern", nullptr},
@@ -161,7 +161,7 @@ LoraConfig lora_config_from_peft(const nlohmann::json& j, const std::string& fil
 }
 
 std::optional<LoraConfig> recipe_lora_config(const RecipeConfig& c) {
-  if (c.method != "lora") return std::nullopt;
+  if (c.method != Method::Lora) return std::nullopt;
   LoraConfig lc;
   lc.rank = c.lora_rank;
   lc.alpha = c.lora_alpha;

@@ -13,6 +13,7 @@
 
 #include "engine/model/model_config.h"
 #include "engine/model/param_layout.h"
+#include "engine/recipe/recipe.h"
 
 namespace ftune {
 
@@ -27,7 +28,7 @@ struct LoraConfig {
   double dropout = 0.0;
   std::array<bool, kLoraTargets> targets{};  // which linears carry an adapter
   bool rslora = false;
-  std::string init = "kaiming";  // kaiming (A Kaiming-uniform, B zero) | gaussian (A ~ N(0, 1/r))
+  LoraInit init = LoraInit::Kaiming;  // Kaiming: A Kaiming-uniform, B zero; Gaussian: A ~ N(0, 1/r)
   float scale() const;
 };
 
@@ -71,7 +72,6 @@ nlohmann::json peft_adapter_config(const LoraConfig& lc, const std::string& base
 // biases, modules_to_save, regex targets, fan_in_fan_out, ...) are errors naming the key.
 LoraConfig lora_config_from_peft(const nlohmann::json& j, const std::string& file);
 
-struct RecipeConfig;
 // The adapter settings of a `method: lora` recipe (nullopt for full fine-tuning); bad target
 // names are errors naming lora.targets.
 std::optional<LoraConfig> recipe_lora_config(const RecipeConfig& c);

@@ -214,7 +214,7 @@ void Model::init_lora(uint64_t seed) {
     if (e.name.find(".lora_A.") == std::string::npos) continue;  // B starts at zero
     std::mt19937_64 rng(seed * 1000003ull + e.offset + 0x10a);
     float* p = host.data() + e.offset;
-    if (lora_cfg_.init == "gaussian") {
+    if (lora_cfg_.init == LoraInit::Gaussian) {
       std::normal_distribution<float> nd(0.f, float(1.0 / double(lora_cfg_.rank)));
       for (size_t i = 0; i < e.count; ++i) p[i] = nd(rng);
     } else {

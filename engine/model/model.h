@@ -29,11 +29,10 @@ struct ModelMemory {
 // What backward recomputes instead of keeping from forward: nothing, the MLP's h (one N x f
 // buffer per layer less), or each whole layer from its input (activation checkpointing: one
 // layer's internals in memory instead of all; about one extra forward of compute).
-enum class Recompute { None, Mlp, Full };
 Recompute parse_recompute(const std::string& name);  // none | mlp | full; throws naming the key
 
-// How a sharded run (ZeRO-2/3, engine/zero/zero_shards.h) supplies weights and takes gradients, one unit
-// (ParamLayout::unit) at a time. Pointers are to the unit's first float (unit-local layout).
+// How a sharded run (ZeRO-2/3, engine/zero/zero_shards.h) supplies weights and takes gradients, one
+// unit (ParamLayout::unit) at a time. Pointers are to the unit's first float (unit-local layout).
 class ShardHooks {
  public:
   virtual ~ShardHooks() = default;

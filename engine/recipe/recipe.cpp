@@ -184,6 +184,7 @@ bool parse_bool(std::string_view s, bool* out) {
 std::string_view expected_text(ValueType t) {
   switch (t) {
     case ValueType::kString:
+    case ValueType::kEnum:
       return "a string";
     case ValueType::kInt:
       return "an integer";
@@ -242,6 +243,15 @@ void assign(const KeySpec& k, const std::string& text, bool is_null, const Sourc
       }
       if (k.is_path && !v.empty()) v = normalize_path(v, src.base_dir).string();
       cfg->*std::get<std::string RecipeConfig::*>(k.field) = v;
+      return;
+    }
+    case ValueType::kEnum: {
+      const std::string v = is_null ? std::string() : text;
+      const auto it = std::find(k.allowed.begin(), k.allowed.end(), v);
+      if (it == k.allowed.end())
+        throw Error(src.where + ": " + key + ": '" + v + "' is not one of " +
+                    recipe::constraint_text(k) + suggest_value(k, v));
+      std::get<recipe::EnumField>(k.field).set(*cfg, int(it - k.allowed.begin()));
       return;
     }
     case ValueType::kInt: {
@@ -591,8 +601,17 @@ std::string yaml_string(const std::string& s) {
 std::string recipe_identity_yaml(const RecipeConfig& cfg) {
   const RecipeConfig defaults;
   RecipeConfig c = cfg;
-  for (const KeySpec& k : recipe::schema())
-    if (k.run_control) std::visit([&](auto m) { c.*m = defaults.*m; }, k.field);
+  for (const KeySpec& k : recipe::schema()) {
+    if (!k.run_control) continue;
+    if (const recipe::EnumField* e = std::get_if<recipe::EnumField>(&k.field))
+      e->set(c, e->index(defaults));
+    else
+      std::visit(
+          [&](auto m) {
+            if constexpr (!std::is_same_v<decltype(m), recipe::EnumField>) c.*m = defaults.*m;
+          },
+          k.field);
+  }
   return recipe_to_yaml(c);
 }
 
@@ -634,6 +653,36 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   Recipe r = load_impl(text.str(), path, abs.parent_path(), overrides);
   r.source = abs.string();
   return r;
+}
+
+const char* method_name(Method m) {
+  return m == Method::Lora ? "lora" : "full";
+}
+
+const char* sharding_name(Sharding s) {
+  switch (s) {
+    case Sharding::None:
+      return "none";
+    case Sharding::Zero1:
+      return "zero1";
+    case Sharding::Zero2:
+      return "zero2";
+    case Sharding::Zero3:
+      return "zero3";
+  }
+  return "?";
+}
+
+const char* recompute_name(Recompute r) {
+  switch (r) {
+    case Recompute::None:
+      return "none";
+    case Recompute::Mlp:
+      return "mlp";
+    case Recompute::Full:
+      return "full";
+  }
+  return "?";
 }
 
 int64_t recipe_grad_accum(const RecipeConfig& c, int world_size, const std::string& fix) {
@@ -733,7 +782,8 @@ std::string recipe_to_yaml(const RecipeConfig& cfg) {
       }
     }
     std::string text = recipe::value_text(k, cfg);
-    std::string scalar = k.type() == ValueType::kString ? yaml_string(text) : text;
+    const bool quoted = k.type() == ValueType::kString || k.type() == ValueType::kEnum;
+    std::string scalar = quoted ? yaml_string(text) : text;
     if (!sec.empty())
       out += "  " + std::string(k.key.substr(sec.size() + 1));
     else

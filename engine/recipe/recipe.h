@@ -12,6 +12,29 @@ namespace ftune {
 // One entry of a `data.train` list: a JSONL file, its mixing weight (each epoch takes
 // round(weight x its samples) from it) and the data.* settings it overrides; unset fields take
 // the recipe's data.<same key>.
+// The recipe's choices, typed from the moment the recipe loads: the schema (recipe_schema.cpp)
+// maps each key's YAML names to these, so no code past loading compares strings. An enum's value
+// is the index of its name in the key's `allowed` list.
+enum class ModelInit { Pretrained, Random };
+enum class Method { Full, Lora };
+enum class LoraInit { Kaiming, Gaussian };
+enum class Packing { Auto, Stream, Pack, Pad };  // YAML true and false mean pack and pad
+enum class Overlong { Truncate, Drop };
+enum class Recompute { None, Mlp, Full };
+enum class ScheduleKind { Constant, Linear, Cosine };
+enum class OnCheckpointError { Stop, Continue };
+enum class GuardPolicy { Skip, Stop, Rollback };
+enum class ExportDtype { Auto, F32, Bf16, F16 };
+enum class PrecisionSetting { Auto, Fp32, Bf16 };
+enum class Sharding { None, Zero1, Zero2, Zero3 };
+constexpr Sharding kAllShardings[] = {Sharding::None, Sharding::Zero1, Sharding::Zero2,
+                                      Sharding::Zero3};
+
+// The names recipes write (and outputs such as summary.json record).
+const char* method_name(Method m);        // full | lora
+const char* sharding_name(Sharding s);    // none | zero1 | zero2 | zero3
+const char* recompute_name(Recompute r);  // none | mlp | full
+
 struct DataSource {
   std::string path;
   double weight = 1.0;
@@ -26,16 +49,16 @@ struct DataSource {
 struct RecipeConfig {
   // model
   std::string model_path;  // model.path: HF directory (config.json, safetensors, tokenizer.json)
-  std::string model_init = "pretrained";  // model.init: pretrained | random (from scratch)
-  std::string model_key_file;   // model.key_file: key of an encrypted base model (64 hex chars)
-  std::string model_key_env;    // model.key_env: variable holding that key
-  std::string method = "full";  // method: full | lora
+  ModelInit model_init = ModelInit::Pretrained;  // model.init: pretrained | random (scratch)
+  std::string model_key_file;    // model.key_file: key of an encrypted base model (64 hex chars)
+  std::string model_key_env;     // model.key_env: variable holding that key
+  Method method = Method::Full;  // method: full | lora
   // lora (method: lora)
   int64_t lora_rank = 8;                                     // lora.rank
   double lora_alpha = 16.0;                                  // lora.alpha
   double lora_dropout = 0.0;                                 // lora.dropout
   std::string lora_targets = "q_proj,k_proj,v_proj,o_proj";  // lora.targets (list or a,b,c)
-  std::string lora_init = "kaiming";                         // lora.init: kaiming | gaussian
+  LoraInit lora_init = LoraInit::Kaiming;                    // lora.init: kaiming | gaussian
   bool lora_rslora = false;                                  // lora.rslora
   // data
   std::string data_train;                // data.train: JSONL file (the first source's path)
@@ -45,12 +68,12 @@ struct RecipeConfig {
   std::string data_text_field = "text";  // data.text_field
   bool data_shuffle = true;              // data.shuffle
   std::string data_format = "text";      // data.format: text | instruction | messages | preference
-  std::string data_packing = "auto";     // data.packing: auto | stream | pack | pad | true | false
-  std::string data_chat_template = "auto";  // data.chat_template: auto | chatml | llama3 | ...
-  bool data_train_on_inputs = false;        // data.train_on_inputs
-  std::string data_overlong = "truncate";   // data.overlong: truncate | drop
-  bool data_skip_bad_lines = false;         // data.skip_bad_lines
-  bool data_bucket = true;                  // data.bucket
+  Packing data_packing = Packing::Auto;  // data.packing: auto | stream | pack | pad
+  std::string data_chat_template = "auto";      // data.chat_template: auto | chatml | llama3 | ...
+  bool data_train_on_inputs = false;            // data.train_on_inputs
+  Overlong data_overlong = Overlong::Truncate;  // data.overlong: truncate | drop
+  bool data_skip_bad_lines = false;             // data.skip_bad_lines
+  bool data_bucket = true;                      // data.bucket
   std::string data_instruction_field = "instruction";  // data.instruction_field
   std::string data_input_field = "input";              // data.input_field
   std::string data_output_field = "output";            // data.output_field
@@ -61,13 +84,13 @@ struct RecipeConfig {
   bool data_cache = true;                              // data.cache
   std::string data_cache_dir;  // data.cache_dir (empty: $XDG_CACHE_HOME/ftune/data)
   // train
-  int64_t seq_len = 256;           // train.seq_len
-  int64_t micro_batch_size = 4;    // train.micro_batch_size
-  int64_t grad_accum = 1;          // train.grad_accum
-  int64_t global_batch_size = 0;   // train.global_batch_size (0: micro x accum x ranks)
-  int64_t max_steps = 0;           // train.max_steps (0: run train.epochs)
-  double epochs = 1.0;             // train.epochs
-  std::string recompute = "none";  // train.recompute: none | mlp | full
+  int64_t seq_len = 256;                  // train.seq_len
+  int64_t micro_batch_size = 4;           // train.micro_batch_size
+  int64_t grad_accum = 1;                 // train.grad_accum
+  int64_t global_batch_size = 0;          // train.global_batch_size (0: micro x accum x ranks)
+  int64_t max_steps = 0;                  // train.max_steps (0: run train.epochs)
+  double epochs = 1.0;                    // train.epochs
+  Recompute recompute = Recompute::None;  // train.recompute: none | mlp | full
   // optim
   double lr = 3e-4;                     // optim.lr
   double beta1 = 0.9;                   // optim.beta1
@@ -78,28 +101,28 @@ struct RecipeConfig {
   bool decay_norms_and_biases = false;  // optim.decay_norms_and_biases
   bool decay_embeddings = false;        // optim.decay_embeddings
   // schedule
-  std::string schedule_kind = "cosine";  // schedule.kind: constant | linear | cosine
-  int64_t warmup_steps = 0;              // schedule.warmup_steps
-  double min_lr_ratio = 0.0;             // schedule.min_lr_ratio
+  ScheduleKind schedule_kind = ScheduleKind::Cosine;  // schedule.kind: constant | linear | cosine
+  int64_t warmup_steps = 0;                           // schedule.warmup_steps
+  double min_lr_ratio = 0.0;                          // schedule.min_lr_ratio
   // eval
   int64_t eval_every = 0;        // eval.every (0: only before and after training)
   int64_t eval_max_batches = 0;  // eval.max_batches (0: whole validation set)
   // checkpoint
-  int64_t checkpoint_every = 0;              // checkpoint.every (0: only at the end)
-  int64_t checkpoint_keep_last = 2;          // checkpoint.keep_last
-  std::string checkpoint_on_error = "stop";  // checkpoint.on_error: stop | continue
+  int64_t checkpoint_every = 0;      // checkpoint.every (0: only at the end)
+  int64_t checkpoint_keep_last = 2;  // checkpoint.keep_last
+  OnCheckpointError checkpoint_on_error = OnCheckpointError::Stop;  // checkpoint.on_error
   // guard: what a bad step (non-finite loss or gradient norm, or a loss spike) does
-  std::string guard_nonfinite = "stop";  // guard.nonfinite: skip | stop | rollback
-  std::string guard_spike = "stop";      // guard.spike: skip | stop | rollback
-  double guard_spike_zscore = 0.0;       // guard.spike_zscore (0: no spike detection)
-  int64_t guard_spike_window = 50;       // guard.spike_window: losses the z-score is taken over
-  double guard_lr_backoff = 0.5;         // guard.lr_backoff: lr factor applied per rollback
-  int64_t guard_max_rollbacks = 3;       // guard.max_rollbacks: then the run stops
+  GuardPolicy guard_nonfinite = GuardPolicy::Stop;  // guard.nonfinite: skip | stop | rollback
+  GuardPolicy guard_spike = GuardPolicy::Stop;      // guard.spike: skip | stop | rollback
+  double guard_spike_zscore = 0.0;                  // guard.spike_zscore (0: no spike detection)
+  int64_t guard_spike_window = 50;  // guard.spike_window: losses the z-score is taken over
+  double guard_lr_backoff = 0.5;    // guard.lr_backoff: lr factor applied per rollback
+  int64_t guard_max_rollbacks = 3;  // guard.max_rollbacks: then the run stops
   // export
-  std::string export_dtype = "auto";   // export.dtype: auto | f32 | bf16 | f16 (auto: base model's)
-  int64_t export_max_shard_mb = 5000;  // export.max_shard_mb
-  bool export_merge = false;           // export.merge: LoRA also writes the merged model
-  std::string export_sign_key;         // export.sign_key: Ed25519 private key (PEM) signing
+  ExportDtype export_dtype = ExportDtype::Auto;  // export.dtype: auto (base's) | f32 | bf16 | f16
+  int64_t export_max_shard_mb = 5000;            // export.max_shard_mb
+  bool export_merge = false;                     // export.merge: LoRA also writes the merged model
+  std::string export_sign_key;          // export.sign_key: Ed25519 private key (PEM) signing
   std::string export_encrypt_key_file;  // export.encrypt.key_file: AES-256 key (64 hex chars)
   std::string export_encrypt_key_env;   // export.encrypt.key_env: variable holding that key
   // generation shown after training
@@ -108,16 +131,16 @@ struct RecipeConfig {
   double generate_temperature = 0.0;     // generate.temperature (0: greedy)
   double generate_top_p = 1.0;           // generate.top_p
   // job
-  std::string output_dir;          // output_dir
-  int64_t seed = 42;               // seed
-  std::string device = "auto";     // device: auto | cpu | cuda
-  std::string precision = "auto";  // precision: auto | fp32 | bf16 (auto: bf16 on CUDA)
-  int64_t threads = 0;             // threads (0: all cores)
-  int64_t log_every = 10;          // log.every: plain progress line period when not a TTY
-  int64_t report_every = 0;        // report.every: rewrite report.html every N steps (0: at end)
-  std::string sharding = "none";   // sharding: none | zero1 | zero2 | zero3
-  double dist_timeout = 600;       // dist.timeout: seconds a collective may take
-  bool dist_overlap = true;        // dist.overlap: ZeRO-2/3 collectives run under the compute
+  std::string output_dir;                               // output_dir
+  int64_t seed = 42;                                    // seed
+  std::string device = "auto";                          // device: auto | cpu | cuda
+  PrecisionSetting precision = PrecisionSetting::Auto;  // precision: auto | fp32 | bf16
+  int64_t threads = 0;                                  // threads (0: all cores)
+  int64_t log_every = 10;    // log.every: plain progress line period when not a TTY
+  int64_t report_every = 0;  // report.every: rewrite report.html every N steps (0: at end)
+  Sharding sharding = Sharding::None;  // sharding: none | zero1 | zero2 | zero3
+  double dist_timeout = 600;           // dist.timeout: seconds a collective may take
+  bool dist_overlap = true;            // dist.overlap: ZeRO-2/3 collectives run under the compute
 };
 
 struct Recipe {

@@ -24,6 +24,16 @@ std::optional<Limit> lt(double v) {
 using C = RecipeConfig;
 using D = DataSource;
 
+// data.packing's names auto, stream, pack, pad, then true (pack) and false (pad).
+EnumField packing_field() {
+  return {[](const RecipeConfig& c) { return int(c.data_packing); },
+          [](RecipeConfig& c, int i) {
+            constexpr Packing kByName[] = {Packing::Auto, Packing::Stream, Packing::Pack,
+                                           Packing::Pad,  Packing::Pack,   Packing::Pad};
+            c.data_packing = kByName[i];
+          }};
+}
+
 std::vector<KeySpec> build_schema() {
   return {
       // top level: the job
@@ -41,7 +51,7 @@ std::vector<KeySpec> build_schema() {
        .doc = "where to train; auto picks CUDA when a usable GPU is present, else the CPU",
        .allowed = {"auto", "cpu", "cuda"}},
       {.key = "precision",
-       .field = &C::precision,
+       .field = enum_field<&C::precision>(),
        .doc = "compute precision: bf16 runs linear layers, the LM head and attention on bf16 "
               "tensor cores with fp32 accumulation, fp32 master weights, optimizer state and "
               "loss (CUDA only); fp32 computes everything in fp32 (the CPU, or debugging on a "
@@ -53,7 +63,7 @@ std::vector<KeySpec> build_schema() {
        .min = ge(0),
        .run_control = true},
       {.key = "sharding",
-       .field = &C::sharding,
+       .field = enum_field<&C::sharding>(),
        .doc = "ZeRO stage across ranks: none keeps everything whole on every rank; zero1 splits "
               "the AdamW state (each rank updates its slice, then the weights are all-gathered); "
               "zero2 also keeps only a slice of the gradients (reduce-scattered layer by layer "
@@ -61,7 +71,7 @@ std::vector<KeySpec> build_schema() {
               "use and freed after); zero2/zero3 are for method: full",
        .allowed = {"none", "zero1", "zero2", "zero3"}},
       {.key = "method",
-       .field = &C::method,
+       .field = enum_field<&C::method>(),
        .doc = "full trains every weight; lora freezes the base and trains low-rank adapters",
        .allowed = {"full", "lora"}},
       // dist
@@ -85,7 +95,7 @@ std::vector<KeySpec> build_schema() {
        .required = true,
        .is_path = true},
       {.key = "model.init",
-       .field = &C::model_init,
+       .field = enum_field<&C::model_init>(),
        .doc =
            "pretrained loads the weights; random draws them from the seed (training from scratch)",
        .allowed = {"pretrained", "random"}},
@@ -116,7 +126,7 @@ std::vector<KeySpec> build_schema() {
               "up_proj, down_proj, or all-linear",
        .name_list = true},
       {.key = "lora.init",
-       .field = &C::lora_init,
+       .field = enum_field<&C::lora_init>(),
        .doc = "A's initialisation (B starts at zero): kaiming uniform as PEFT, or gaussian "
               "N(0, 1/r)",
        .allowed = {"kaiming", "gaussian"}},
@@ -155,7 +165,7 @@ std::vector<KeySpec> build_schema() {
        .allowed = {"text", "instruction", "messages", "preference"},
        .per_source = &D::format},
       {.key = "data.packing",
-       .field = &C::data_packing,
+       .field = packing_field(),
        .doc = "stream cuts concatenated text into blocks; pack (or true) packs whole samples into "
               "rows with per-sample attention; pad (or false) puts one sample per row; auto is "
               "stream for text, pack otherwise",
@@ -170,7 +180,7 @@ std::vector<KeySpec> build_schema() {
        .doc = "also train on prompts and user turns (by default only responses are trained)",
        .per_source = &D::train_on_inputs},
       {.key = "data.overlong",
-       .field = &C::data_overlong,
+       .field = enum_field<&C::data_overlong>(),
        .doc = "samples longer than train.seq_len are truncated or dropped (counts are reported)",
        .allowed = {"truncate", "drop"}},
       {.key = "data.bucket",
@@ -244,7 +254,7 @@ std::vector<KeySpec> build_schema() {
        .doc = "passes over the training set (fractions allowed) when train.max_steps is 0",
        .min = gt(0)},
       {.key = "train.recompute",
-       .field = &C::recompute,
+       .field = enum_field<&C::recompute>(),
        .doc = "activations backward recomputes instead of keeping: none, mlp (the SwiGLU output) "
               "or full (each layer from its input; about one more forward of compute)",
        .allowed = {"none", "mlp", "full"}},
@@ -280,7 +290,7 @@ std::vector<KeySpec> build_schema() {
        .doc = "also apply weight decay to the token embedding table"},
       // schedule
       {.key = "schedule.kind",
-       .field = &C::schedule_kind,
+       .field = enum_field<&C::schedule_kind>(),
        .doc = "learning-rate decay from optim.lr after warmup",
        .allowed = {"constant", "linear", "cosine"}},
       {.key = "schedule.warmup_steps",
@@ -315,7 +325,7 @@ std::vector<KeySpec> build_schema() {
        .min = ge(0),
        .run_control = true},
       {.key = "checkpoint.on_error",
-       .field = &C::checkpoint_on_error,
+       .field = enum_field<&C::checkpoint_on_error>(),
        .doc = "a checkpoint that cannot be written (disk full, file-size limit, read-only or "
               "unwritable directory) leaves the previous one and `latest` intact; stop ends the "
               "run with the error (resume with --resume once fixed), continue logs it (and a "
@@ -324,7 +334,7 @@ std::vector<KeySpec> build_schema() {
        .run_control = true},
       // guard
       {.key = "guard.nonfinite",
-       .field = &C::guard_nonfinite,
+       .field = enum_field<&C::guard_nonfinite>(),
        .doc = "a step whose loss or gradient norm is NaN or infinite: skip leaves the weights and "
               "optimizer state as they were (the step's data is consumed), stop ends the run, "
               "rollback reloads the last checkpoint (or the initial state) and multiplies the "
@@ -345,7 +355,7 @@ std::vector<KeySpec> build_schema() {
        .min = ge(2),
        .run_control = true},
       {.key = "guard.spike",
-       .field = &C::guard_spike,
+       .field = enum_field<&C::guard_spike>(),
        .doc = "what a loss spike does: skip, stop or rollback, as guard.nonfinite",
        .allowed = {"skip", "stop", "rollback"},
        .run_control = true},
@@ -363,7 +373,7 @@ std::vector<KeySpec> build_schema() {
        .run_control = true},
       // export
       {.key = "export.dtype",
-       .field = &C::export_dtype,
+       .field = enum_field<&C::export_dtype>(),
        .doc = "dtype of the exported safetensors; auto keeps the base model's",
        .allowed = {"auto", "f32", "bf16", "f16"},
        .run_control = true},
@@ -513,6 +523,8 @@ std::string_view type_name(const KeySpec& k) {
     case ValueType::kString:
       if (k.source_list) return "path or list";
       return k.is_path ? "path" : "string";
+    case ValueType::kEnum:
+      return "string";  // one of the allowed names
     case ValueType::kInt:
       return "int";
     case ValueType::kFloat:
@@ -548,18 +560,24 @@ std::string format_double(double v) {
 }
 
 std::string value_text(const KeySpec& k, const RecipeConfig& cfg) {
+  if (const EnumField* e = std::get_if<EnumField>(&k.field))
+    return std::string(k.allowed[size_t(e->index(cfg))]);
   return std::visit(
       [&](auto member) -> std::string {
-        const auto& v = cfg.*member;
-        using T = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, std::string>) {
-          return v;
-        } else if constexpr (std::is_same_v<T, bool>) {
-          return v ? "true" : "false";
-        } else if constexpr (std::is_same_v<T, double>) {
-          return format_double(v);
+        if constexpr (std::is_same_v<decltype(member), EnumField>) {
+          return "";  // handled above
         } else {
-          return std::to_string(v);
+          const auto& v = cfg.*member;
+          using T = std::decay_t<decltype(v)>;
+          if constexpr (std::is_same_v<T, std::string>) {
+            return v;
+          } else if constexpr (std::is_same_v<T, bool>) {
+            return v ? "true" : "false";
+          } else if constexpr (std::is_same_v<T, double>) {
+            return format_double(v);
+          } else {
+            return std::to_string(v);
+          }
         }
       },
       k.field);
@@ -597,7 +615,8 @@ std::string recipe_schema_markdown() {
   const RecipeConfig defaults;
   std::ostringstream md;
   md << "# Recipe reference\n\n"
-        "<!-- Generated from engine/recipe/recipe_schema.cpp by `ftune recipe-docs > docs/recipes.md`; "
+        "<!-- Generated from engine/recipe/recipe_schema.cpp by `ftune recipe-docs > "
+        "docs/recipes.md`; "
         "do not edit by hand. -->\n\n"
         "A recipe is a YAML file describing one fine-tuning run. Keys are grouped in sections: "
         "the nested map `train: {seq_len: 256}` sets the key `train.seq_len`, and so does the "

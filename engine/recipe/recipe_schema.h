@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -13,10 +14,25 @@
 
 namespace ftune::recipe {
 
-enum class ValueType { kString, kInt, kFloat, kBool };
+enum class ValueType { kString, kInt, kFloat, kBool, kEnum };
+
+// A key that selects behaviour: an enum member of RecipeConfig, written in YAML as one of the
+// key's `allowed` names. `index` gives the name of the current value, `set` stores the value the
+// name at an index stands for (several names may stand for one value: data.packing's true).
+struct EnumField {
+  int (*index)(const RecipeConfig&) = nullptr;
+  void (*set)(RecipeConfig&, int name_index) = nullptr;
+};
+
+// The plain case: the enum's value is the index of its name.
+template <auto Member>
+EnumField enum_field() {
+  return {[](const RecipeConfig& c) { return int(c.*Member); },
+          [](RecipeConfig& c, int i) { c.*Member = std::remove_cvref_t<decltype(c.*Member)>(i); }};
+}
 
 using FieldRef = std::variant<std::string RecipeConfig::*, int64_t RecipeConfig::*,
-                              double RecipeConfig::*, bool RecipeConfig::*>;
+                              double RecipeConfig::*, bool RecipeConfig::*, EnumField>;
 
 // The DataSource member a data.* key can be overridden by in a `data.train` list entry.
 using SourceFieldRef = std::variant<std::monostate, std::optional<std::string> DataSource::*,

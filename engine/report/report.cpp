@@ -7,12 +7,12 @@
 #include <map>
 #include <sstream>
 
-#include "engine/trust/encryption.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
 #include "engine/base/json_limits.h"
 #include "engine/recipe/recipe.h"
 #include "engine/report/svg_plot.h"
+#include "engine/trust/encryption.h"
 
 namespace ftune {
 
@@ -520,7 +520,7 @@ std::string compute_diff(const std::string& output_dir, const std::optional<Reci
            "training has exported its weights.";
   if (!recipe) return "recipe.yaml is missing or unreadable, so the base model is unknown.";
   const RecipeConfig& c = recipe->cfg;
-  if (c.model_init == "random")
+  if (c.model_init == ModelInit::Random)
     return "the run started from random weights (model.init: random), so there are no base "
            "weights to compare against.";
   if (!fs::is_directory(c.model_path))

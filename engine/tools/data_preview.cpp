@@ -1,7 +1,7 @@
 #include "engine/tools/data_preview.h"
 
-#include "engine/data/data_format.h"
 #include "engine/base/error.h"
+#include "engine/data/data_format.h"
 #include "engine/data/train_data.h"
 
 namespace ftune {
@@ -12,8 +12,8 @@ std::string preview_source(const RecipeConfig& c, const Tokenizer& tok, const Pr
   const FormatOptions fo = recipe_format_options(c);
   std::optional<ChatTemplate> tmpl = recipe_chat_template(c, c.model_path, tok);
   // In the stream layout documents run together, so a document's first token is predicted too.
-  const bool stream =
-      c.data_packing == "stream" || (c.data_packing == "auto" && c.data_format == "text");
+  const bool stream = c.data_packing == Packing::Stream ||
+                      (c.data_packing == Packing::Auto && c.data_format == "text");
   const size_t first_target = stream ? 0 : 1;
   const char* open = opt.color ? "\033[1;32m" : "[[";
   const char* close = opt.color ? "\033[0m" : "]]";
@@ -39,7 +39,7 @@ std::string preview_source(const RecipeConfig& c, const Tokenizer& tok, const Pr
                " tokens, " + std::to_string(trained) + " trained" +
                (int64_t(ids.size()) > c.seq_len
                     ? " (longer than train.seq_len " + std::to_string(c.seq_len) + ": " +
-                          (c.data_overlong == "drop" ? "dropped" : "truncated") + ")"
+                          (c.data_overlong == Overlong::Drop ? "dropped" : "truncated") + ")"
                     : "") +
                " ---\n";
         // Decode runs of equal flag so multi-byte characters split across tokens stay whole.

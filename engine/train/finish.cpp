@@ -62,7 +62,7 @@ void write_memory_json(const Job& job, const Session& s, const std::vector<doubl
     ranks.push_back({{"rank", r}, {"peak_allocated_bytes", int64_t(peaks[size_t(r)])}});
   write_file_atomic(c.output_dir + "/memory.json",
                     nlohmann::json{{"world_size", s.world},
-                                   {"sharding", c.sharding},
+                                   {"sharding", sharding_name(c.sharding)},
                                    {"device", job.dev.kind},
                                    {"ranks", ranks},
                                    {"export_host_bytes", int64_t(export_host_bytes)}}
@@ -77,7 +77,7 @@ void write_summary(const Job& job, const Session& s, Communicator& comm, const T
                             {"tokens_seen", state.tokens_seen},
                             {"final_train_loss", state.last_loss},
                             {"tokens_per_s", result.tokens_per_s},
-                            {"method", c.method},
+                            {"method", method_name(c.method)},
                             {"model_dir", result.model_dir},
                             {"adapter_dir", result.adapter_dir}};
   if (result.val_before.tokens > 0)
@@ -112,7 +112,7 @@ void write_manifests(const Job& job, const TrainState& state, const TrainResult&
   for (const DataSource& d : recipe_data_sources(c)) data_files.push_back(d.path);
   if (!c.data_validation.empty()) data_files.push_back(c.data_validation);
   nlohmann::json prov = provenance_base(c.model_path, job.recipe->resolved_yaml, data_files);
-  prov["method"] = c.method;
+  prov["method"] = method_name(c.method);
   prov["steps"] = state.step;
   prov["tokens_seen"] = state.tokens_seen;
   prov["final_train_loss"] = state.last_loss;
@@ -126,7 +126,9 @@ void write_manifests(const Job& job, const TrainState& state, const TrainResult&
   for (const std::string& dir : {result.adapter_dir, result.model_dir}) {
     if (dir.empty()) continue;
     nlohmann::json m = prov;
-    m["output"] = dir == result.adapter_dir ? "adapter" : c.method == "lora" ? "merged" : "model";
+    m["output"] = dir == result.adapter_dir  ? "adapter"
+                  : c.method == Method::Lora ? "merged"
+                                             : "model";
     write_manifest(dir, m, c.export_sign_key);
   }
 }

@@ -9,9 +9,15 @@ namespace ftune {
 
 namespace {
 
-GuardAction guard_action(const std::string& policy) {
-  if (policy == "skip") return GuardAction::kSkip;
-  if (policy == "rollback") return GuardAction::kRollback;
+GuardAction guard_action(GuardPolicy policy) {
+  switch (policy) {
+    case GuardPolicy::Skip:
+      return GuardAction::kSkip;
+    case GuardPolicy::Rollback:
+      return GuardAction::kRollback;
+    case GuardPolicy::Stop:
+      break;
+  }
   return GuardAction::kStop;
 }
 

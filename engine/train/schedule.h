@@ -4,10 +4,12 @@
 #include <cstdint>
 #include <string>
 
+#include "engine/recipe/recipe.h"
+
 namespace ftune {
 
 struct Schedule {
-  std::string kind = "cosine";  // constant | linear | cosine
+  ScheduleKind kind = ScheduleKind::Cosine;
   double lr = 3e-4;
   int64_t warmup_steps = 0;
   int64_t total_steps = 1;

@@ -67,11 +67,10 @@ Session build_session(const Job& job, Communicator& comm) {
 
   // ---- ranks: ZeRO stage and the global batch ----
   const int world = s.world = comm.world_size();
-  const int stage = s.stage = c.sharding == "zero3"   ? 3
-                              : c.sharding == "zero2" ? 2
-                                                      : c.sharding == "zero1";
+  const int stage = s.stage = int(c.sharding);  // Sharding::ZeroK is K
   if (stage >= 2 && lora)
-    throw Error("sharding: " + c.sharding + " splits a full fine-tune's weights and gradients; " +
+    throw Error(std::string("sharding: ") + sharding_name(c.sharding) +
+                " splits a full fine-tune's weights and gradients; " +
                 "with method: lora use zero1 (the adapters' state is small) or none");
   s.grad_accum = recipe_grad_accum(c, world);
 
@@ -84,16 +83,14 @@ Session build_session(const Job& job, Communicator& comm) {
     PlanInput in = plan_input_from_recipe(c, world);
     in.device = job.dev.kind;
     in.precision = s.precision;
-    check_memory_fits(stage_memory(in, parse_sharding(c.sharding), comm.rank()), free_b, total_b,
-                      job.dev.detail);
+    check_memory_fits(stage_memory(in, c.sharding, comm.rank()), free_b, total_b, job.dev.detail);
   }
   try {
     if (stage >= 2)
       s.zero = std::make_unique<ZeroShards>(be, comm, ParamLayout(mc), stage, job.threads,
                                             c.dist_overlap);
     s.model = std::make_unique<Model>(be, mc, c.micro_batch_size * c.seq_len, true,
-                                      lora ? &*lora : nullptr, parse_recompute(c.recompute),
-                                      s.zero.get());
+                                      lora ? &*lora : nullptr, c.recompute, s.zero.get());
   } catch (const Error& e) {
     throw Error(std::string(e.what()) + "\nthe model does not fit on " + job.dev.detail +
                 ": lower train.micro_batch_size or train.seq_len (raise train.grad_accum to keep " +
@@ -113,7 +110,7 @@ Session build_session(const Job& job, Communicator& comm) {
       s.bf16_copy_bytes = model.num_params() * 2;
     }
   }
-  if (c.model_init == "pretrained") {
+  if (c.model_init == ModelInit::Pretrained) {
     s.base_dtype = model.load_weights(WeightStore::open_dir(c.model_path, job.base_weights_key()));
   } else {
     model.init_random(uint64_t(c.seed));
@@ -156,7 +153,7 @@ void Session::reinit_weights(const Job& job) {
   const RecipeConfig& c = job.c();
   if (lora) {
     model->init_lora(uint64_t(c.seed));  // the base is frozen: only the adapters moved
-  } else if (c.model_init == "pretrained") {
+  } else if (c.model_init == ModelInit::Pretrained) {
     model->load_weights(WeightStore::open_dir(c.model_path, job.base_weights_key()));
   } else {
     model->init_random(uint64_t(c.seed));

@@ -306,7 +306,7 @@ class Trainer {
                              " was not written: " + why + "; " +
                              (prev.empty() ? "there is no earlier checkpoint"
                                            : "checkpoints/latest still names " + prev);
-    if (c_.checkpoint_on_error != "continue")
+    if (c_.checkpoint_on_error != OnCheckpointError::Continue)
       throw AgreedError(what +
                         ". Fix the cause (free disk space, raise the file-size limit, make "
                         "the directory writable), then continue the run: the same `ftune "

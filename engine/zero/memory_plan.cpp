@@ -10,20 +10,6 @@
 
 namespace ftune {
 
-const char* sharding_name(Sharding s) {
-  switch (s) {
-    case Sharding::None:
-      return "none";
-    case Sharding::Zero1:
-      return "zero1";
-    case Sharding::Zero2:
-      return "zero2";
-    case Sharding::Zero3:
-      return "zero3";
-  }
-  return "?";
-}
-
 const char* precision_name(Precision p) {
   return p == Precision::Bf16 ? "bf16" : "fp32";
 }
@@ -34,10 +20,11 @@ Precision parse_precision(const std::string& name, const std::string& key) {
   throw Error(key + ": unknown precision '" + name + "' (use fp32 or bf16)");
 }
 
-Precision resolve_precision(const std::string& name, const std::string& device_kind,
+Precision resolve_precision(PrecisionSetting setting, const std::string& device_kind,
                             const std::string& key) {
-  if (name == "auto") return device_kind == "cuda" ? Precision::Bf16 : Precision::Fp32;
-  const Precision p = parse_precision(name, key);
+  if (setting == PrecisionSetting::Auto)
+    return device_kind == "cuda" ? Precision::Bf16 : Precision::Fp32;
+  const Precision p = setting == PrecisionSetting::Bf16 ? Precision::Bf16 : Precision::Fp32;
   if (p == Precision::Bf16 && device_kind != "cuda")
     throw Error(key + ": bf16 runs on a GPU (device: cuda); the CPU backend computes in fp32: " +
                 "set " + key + " to fp32 or auto");
@@ -203,6 +190,14 @@ StageMemory stage_memory(const PlanInput& in, Sharding s, int rank) {
   return m;
 }
 
+Precision resolve_precision(const std::string& name, const std::string& device_kind,
+                            const std::string& key) {
+  if (name == "auto") return resolve_precision(PrecisionSetting::Auto, device_kind, key);
+  return resolve_precision(parse_precision(name, key) == Precision::Bf16 ? PrecisionSetting::Bf16
+                                                                         : PrecisionSetting::Fp32,
+                           device_kind, key);
+}
+
 Sharding parse_sharding(const std::string& name) {
   for (Sharding s : kAllShardings)
     if (name == sharding_name(s)) return s;
@@ -245,7 +240,7 @@ PlanInput plan_input_from_recipe(const RecipeConfig& c, int world_size) {
   in.micro_batch_size = c.micro_batch_size;
   in.seq_len = c.seq_len;
   in.grad_accum = recipe_grad_accum(c, world_size, "change one of them or --gpus");
-  in.recompute = parse_recompute(c.recompute);
+  in.recompute = c.recompute;
   in.overlap = c.dist_overlap;
   return in;
 }
@@ -285,7 +280,7 @@ Plan make_plan(const PlanInput& in) {
       in.peak_tflops > 0 ? plan.flops_per_step / (in.peak_tflops * 1e12 * in.mfu) : 0.0;
 
   const double W = double(in.world_size);
-  const double ring = (W - 1) / W;  // share of a buffer each rank sends in a ring pass
+  const double ring = (W - 1) / W;         // share of a buffer each rank sends in a ring pass
   const double cb = double(kStoredBytes);  // collectives move the fp32 buffers
   const double grad_bytes = double(plan.trained_params) * cb;
   const double weight_bytes = double(plan.trained_params) * cb;

@@ -13,13 +13,9 @@
 #include "engine/model/lora.h"
 #include "engine/model/model.h"
 #include "engine/model/model_config.h"
+#include "engine/recipe/recipe.h"
 
 namespace ftune {
-
-enum class Sharding { None, Zero1, Zero2, Zero3 };
-constexpr Sharding kAllShardings[] = {Sharding::None, Sharding::Zero1, Sharding::Zero2,
-                                      Sharding::Zero3};
-const char* sharding_name(Sharding s);  // none | zero1 | zero2 | zero3
 
 // Compute precision of a run. ftune stores weights, gradients and activations in fp32 either way;
 // bf16 runs the linear layers, LM head and attention on bf16 tensor cores (CUDA) from those
@@ -28,8 +24,11 @@ enum class Precision { Fp32, Bf16 };
 const char* precision_name(Precision p);
 // fp32 | bf16; `key` names the flag or setting in the error.
 Precision parse_precision(const std::string& name, const std::string& key);
-// The compute precision of a run: `name` (auto | fp32 | bf16) on a device kind (cpu | cuda).
+// The compute precision of a run: the recipe's setting on a device kind (cpu | cuda).
 // auto is bf16 on CUDA and fp32 on the CPU; bf16 on the CPU is an error naming `key`.
+Precision resolve_precision(PrecisionSetting setting, const std::string& device_kind,
+                            const std::string& key);
+// The same for a flag's text: auto | fp32 | bf16.
 Precision resolve_precision(const std::string& name, const std::string& device_kind,
                             const std::string& key);
 
