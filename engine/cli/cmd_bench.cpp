@@ -5,9 +5,11 @@
 #include <nlohmann/json.hpp>
 #include <type_traits>
 
-#include "engine/tools/bench.h"
-#include "engine/cli/commands.h"
+#include "engine/backend/cpu/blas_core.h"
 #include "engine/base/error.h"
+#include "engine/base/threads.h"
+#include "engine/cli/commands.h"
+#include "engine/tools/bench.h"
 
 namespace ftune::cli {
 
@@ -144,9 +146,16 @@ void add_bench(CLI::App& app, Action* action) {
         runs.emplace_back(bo, methods.size() > 1 ? run_in_child(bo) : run_bench(bo));
       }
       if (*json) {
-        for (const auto& [bo, r] : runs) std::printf("%s\n", result_json(bo, r).dump().c_str());
+        for (const auto& [bo, r] : runs) {
+          nlohmann::json j = result_json(bo, r);
+          if (bo.device == "cpu") j["gemm"] = gemm_path_line(resolve_threads(bo.threads));
+          std::printf("%s\n", j.dump().c_str());
+        }
         return 0;
       }
+      // Which kernels ran: a generic OpenBLAS core explains a slow number.
+      if (o->device == "cpu")
+        std::printf("%s\n", gemm_path_line(resolve_threads(o->threads)).c_str());
       std::printf("%-16s", "");
       for (const auto& [bo, r] : runs)
         std::printf(

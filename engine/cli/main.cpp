@@ -5,17 +5,26 @@
 #include <cstdlib>
 #include <exception>
 
-#include "engine/cli/commands.h"
+#include "engine/backend/cpu/blas_core.h"
 #include "engine/base/error.h"
+#include "engine/cli/commands.h"
 
 int main(int argc, char** argv) {
   // OpenMP workers that spin between parallel regions steal the cores from OpenBLAS and from
   // anything else on the machine; on a loaded 2-core box that cost up to 10x in tokens/s, while
   // passive waiting measured the same speed on an idle one. libgomp reads the policy before
   // main() runs, so set it and start again (once; the user's own setting always wins).
+  bool restart = false;
   if (!std::getenv("OMP_WAIT_POLICY")) {
     setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    execv("/proc/self/exe", argv);  // returns only on failure: carry on with the default policy
+    restart = true;
+  }
+  // OpenBLAS picks its kernels when it loads, too: a CPU newer than the library gets generic
+  // ones (4x slower). One restart serves both settings; the restarted process keeps both.
+  if (ftune::prepare_blas_core_restart()) restart = true;
+  if (restart) {
+    execv("/proc/self/exe", argv);  // returns only on failure: carry on with the defaults
+    ftune::blas_core_restart_failed();
   }
   CLI::App app{"ftune " FTUNE_VERSION " — fine-tune Llama-family language models from YAML recipes",
                "ftune"};

@@ -17,6 +17,7 @@
 #include <optional>
 #include <vector>
 
+#include "engine/backend/cpu/blas_core.h"
 #include "engine/base/fs_util.h"
 #include "engine/dist/launch_env.h"
 #include "engine/train/agreed_error.h"
@@ -118,6 +119,7 @@ class Trainer {
     log_.open();
     log_.say(s_.memory_line());
     log_.say(s_.header_line(job_));
+    if (job_.dev.kind == "cpu") log_.say(gemm_path_line(job_.threads));
     if (state_.step == 0 && has_val())
       result_.val_before = evaluate_and_say("validation before: ");
     else if (!has_val())
