@@ -1,9 +1,9 @@
 // AdamW for the CUDA backend: one launch over every span of the flat buffers. The spans (with
 // each span's decay factor) live on the device, sorted by their start in the concatenation of
 // all spans; each thread finds its span by binary search. The update is the CPU backend's
-// (engine/backend/cpu/cpu_adamw.cpp, torch.optim.AdamW's single-tensor path) operation for operation:
-// explicit fma where it has std::fma and _rn arithmetic elsewhere (nvcc may not contract them),
-// so a step agrees with the CPU's to about an ulp.
+// (engine/backend/cpu/cpu_adamw.cpp, torch.optim.AdamW's single-tensor path) operation for
+// operation: explicit fma where it has std::fma and _rn arithmetic elsewhere (nvcc may not contract
+// them), so a step agrees with the CPU's to about an ulp.
 #include "cuda/cuda_ops.h"
 #include "engine/base/error.h"
 

@@ -1,8 +1,8 @@
 // Causal, document-masked, grouped-query attention on the GPU in fp32 (attention_bf16.cu: bf16):
 // a tiled, online-softmax (flash-style) forward that saves only the per-row log-sum-exp, and a
 // backward that recomputes probabilities from it. No N x N matrix is ever materialised.
-// Layouts match Backend::attention_forward/backward (engine/backend/backend.h): q and out [N, Hq, D],
-// k and v [N, Hkv, D], lse [N, Hq]; q head h reads kv head h / (Hq / Hkv).
+// Layouts match Backend::attention_forward/backward (engine/backend/backend.h): q and out [N, Hq,
+// D], k and v [N, Hkv, D], lse [N, Hq]; q head h reads kv head h / (Hq / Hkv).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

@@ -1,6 +1,6 @@
 // The CUDA backend: binds the GPU ops (one file per op family, declared in cuda/cuda_ops.h) to the
-// Backend interface of engine/backend/backend.h, and owns the device state they share: the stream, the
-// cuBLASLt plans and workspace, growable scratch buffers and a pinned read-back area.
+// Backend interface of engine/backend/backend.h, and owns the device state they share: the stream,
+// the cuBLASLt plans and workspace, growable scratch buffers and a pinned read-back area.
 //
 // Streams: an op runs on ExecContext::stream when it is set, else on the backend's own stream.
 // Memory calls (upload, download, copy, zero, alloc's zero fill) are queued on the stream of the

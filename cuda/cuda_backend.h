@@ -1,5 +1,5 @@
-// The CUDA implementation of the Backend interface (engine/backend/backend.h). Plain C++ header: the
-// engine includes it only when FTUNE_HAVE_CUDA is defined.
+// The CUDA implementation of the Backend interface (engine/backend/backend.h). Plain C++ header:
+// the engine includes it only when FTUNE_HAVE_CUDA is defined.
 #pragma once
 #include <memory>
 

@@ -157,8 +157,8 @@ int64_t first_out_of_range(cudaStream_t s, const int32_t* ids, int64_t n, int64_
 // Tokens per logits chunk for a vocabulary (the chunk holds about kLmHeadChunkFloats logits).
 constexpr int64_t kLmHeadChunkFloats = int64_t(1) << 25;
 int64_t lm_head_chunk_rows(int64_t n, int64_t vocab);
-// Backend::lm_head_loss (engine/backend/backend.h): targets validated first (an ftune::Error names the
-// first bad one, outputs untouched); per chunk a logits GEMM, one kernel turning each row into
+// Backend::lm_head_loss (engine/backend/backend.h): targets validated first (an ftune::Error names
+// the first bad one, outputs untouched); per chunk a logits GEMM, one kernel turning each row into
 // its loss and, with dhidden, its dlogits in place, then the dhidden and dW GEMMs; the per-token
 // losses are summed in a fixed order at the end. Waits for the stream before returning.
 // bf16 operands for lm_head_loss (bf16 mixed precision): hidden and W already in bf16, and a

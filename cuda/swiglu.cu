@@ -1,6 +1,6 @@
 // SwiGLU for the CUDA backend: h = silu(gate) * up, elementwise, and its backward. The formulas
-// follow the CPU backend's (engine/backend/cpu/cpu_elementwise.cpp), including its cancellation-free
-// 1 - sigmoid(g).
+// follow the CPU backend's (engine/backend/cpu/cpu_elementwise.cpp), including its
+// cancellation-free 1 - sigmoid(g).
 #include "cuda/cuda_ops.h"
 
 namespace ftune::cuda {

@@ -5,10 +5,10 @@
 
 #include <cstdio>
 
-#include "engine/model/peft_adapter.h"
 #include "engine/base/fs_util.h"
-#include "engine/model/model.h"
 #include "engine/formats/safetensors.h"
+#include "engine/model/model.h"
+#include "engine/model/peft_adapter.h"
 #include "tests/test_util.h"
 
 namespace ftune {

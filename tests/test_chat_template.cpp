@@ -9,9 +9,9 @@
 #include <utility>
 #include <vector>
 
-#include "engine/text/chat_template.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
+#include "engine/text/chat_template.h"
 #include "tests/test_util.h"
 
 namespace ftune {

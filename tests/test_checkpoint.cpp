@@ -3,10 +3,10 @@
 #include <filesystem>
 #include <fstream>
 
-#include "engine/train/checkpoint.h"
-#include "engine/dist/communicator.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
+#include "engine/dist/communicator.h"
+#include "engine/train/checkpoint.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

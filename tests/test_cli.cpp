@@ -5,9 +5,9 @@
 #include <fstream>
 
 #include "engine/base/fs_util.h"
-#include "engine/trust/manifest.h"
-#include "engine/model/model.h"
 #include "engine/formats/safetensors.h"
+#include "engine/model/model.h"
+#include "engine/trust/manifest.h"
 #include "tests/test_util.h"
 
 namespace ftune {

@@ -298,4 +298,3 @@ TEST(DropoutMask, IntegerThresholdEqualsTheReferenceComparison) {
 
 }  // namespace
 }  // namespace ftune
-

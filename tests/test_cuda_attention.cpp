@@ -1,8 +1,8 @@
 // CUDA attention (cuda/attention.h) against the scalar reference in double
-// (engine/backend/cpu/reference_attention.h): packed documents of uneven lengths, grouped-query heads,
-// fast and generic head dims, unaligned pointers, more documents than a grid dimension holds;
-// document isolation and bitwise determinism. Outputs are poisoned with NaN before every call so
-// an unwritten element fails. Every test that needs a GPU skips without one.
+// (engine/backend/cpu/reference_attention.h): packed documents of uneven lengths, grouped-query
+// heads, fast and generic head dims, unaligned pointers, more documents than a grid dimension
+// holds; document isolation and bitwise determinism. Outputs are poisoned with NaN before every
+// call so an unwritten element fails. Every test that needs a GPU skips without one.
 // CudaAttentionBf16.* does the same for the bf16 tensor-core path (attention_bf16.cu): the
 // reference runs on the bf16-rounded inputs, relative errors within 1e-2 (bf16 outputs, bf16
 // P and dS inside), lse within 1e-3.
@@ -12,10 +12,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <stdexcept>
 #include <string>
-#include <initializer_list>
 #include <vector>
 
 #include "engine/backend/backend.h"
@@ -309,8 +309,8 @@ TEST(CudaAttention, LargeScoresStayFinite) {
 using RunAttention = Outputs (*)(const AttentionShape&, const Inputs&);
 
 // Replacing every input of one document changes that document's outputs and no other bit.
-void expect_documents_independent(RunAttention run, std::initializer_list<int> dims,
-                                  uint64_t seed, uint64_t noise_seed) {
+void expect_documents_independent(RunAttention run, std::initializer_list<int> dims, uint64_t seed,
+                                  uint64_t noise_seed) {
   for (int dim : dims) {
     const Case c{{0, 70, 150, 171}, 4, 2, dim};
     const AttentionShape s = shape_of(c);

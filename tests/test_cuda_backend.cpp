@@ -19,9 +19,9 @@
 #include <vector>
 
 #include "engine/backend/backend.h"
-#include "engine/dist/communicator.h"
 #include "engine/base/dtype.h"
 #include "engine/base/error.h"
+#include "engine/dist/communicator.h"
 #include "engine/model/lora.h"
 #include "engine/model/model.h"
 #include "engine/model/model_config.h"

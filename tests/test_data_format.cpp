@@ -2,8 +2,8 @@
 
 #include <fstream>
 
-#include "engine/data/data_format.h"
 #include "engine/base/error.h"
+#include "engine/data/data_format.h"
 #include "tests/test_util.h"
 
 namespace ftune {

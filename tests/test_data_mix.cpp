@@ -9,8 +9,8 @@
 
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
-#include "engine/recipe/recipe.h"
 #include "engine/data/sample_loader.h"
+#include "engine/recipe/recipe.h"
 #include "engine/train/trainer.h"
 #include "tests/test_util.h"
 

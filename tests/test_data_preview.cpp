@@ -2,9 +2,9 @@
 
 #include <fstream>
 
-#include "engine/tools/data_preview.h"
 #include "engine/base/error.h"
 #include "engine/recipe/recipe.h"
+#include "engine/tools/data_preview.h"
 #include "tests/test_util.h"
 
 namespace ftune {

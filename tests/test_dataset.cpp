@@ -4,8 +4,8 @@
 #include <random>
 #include <set>
 
-#include "engine/data/token_stream.h"
 #include "engine/base/error.h"
+#include "engine/data/token_stream.h"
 #include "engine/text/tokenizer.h"
 #include "tests/test_util.h"
 

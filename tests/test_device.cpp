@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
-#include "engine/device/device.h"
 #include "engine/base/error.h"
+#include "engine/device/device.h"
 #ifdef FTUNE_HAVE_CUDA
 #include "cuda/cuda_device.h"
 #endif

@@ -1,17 +1,17 @@
-// ftune diff (engine/report/diff.h): synthetic pairs with known changes, the LoRA spectrum through its
-// r x r core against the dense computation, and the CLI.
+// ftune diff (engine/report/diff.h): synthetic pairs with known changes, the LoRA spectrum through
+// its r x r core against the dense computation, and the CLI.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "engine/model/peft_adapter.h"
-#include "engine/report/diff.h"
 #include "engine/base/error.h"
 #include "engine/model/hf_export.h"
 #include "engine/model/model.h"
 #include "engine/model/model_config.h"
+#include "engine/model/peft_adapter.h"
+#include "engine/report/diff.h"
 #include "tests/test_util.h"
 
 namespace ftune {

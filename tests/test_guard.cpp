@@ -10,11 +10,11 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "engine/train/checkpoint.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
-#include "engine/recipe/recipe.h"
 #include "engine/formats/safetensors.h"
+#include "engine/recipe/recipe.h"
+#include "engine/train/checkpoint.h"
 #include "engine/train/trainer.h"
 #include "tests/test_util.h"
 

@@ -1,5 +1,5 @@
-// The nesting limit on untrusted JSON (engine/base/json_limits.h), and that every parser fed by users'
-// files applies it: before it, a config.json, tokenizer.json or JSONL line of ~120 KB of '['
+// The nesting limit on untrusted JSON (engine/base/json_limits.h), and that every parser fed by
+// users' files applies it: before it, a config.json, tokenizer.json or JSONL line of ~120 KB of '['
 // overflowed the stack when the parsed value was copied or printed (found by the fuzz targets'
 // review; tests/fuzz).
 #include <gtest/gtest.h>
@@ -7,16 +7,16 @@
 #include <filesystem>
 #include <string>
 
-#include "engine/model/peft_adapter.h"
-#include "engine/text/chat_template.h"
-#include "engine/train/checkpoint.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
 #include "engine/base/json_limits.h"
 #include "engine/formats/jsonl.h"
-#include "engine/trust/manifest.h"
 #include "engine/model/model_config.h"
+#include "engine/model/peft_adapter.h"
+#include "engine/text/chat_template.h"
 #include "engine/text/tokenizer.h"
+#include "engine/train/checkpoint.h"
+#include "engine/trust/manifest.h"
 #include "tests/test_util.h"
 
 namespace ftune {

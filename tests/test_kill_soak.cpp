@@ -25,9 +25,9 @@
 #include <sstream>
 #include <thread>
 
-#include "engine/train/checkpoint.h"
 #include "engine/base/fs_util.h"
 #include "engine/formats/safetensors.h"
+#include "engine/train/checkpoint.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

@@ -9,11 +9,11 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "engine/train/checkpoint.h"
-#include "engine/trust/encryption.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
 #include "engine/formats/safetensors.h"
+#include "engine/train/checkpoint.h"
+#include "engine/trust/encryption.h"
 #include "tests/test_util.h"
 
 namespace ftune {

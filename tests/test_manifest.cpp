@@ -13,9 +13,9 @@
 #include <vector>
 
 #include "engine/base/fs_util.h"
+#include "engine/formats/safetensors.h"
 #include "engine/tools/inspect.h"
 #include "engine/trust/manifest.h"
-#include "engine/formats/safetensors.h"
 #include "engine/trust/signing.h"
 #include "tests/test_util.h"
 

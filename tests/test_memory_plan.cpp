@@ -7,12 +7,12 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/backend/backend.h"
-#include "engine/tools/bench.h"
-#include "engine/device/device.h"
 #include "engine/base/fs_util.h"
+#include "engine/device/device.h"
 #include "engine/model/param_layout.h"
-#include "engine/zero/memory_plan.h"
 #include "engine/recipe/recipe.h"
+#include "engine/tools/bench.h"
+#include "engine/zero/memory_plan.h"
 #include "tests/test_util.h"
 
 namespace ftune {

@@ -3,8 +3,8 @@
 // forward and backward on the same weights and tokens. fp32: ‖a−b‖/‖b‖ ≤ 1e-5.
 #include <gtest/gtest.h>
 
-#include "engine/model/model.h"
 #include "engine/formats/safetensors.h"
+#include "engine/model/model.h"
 #include "tests/test_util.h"
 
 namespace ftune {

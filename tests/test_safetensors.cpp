@@ -17,11 +17,11 @@
 
 #include "engine/base/byte_source.h"
 #include "engine/base/dtype.h"
-#include "engine/trust/encryption.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
-#include "engine/tools/inspect.h"
 #include "engine/formats/safetensors.h"
+#include "engine/tools/inspect.h"
+#include "engine/trust/encryption.h"
 #include "tests/test_util.h"
 
 namespace ftune {

@@ -9,17 +9,17 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "engine/model/peft_adapter.h"
-#include "engine/train/checkpoint.h"
-#include "engine/trust/encryption.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
-#include "engine/tools/inspect.h"
-#include "engine/trust/manifest.h"
-#include "engine/recipe/recipe.h"
 #include "engine/formats/safetensors.h"
-#include "engine/trust/signing.h"
+#include "engine/model/peft_adapter.h"
+#include "engine/recipe/recipe.h"
+#include "engine/tools/inspect.h"
+#include "engine/train/checkpoint.h"
 #include "engine/train/trainer.h"
+#include "engine/trust/encryption.h"
+#include "engine/trust/manifest.h"
+#include "engine/trust/signing.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

@@ -1,5 +1,5 @@
-// ZeRO-2/3 (engine/zero/zero_shards.h) on one rank: the sharded model computes exactly what the whole one
-// does, unit by unit. Several ranks are covered under MPI by tests/test_launch.cpp.
+// ZeRO-2/3 (engine/zero/zero_shards.h) on one rank: the sharded model computes exactly what the
+// whole one does, unit by unit. Several ranks are covered under MPI by tests/test_launch.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>

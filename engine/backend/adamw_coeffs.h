@@ -7,9 +7,9 @@
 namespace ftune {
 
 struct AdamWCoeffs {
-  float w1 = 0;         // 1 - beta1: the lerp weight of m toward the gradient
-  float b2 = 0;         // beta2
-  float w2 = 0;         // 1 - beta2
+  float w1 = 0;  // 1 - beta1: the lerp weight of m toward the gradient
+  float b2 = 0;  // beta2
+  float w2 = 0;  // 1 - beta2
   float eps = 0;
   float gs = 1;         // gradient scale (clipping folded in)
   float step_size = 0;  // lr / (1 - beta1^step)

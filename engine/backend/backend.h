@@ -1,7 +1,8 @@
 // The narrow op interface every device implements. Ops are coarse (a whole layer's worth of
 // work per call), take their execution context explicitly and read no hidden global state.
 // Pointers are device pointers of the backend that allocated them. Layouts are row-major.
-// The CPU backend (engine/backend/cpu) is fp32 and is the reference every other backend is tested against.
+// The CPU backend (engine/backend/cpu) is fp32 and is the reference every other backend is tested
+// against.
 //
 // Token layout: a micro-batch of B rows x T tokens is flattened to N = B*T tokens. Documents
 // are contiguous token ranges described cu_seqlens-style: offsets[0]=0 < ... < offsets[n_docs]=N;

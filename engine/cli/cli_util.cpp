@@ -1,7 +1,7 @@
 #include <unistd.h>
 
-#include "engine/cli/commands.h"
 #include "engine/base/error.h"
+#include "engine/cli/commands.h"
 
 namespace ftune::cli {
 

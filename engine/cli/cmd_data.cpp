@@ -2,13 +2,13 @@
 
 #include <cstdio>
 
-#include "engine/cli/commands.h"
-#include "engine/tools/data_preview.h"
-#include "engine/text/tokenizer.h"
-#include "engine/data/train_data.h"
 #include "engine/base/threads.h"
+#include "engine/cli/commands.h"
+#include "engine/data/train_data.h"
 #include "engine/infer/evaluate.h"
 #include "engine/model/lora.h"
+#include "engine/text/tokenizer.h"
+#include "engine/tools/data_preview.h"
 
 namespace ftune::cli {
 

@@ -8,10 +8,10 @@
 #include <filesystem>
 #include <vector>
 
-#include "engine/cli/commands.h"
-#include "engine/trust/encryption.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
+#include "engine/cli/commands.h"
+#include "engine/trust/encryption.h"
 
 namespace ftune::cli {
 

@@ -1,17 +1,17 @@
 #include <cstdio>
 #include <optional>
 
-#include "engine/model/peft_adapter.h"
+#include "engine/base/error.h"
+#include "engine/base/threads.h"
 #include "engine/cli/commands.h"
 #include "engine/data/token_stream.h"
 #include "engine/device/device.h"
-#include "engine/trust/encryption.h"
-#include "engine/base/error.h"
 #include "engine/formats/safetensors.h"
-#include "engine/text/tokenizer.h"
-#include "engine/base/threads.h"
 #include "engine/infer/evaluate.h"
 #include "engine/model/lora.h"
+#include "engine/model/peft_adapter.h"
+#include "engine/text/tokenizer.h"
+#include "engine/trust/encryption.h"
 
 namespace ftune::cli {
 

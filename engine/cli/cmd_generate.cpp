@@ -1,15 +1,15 @@
 #include <cstdio>
 #include <optional>
 
-#include "engine/model/peft_adapter.h"
+#include "engine/base/threads.h"
 #include "engine/cli/commands.h"
 #include "engine/device/device.h"
-#include "engine/trust/encryption.h"
-#include "engine/infer/generate.h"
 #include "engine/formats/safetensors.h"
-#include "engine/base/threads.h"
 #include "engine/infer/evaluate.h"
+#include "engine/infer/generate.h"
 #include "engine/model/lora.h"
+#include "engine/model/peft_adapter.h"
+#include "engine/trust/encryption.h"
 
 namespace ftune::cli {
 

@@ -1,7 +1,7 @@
 #include <cstdio>
 
-#include "engine/cli/commands.h"
 #include "engine/base/error.h"
+#include "engine/cli/commands.h"
 #include "engine/trust/signing.h"
 
 namespace ftune::cli {

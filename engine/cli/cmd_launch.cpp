@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/cli/commands.h"
 #include "engine/base/error.h"
+#include "engine/cli/commands.h"
 
 namespace ftune::cli {
 

@@ -2,12 +2,12 @@
 #include <filesystem>
 #include <optional>
 
-#include "engine/model/peft_adapter.h"
+#include "engine/base/error.h"
 #include "engine/cli/commands.h"
 #include "engine/device/device.h"
-#include "engine/trust/encryption.h"
-#include "engine/base/error.h"
 #include "engine/model/hf_export.h"
+#include "engine/model/peft_adapter.h"
+#include "engine/trust/encryption.h"
 #include "engine/trust/manifest.h"
 #include "engine/trust/signing.h"
 

@@ -4,11 +4,11 @@
 #include <optional>
 #include <sstream>
 
-#include "engine/train/checkpoint.h"
-#include "engine/cli/commands.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
 #include "engine/base/json_limits.h"
+#include "engine/cli/commands.h"
+#include "engine/train/checkpoint.h"
 
 namespace fs = std::filesystem;
 

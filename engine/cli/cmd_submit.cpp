@@ -6,11 +6,11 @@
 #include <map>
 #include <sstream>
 
-#include "engine/cli/commands.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
-#include "engine/trust/manifest.h"
+#include "engine/cli/commands.h"
 #include "engine/recipe/recipe.h"
+#include "engine/trust/manifest.h"
 
 namespace fs = std::filesystem;
 

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/cli/commands.h"
 #include "engine/base/error.h"
 #include "engine/base/json_limits.h"
+#include "engine/cli/commands.h"
 #include "engine/text/tokenizer.h"
 
 namespace ftune::cli {

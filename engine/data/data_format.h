@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/text/chat_template.h"
-#include "engine/formats/jsonl.h"
 #include "engine/data/packing.h"
+#include "engine/formats/jsonl.h"
+#include "engine/text/chat_template.h"
 #include "engine/text/tokenizer.h"
 
 namespace ftune {

@@ -6,9 +6,9 @@
 #include <cstring>
 
 #include "engine/base/error.h"
-#include "engine/base/little_endian.h"
 #include "engine/base/fs_util.h"
 #include "engine/base/json_limits.h"
+#include "engine/base/little_endian.h"
 
 namespace ftune {
 namespace {

@@ -12,11 +12,11 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "engine/trust/encryption.h"
 #include "engine/base/error.h"
-#include "engine/base/little_endian.h"
 #include "engine/base/fs_util.h"
 #include "engine/base/json_limits.h"
+#include "engine/base/little_endian.h"
+#include "engine/trust/encryption.h"
 
 namespace ftune {
 

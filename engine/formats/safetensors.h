@@ -32,9 +32,9 @@ class SafetensorsReader {
   // Validates the whole header (sizes, offsets in range, no overlap, dtype*numel == bytes);
   // malformed input is an ftune::Error naming the file and what is wrong, never a crash.
   explicit SafetensorsReader(std::unique_ptr<ByteSource> src);
-  // An encrypted file (engine/trust/encryption.h) is decrypted and authenticated in memory when `key`
-  // is given and refused with a message asking for the key when not; a plain file is read as is
-  // either way (a plain base model with encrypted outputs is the usual case).
+  // An encrypted file (engine/trust/encryption.h) is decrypted and authenticated in memory when
+  // `key` is given and refused with a message asking for the key when not; a plain file is read as
+  // is either way (a plain base model with encrypted outputs is the usual case).
   static SafetensorsReader open(const std::string& path, const WeightKey* key = nullptr);
 
   const std::vector<TensorInfo>& tensors() const { return tensors_; }

@@ -6,12 +6,12 @@
 #include <map>
 #include <sstream>
 
-#include "engine/model/peft_adapter.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
+#include "engine/formats/safetensors.h"
 #include "engine/model/lora.h"
 #include "engine/model/model_config.h"
-#include "engine/formats/safetensors.h"
+#include "engine/model/peft_adapter.h"
 
 #ifndef FTUNE_NO_BLAS
 extern "C" void dgesdd_(const char* jobz, const int* m, const int* n, double* a, const int* lda,

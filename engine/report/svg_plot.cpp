@@ -166,8 +166,8 @@ void write_marker(std::ostream& o, const Marker& m, double x, double y, double m
 }
 
 // The legend, in the top margin so it never covers a curve: one entry per series drawn.
-void write_legend(std::ostream& o, const LineChart& c,
-                  const std::vector<std::vector<Point>>& drawn, double ml) {
+void write_legend(std::ostream& o, const LineChart& c, const std::vector<std::vector<Point>>& drawn,
+                  double ml) {
   o << "<g class=\"legend\">\n";
   double lx = ml;
   for (size_t k = 0; k < c.series.size(); ++k) {

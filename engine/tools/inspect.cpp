@@ -13,12 +13,12 @@
 #include <sstream>
 #include <vector>
 
-#include "engine/trust/encryption.h"
 #include "engine/base/error.h"
 #include "engine/base/fs_util.h"
 #include "engine/base/json_limits.h"
-#include "engine/trust/manifest.h"
 #include "engine/formats/safetensors.h"
+#include "engine/trust/encryption.h"
+#include "engine/trust/manifest.h"
 
 namespace ftune {
 

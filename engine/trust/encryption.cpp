@@ -14,9 +14,9 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/base/error.h"
-#include "engine/base/little_endian.h"
 #include "engine/base/fs_util.h"
 #include "engine/base/json_limits.h"
+#include "engine/base/little_endian.h"
 
 namespace ftune {
 

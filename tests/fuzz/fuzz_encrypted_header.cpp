@@ -5,9 +5,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "engine/trust/encryption.h"
 #include "engine/base/error.h"
 #include "engine/formats/safetensors.h"
+#include "engine/trust/encryption.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -5,10 +5,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/text/chat_template.h"
-#include "engine/data/data_format.h"
 #include "engine/base/error.h"
+#include "engine/data/data_format.h"
 #include "engine/formats/jsonl.h"
+#include "engine/text/chat_template.h"
 #include "engine/text/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
 

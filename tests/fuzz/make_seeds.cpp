@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "engine/base/dtype.h"
-#include "engine/trust/encryption.h"
 #include "engine/base/error.h"
 #include "engine/formats/safetensors.h"
+#include "engine/trust/encryption.h"
 
 int main(int argc, char** argv) {
   using namespace ftune;

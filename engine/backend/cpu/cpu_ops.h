@@ -1,6 +1,7 @@
 // CPU (fp32, OpenMP) implementations of the backend ops, as free functions so each op family
 // lives in its own file. cpu_backend.cpp binds them to the Backend interface. `threads` is the
-// OpenMP thread count for the call. Semantics are documented on Backend in engine/backend/backend.h.
+// OpenMP thread count for the call. Semantics are documented on Backend in
+// engine/backend/backend.h.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -1,7 +1,8 @@
 // Plain scalar definitions of the CPU backend ops: the readable statement of what each fast kernel
-// in engine/backend/cpu computes. Templated on the element type so tests can run them in double, both as
-// ground truth for the fp32 kernels and for finite-difference checks of the backward passes.
-// Deliberately naive: one thread, straight loops, no blocking. Never used on the training path.
+// in engine/backend/cpu computes. Templated on the element type so tests can run them in double,
+// both as ground truth for the fp32 kernels and for finite-difference checks of the backward
+// passes. Deliberately naive: one thread, straight loops, no blocking. Never used on the training
+// path.
 #pragma once
 #include <cmath>
 #include <cstddef>
