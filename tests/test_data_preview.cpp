@@ -20,7 +20,7 @@ TEST(DataPreview, MarksTrainedSpansAndCountsTokens) {
   RecipeConfig c;
   c.model_path = src + "/configs/models/quickstart-base";
   c.data_train = dir + "/i.jsonl";
-  c.data_format = "instruction";
+  c.data_format = DataFormat::Instruction;
   c.data_chat_template = "chatml";
   PreviewOptions p;
   p.count = 1;
@@ -35,7 +35,7 @@ TEST(DataPreview, MarksTrainedSpansAndCountsTokens) {
   // The first token is never a target; everything after it is trained now.
   EXPECT_NE(out.find("[[|im_start|>user\nName a herb.<|im_end|>"), std::string::npos) << out;
 
-  c.data_format = "messages";
+  c.data_format = DataFormat::Messages;
   try {
     preview_data(c, p);
     FAIL();

@@ -87,7 +87,7 @@ TEST(Recipe, FullRecipeLoadsEveryValue) {
   EXPECT_EQ(r.source, fs::path(file).lexically_normal().string());
   EXPECT_EQ(c.output_dir, (dir / "runs/full").string());
   EXPECT_EQ(c.seed, 7);
-  EXPECT_EQ(c.device, "cpu");
+  EXPECT_EQ(c.device, DeviceSetting::Cpu);
   EXPECT_EQ(c.threads, 3);
   EXPECT_EQ(c.model_path, (dir.parent_path() / "models/tiny-llama").string());
   EXPECT_EQ(c.model_init, ModelInit::Random);
@@ -154,7 +154,7 @@ TEST(Recipe, MinimalRecipeTakesDefaults) {
   EXPECT_EQ(c.generate_prompt, "");
   EXPECT_EQ(c.generate_max_new_tokens, 48);
   EXPECT_EQ(c.seed, 42);
-  EXPECT_EQ(c.device, "auto");
+  EXPECT_EQ(c.device, DeviceSetting::Auto);
   EXPECT_EQ(c.threads, 0);
   EXPECT_EQ(c.log_every, 10);
 }
@@ -608,7 +608,7 @@ TEST(RecipeDataMix, ListFormLoadsEntriesAndMergesSettings) {
   const DataSource& b = c.data_sources[1];
   EXPECT_EQ(b.path, "/abs/b.jsonl");
   EXPECT_EQ(b.weight, 0.5);
-  EXPECT_EQ(b.format, std::optional<std::string>("text"));
+  EXPECT_EQ(b.format, std::optional<DataFormat>(DataFormat::Text));
   EXPECT_EQ(b.text_field, std::optional<std::string>("body"));
   EXPECT_EQ(b.train_on_inputs, std::optional<bool>(true));
   EXPECT_EQ(b.system_prompt, std::optional<std::string>("Be brief."));
@@ -618,12 +618,12 @@ TEST(RecipeDataMix, ListFormLoadsEntriesAndMergesSettings) {
 
   // Unset entry keys take the recipe's data.* value, set ones replace it.
   RecipeConfig a_cfg = recipe_for_source(c, c.data_sources[0]);
-  EXPECT_EQ(a_cfg.data_format, "instruction");
+  EXPECT_EQ(a_cfg.data_format, DataFormat::Instruction);
   EXPECT_EQ(a_cfg.data_text_field, "text");
   EXPECT_FALSE(a_cfg.data_train_on_inputs);
   RecipeConfig b_cfg = recipe_for_source(c, b);
   EXPECT_EQ(b_cfg.data_train, "/abs/b.jsonl");
-  EXPECT_EQ(b_cfg.data_format, "text");
+  EXPECT_EQ(b_cfg.data_format, DataFormat::Text);
   EXPECT_EQ(b_cfg.data_text_field, "body");
   EXPECT_TRUE(b_cfg.data_train_on_inputs);
   EXPECT_EQ(b_cfg.data_system_prompt, "Be brief.");
@@ -834,6 +834,11 @@ TEST(RecipeSchema, ChoiceNamesMapToTheirEnums) {
   EXPECT_EQ(load1("export.dtype=f16").export_dtype, ExportDtype::F16);
   EXPECT_EQ(load1("precision=bf16").precision, PrecisionSetting::Bf16);
   EXPECT_EQ(load1("sharding=zero3").sharding, Sharding::Zero3);
+  EXPECT_EQ(load1("device=cpu").device, DeviceSetting::Cpu);
+  EXPECT_EQ(load1("device=cuda").device, DeviceSetting::Cuda);
+  EXPECT_EQ(load1("data.format=instruction").data_format, DataFormat::Instruction);
+  EXPECT_EQ(load1("data.format=messages").data_format, DataFormat::Messages);
+  EXPECT_EQ(load1("data.format=preference").data_format, DataFormat::Preference);
   // The resolved recipe writes the canonical name.
   EXPECT_TRUE(Contains(recipe_to_yaml(load1("data.packing=true")), "packing: pack"));
 }

@@ -257,7 +257,9 @@ void add_plan(CLI::App& app, Action* action) {
     *action = [o, cmd] {
       Recipe r = load_recipe(o->recipe, o->overrides);
       PlanInput in = plan_input_from_recipe(r.cfg, o->gpus);
-      in.device = !o->device.empty() ? o->device : r.cfg.device == "cpu" ? "cpu" : "cuda";
+      in.device = !o->device.empty()                   ? o->device
+                  : r.cfg.device == DeviceSetting::Cpu ? "cpu"
+                                                       : "cuda";
       in.precision = parse_precision(o->precision, "--precision");
       in.mem_limit_bytes = parse_size(o->gpu_mem, "--gpu-mem");
       in.link_gbps = o->link_gbps;

@@ -13,13 +13,14 @@
 
 #include "engine/data/packing.h"
 #include "engine/formats/jsonl.h"
+#include "engine/recipe/recipe.h"
 #include "engine/text/chat_template.h"
 #include "engine/text/tokenizer.h"
 
 namespace ftune {
 
-enum class DataFormat { Text, Instruction, Messages, Preference };
-DataFormat parse_data_format(const std::string& name);  // throws naming the valid names
+// DataFormat (recipe.h) from a flag's text; throws naming the valid names.
+DataFormat parse_data_format(const std::string& name);
 
 struct FormatOptions {
   DataFormat format = DataFormat::Text;

@@ -61,19 +61,14 @@ struct Loaded {
 Loaded load_samples(const RecipeConfig& c, const std::string& path, const FormatOptions& fo,
                     const Tokenizer& tok, const ChatTemplate* t, int threads, bool progress) {
   Loaded out;
-  const nlohmann::json settings = {{"format", c.data_format},
-                                   {"text_field", c.data_text_field},
-                                   {"text_specials", fo.text_specials},
-                                   {"instruction_field", c.data_instruction_field},
-                                   {"input_field", c.data_input_field},
-                                   {"output_field", c.data_output_field},
-                                   {"messages_field", c.data_messages_field},
-                                   {"role_field", c.data_role_field},
-                                   {"content_field", c.data_content_field},
-                                   {"system_prompt", c.data_system_prompt},
-                                   {"train_on_inputs", c.data_train_on_inputs},
-                                   {"template", t ? t->describe() : ""},
-                                   {"skip_bad", c.data_skip_bad_lines}};
+  const nlohmann::json settings = {
+      {"format", data_format_name(c.data_format)}, {"text_field", c.data_text_field},
+      {"text_specials", fo.text_specials},         {"instruction_field", c.data_instruction_field},
+      {"input_field", c.data_input_field},         {"output_field", c.data_output_field},
+      {"messages_field", c.data_messages_field},   {"role_field", c.data_role_field},
+      {"content_field", c.data_content_field},     {"system_prompt", c.data_system_prompt},
+      {"train_on_inputs", c.data_train_on_inputs}, {"template", t ? t->describe() : ""},
+      {"skip_bad", c.data_skip_bad_lines}};
   const std::string dir = c.data_cache_dir.empty() ? default_cache_dir() : c.data_cache_dir;
   std::string key = "uncached", file;
   if (c.data_cache) {
@@ -223,10 +218,11 @@ class SampleData final : public TrainData {
     // template-hungry one among the sources (messages/preference need the model's or a named one).
     // data.validation is read with the recipe's own data.format, so that format counts too.
     RecipeConfig tc = c;
-    tc.data_format = c.data_validation.empty() ? "text" : c.data_format;
+    tc.data_format = c.data_validation.empty() ? DataFormat::Text : c.data_format;
     for (const DataSource& d : sources_) {
-      const std::string f = recipe_for_source(c, d).data_format;
-      if (f != "text" && (tc.data_format == "text" || tc.data_format == "instruction"))
+      const DataFormat f = recipe_for_source(c, d).data_format;
+      if (f != DataFormat::Text &&
+          (tc.data_format == DataFormat::Text || tc.data_format == DataFormat::Instruction))
         tc.data_format = f;
     }
     std::optional<ChatTemplate> tmpl = recipe_chat_template(tc, tok_dir, tok);
@@ -362,7 +358,7 @@ class SampleData final : public TrainData {
 
 FormatOptions recipe_format_options(const RecipeConfig& c) {
   FormatOptions fo;
-  fo.format = parse_data_format(c.data_format);
+  fo.format = c.data_format;
   fo.text_field = c.data_text_field;
   fo.instruction_field = c.data_instruction_field;
   fo.input_field = c.data_input_field;
@@ -377,8 +373,7 @@ FormatOptions recipe_format_options(const RecipeConfig& c) {
 
 std::optional<ChatTemplate> recipe_chat_template(const RecipeConfig& c, const std::string& tok_dir,
                                                  const Tokenizer& tok) {
-  const DataFormat f = parse_data_format(c.data_format);
-  if (f == DataFormat::Text) return std::nullopt;
+  if (c.data_format == DataFormat::Text) return std::nullopt;
   ChatSpecialTokens st;
   st.bos = tok.bos_id() >= 0 ? tok.id_to_token(tok.bos_id()) : std::string();
   st.eos = tok.eos_id() >= 0 ? tok.id_to_token(tok.eos_id()) : std::string();
@@ -388,7 +383,7 @@ std::optional<ChatTemplate> recipe_chat_template(const RecipeConfig& c, const st
     return path_exists(cfg) && read_file(cfg).find("\"chat_template\"") != std::string::npos;
   }();
   if (has_own) return ChatTemplate::from_tokenizer_config(tok_dir);
-  if (f == DataFormat::Instruction) return ChatTemplate::builtin("alpaca", st);
+  if (c.data_format == DataFormat::Instruction) return ChatTemplate::builtin("alpaca", st);
   throw Error("data.chat_template: the model in '" + tok_dir + "' has no chat template; set " +
               "data.chat_template to one of chatml, llama3, llama2, mistral, alpaca, plain");
 }
@@ -400,7 +395,7 @@ std::unique_ptr<TrainData> make_train_data(const RecipeConfig& c, const std::str
   check_sources_exist(sources);
   bool all_text = true;
   for (const DataSource& d : sources)
-    all_text = all_text && recipe_for_source(c, d).data_format == "text";
+    all_text = all_text && recipe_for_source(c, d).data_format == DataFormat::Text;
   const bool stream =
       c.data_packing == Packing::Stream || (c.data_packing == Packing::Auto && all_text);
   if (stream) {

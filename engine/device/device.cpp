@@ -30,6 +30,13 @@ int cuda_device_count(std::string* why) {
 #endif
 }
 
+DeviceChoice resolve_device(DeviceSetting requested, int local_rank) {
+  return resolve_device(requested == DeviceSetting::Cpu    ? "cpu"
+                        : requested == DeviceSetting::Cuda ? "cuda"
+                                                           : "auto",
+                        local_rank);
+}
+
 DeviceChoice resolve_device(const std::string& requested) {
   return resolve_device(requested, 0);
 }

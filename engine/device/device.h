@@ -6,6 +6,7 @@
 
 #include "engine/backend/backend.h"
 #include "engine/dist/communicator.h"
+#include "engine/recipe/recipe.h"
 
 namespace ftune {
 
@@ -18,7 +19,9 @@ struct DeviceChoice {
 bool cuda_built();
 // Number of usable GPUs (0 when CUDA is not built or no device answers); *why says why not.
 int cuda_device_count(std::string* why);
-// Resolves "auto" | "cpu" | "cuda". Throws ftune::Error for an impossible request.
+// Resolves the recipe's device (or a flag's "auto" | "cpu" | "cuda"). Throws ftune::Error for
+// an impossible request.
+DeviceChoice resolve_device(DeviceSetting requested, int local_rank = 0);
 DeviceChoice resolve_device(const std::string& requested);
 // The same for a rank with local rank L: GPU L % (GPUs it sees), the one its NCCL communicator
 // binds.

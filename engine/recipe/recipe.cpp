@@ -441,7 +441,10 @@ struct Loader {
               [&](auto m) {
                 if constexpr (!std::is_same_v<decltype(m), std::monostate>) {
                   using T = typename std::decay_t<decltype(d.*m)>::value_type;
-                  d.*m = scratch.*std::get<T RecipeConfig::*>(sk->field);
+                  if constexpr (std::is_same_v<T, DataFormat>)
+                    d.*m = scratch.data_format;  // the one enum a dataset may override
+                  else
+                    d.*m = scratch.*std::get<T RecipeConfig::*>(sk->field);
                 }
               },
               sk->per_source);
@@ -673,6 +676,20 @@ const char* sharding_name(Sharding s) {
   return "?";
 }
 
+const char* data_format_name(DataFormat f) {
+  switch (f) {
+    case DataFormat::Text:
+      return "text";
+    case DataFormat::Instruction:
+      return "instruction";
+    case DataFormat::Messages:
+      return "messages";
+    case DataFormat::Preference:
+      return "preference";
+  }
+  return "?";
+}
+
 const char* recompute_name(Recompute r) {
   switch (r) {
     case Recompute::None:
@@ -727,7 +744,11 @@ RecipeConfig recipe_for_source(const RecipeConfig& cfg, const DataSource& src) {
         [&](auto m) {
           if constexpr (!std::is_same_v<decltype(m), std::monostate>) {
             using T = typename std::decay_t<decltype(src.*m)>::value_type;
-            if (src.*m) out.*std::get<T RecipeConfig::*>(k.field) = *(src.*m);
+            if constexpr (std::is_same_v<T, DataFormat>) {
+              if (src.*m) out.data_format = *(src.*m);
+            } else {
+              if (src.*m) out.*std::get<T RecipeConfig::*>(k.field) = *(src.*m);
+            }
           }
         },
         k.per_source);
@@ -752,6 +773,8 @@ std::string sources_yaml(const std::vector<DataSource>& sources, const std::stri
               std::string v;
               if constexpr (std::is_same_v<decltype(*(d.*m)), const bool&>)
                 v = *(d.*m) ? "true" : "false";
+              else if constexpr (std::is_same_v<decltype(*(d.*m)), const DataFormat&>)
+                v = yaml_string(data_format_name(*(d.*m)));
               else
                 v = yaml_string(*(d.*m));
               out += indent + "  " + std::string(name) + ": " + v + "\n";

@@ -27,18 +27,22 @@ enum class GuardPolicy { Skip, Stop, Rollback };
 enum class ExportDtype { Auto, F32, Bf16, F16 };
 enum class PrecisionSetting { Auto, Fp32, Bf16 };
 enum class Sharding { None, Zero1, Zero2, Zero3 };
+enum class DeviceSetting { Auto, Cpu, Cuda };
+enum class DataFormat { Text, Instruction, Messages, Preference };
 constexpr Sharding kAllShardings[] = {Sharding::None, Sharding::Zero1, Sharding::Zero2,
                                       Sharding::Zero3};
 
 // The names recipes write (and outputs such as summary.json record).
-const char* method_name(Method m);        // full | lora
-const char* sharding_name(Sharding s);    // none | zero1 | zero2 | zero3
-const char* recompute_name(Recompute r);  // none | mlp | full
+const char* method_name(Method m);           // full | lora
+const char* sharding_name(Sharding s);       // none | zero1 | zero2 | zero3
+const char* recompute_name(Recompute r);     // none | mlp | full
+const char* data_format_name(DataFormat f);  // text | instruction | messages | preference
 
 struct DataSource {
   std::string path;
   double weight = 1.0;
-  std::optional<std::string> format, text_field, instruction_field, input_field, output_field,
+  std::optional<DataFormat> format;
+  std::optional<std::string> text_field, instruction_field, input_field, output_field,
       messages_field, role_field, content_field, system_prompt;
   std::optional<bool> train_on_inputs;
 
@@ -67,8 +71,8 @@ struct RecipeConfig {
   double data_val_fraction = 0.05;       // data.val_fraction: used when data.validation is empty
   std::string data_text_field = "text";  // data.text_field
   bool data_shuffle = true;              // data.shuffle
-  std::string data_format = "text";      // data.format: text | instruction | messages | preference
-  Packing data_packing = Packing::Auto;  // data.packing: auto | stream | pack | pad
+  DataFormat data_format = DataFormat::Text;    // data.format: text | instruction | messages | ...
+  Packing data_packing = Packing::Auto;         // data.packing: auto | stream | pack | pad
   std::string data_chat_template = "auto";      // data.chat_template: auto | chatml | llama3 | ...
   bool data_train_on_inputs = false;            // data.train_on_inputs
   Overlong data_overlong = Overlong::Truncate;  // data.overlong: truncate | drop
@@ -133,7 +137,7 @@ struct RecipeConfig {
   // job
   std::string output_dir;                               // output_dir
   int64_t seed = 42;                                    // seed
-  std::string device = "auto";                          // device: auto | cpu | cuda
+  DeviceSetting device = DeviceSetting::Auto;           // device: auto | cpu | cuda
   PrecisionSetting precision = PrecisionSetting::Auto;  // precision: auto | fp32 | bf16
   int64_t threads = 0;                                  // threads (0: all cores)
   int64_t log_every = 10;    // log.every: plain progress line period when not a TTY

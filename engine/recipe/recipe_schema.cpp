@@ -47,7 +47,7 @@ std::vector<KeySpec> build_schema() {
        .doc = "seed for shuffling, the validation split and random initialisation",
        .min = ge(0)},
       {.key = "device",
-       .field = &C::device,
+       .field = enum_field<&C::device>(),
        .doc = "where to train; auto picks CUDA when a usable GPU is present, else the CPU",
        .allowed = {"auto", "cpu", "cuda"}},
       {.key = "precision",
@@ -159,7 +159,7 @@ std::vector<KeySpec> build_schema() {
        .field = &C::data_shuffle,
        .doc = "shuffle the training documents every epoch"},
       {.key = "data.format",
-       .field = &C::data_format,
+       .field = enum_field<&C::data_format>(),
        .doc = "record format: text (completion), instruction (instruction/input/output), "
               "messages (chat), preference (prompt/chosen/rejected; trained on chosen for now)",
        .allowed = {"text", "instruction", "messages", "preference"},

@@ -35,8 +35,9 @@ using FieldRef = std::variant<std::string RecipeConfig::*, int64_t RecipeConfig:
                               double RecipeConfig::*, bool RecipeConfig::*, EnumField>;
 
 // The DataSource member a data.* key can be overridden by in a `data.train` list entry.
-using SourceFieldRef = std::variant<std::monostate, std::optional<std::string> DataSource::*,
-                                    std::optional<bool> DataSource::*>;
+using SourceFieldRef =
+    std::variant<std::monostate, std::optional<std::string> DataSource::*,
+                 std::optional<bool> DataSource::*, std::optional<DataFormat> DataSource::*>;
 
 struct Limit {
   double value = 0.0;

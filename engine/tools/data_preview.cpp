@@ -13,11 +13,11 @@ std::string preview_source(const RecipeConfig& c, const Tokenizer& tok, const Pr
   std::optional<ChatTemplate> tmpl = recipe_chat_template(c, c.model_path, tok);
   // In the stream layout documents run together, so a document's first token is predicted too.
   const bool stream = c.data_packing == Packing::Stream ||
-                      (c.data_packing == Packing::Auto && c.data_format == "text");
+                      (c.data_packing == Packing::Auto && c.data_format == DataFormat::Text);
   const size_t first_target = stream ? 0 : 1;
   const char* open = opt.color ? "\033[1;32m" : "[[";
   const char* close = opt.color ? "\033[0m" : "]]";
-  std::string out = "data.train: " + c.data_train + "  (format " + c.data_format +
+  std::string out = "data.train: " + c.data_train + "  (format " + data_format_name(c.data_format) +
                     (tmpl ? ", chat template " + tmpl->name() : std::string()) + ")\n" +
                     "trained tokens are shown " +
                     (opt.color ? std::string("in green") : std::string("between [[ and ]]")) +
