@@ -140,6 +140,21 @@ Reference reference(const AttentionShape& s, const Inputs& in) {
   return r;
 }
 
+// The kernels' arguments for a shape, with its document offsets already on the device.
+cuda::AttentionArgs args_of(const AttentionShape& s, const int32_t* device_offsets) {
+  cuda::AttentionArgs a;
+  a.tokens = s.tokens;
+  a.q_heads = s.q_heads;
+  a.kv_heads = s.kv_heads;
+  a.head_dim = s.head_dim;
+  a.doc_offsets = device_offsets;
+  a.n_docs = s.n_docs;
+  for (int d = 0; d < s.n_docs; ++d)
+    a.max_doc_len = std::max(a.max_doc_len, s.doc_offsets[d + 1] - s.doc_offsets[d]);
+  a.scale = s.scale;
+  return a;
+}
+
 // One problem resident on the device; forward() and backward() poison their outputs first.
 class GpuAttention {
  public:
@@ -154,16 +169,7 @@ class GpuAttention {
         dq_(in.q.size(), pad),
         dk_(in.k.size(), pad),
         dv_(in.v.size(), pad) {
-    a_.tokens = s.tokens;
-    a_.q_heads = s.q_heads;
-    a_.kv_heads = s.kv_heads;
-    a_.head_dim = s.head_dim;
-    a_.doc_offsets = offs_.get();
-    a_.n_docs = s.n_docs;
-    for (int d = 0; d < s.n_docs; ++d) {
-      a_.max_doc_len = std::max(a_.max_doc_len, s.doc_offsets[d + 1] - s.doc_offsets[d]);
-    }
-    a_.scale = s.scale;
+    a_ = args_of(s, offs_.get());
     ws_bytes_ = cuda::attention_workspace_bytes(a_);
     EXPECT_GE(ws_bytes_, size_t(s.tokens * s.q_heads) * sizeof(float));
     ws_ = std::make_unique<Dev<unsigned char>>(ws_bytes_);
@@ -471,16 +477,7 @@ class GpuAttentionBf16 {
         dq_(in.q.size()),
         dk_(in.k.size()),
         dv_(in.v.size()) {
-    a_.tokens = s.tokens;
-    a_.q_heads = s.q_heads;
-    a_.kv_heads = s.kv_heads;
-    a_.head_dim = s.head_dim;
-    a_.doc_offsets = offs_.get();
-    a_.n_docs = s.n_docs;
-    for (int d = 0; d < s.n_docs; ++d) {
-      a_.max_doc_len = std::max(a_.max_doc_len, s.doc_offsets[d + 1] - s.doc_offsets[d]);
-    }
-    a_.scale = s.scale;
+    a_ = args_of(s, offs_.get());
     ws_bytes_ = cuda::attention_bf16_workspace_bytes(a_);
     EXPECT_GE(ws_bytes_, size_t(s.tokens * s.q_heads) * sizeof(float));
     ws_ = std::make_unique<Dev<unsigned char>>(ws_bytes_);

@@ -27,6 +27,8 @@
 #include "engine/model/model_config.h"
 #include "engine/model/param_layout.h"
 #include "engine/zero/zero_shards.h"
+#include "tests/cuda_vs_cpu.h"
+#include "tests/linear_cases.h"
 #include "tests/test_util.h"
 #ifdef FTUNE_HAVE_CUDA
 #include <cublasLt.h>
@@ -60,34 +62,8 @@ TEST(CublasLtLoader, LoadsTheLibraryOnDemand) {
 constexpr double kTol = 1e-5;
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-// Both backends, made once for the whole suite.
-class CudaBackend : public ::testing::Test {
- protected:
-  static void TearDownTestSuite() {
-    gpu_.reset();
-    cpu_.reset();
-  }
-  void SetUp() override {
-    std::string why;
-    if (cuda::device_count(&why) == 0) GTEST_SKIP() << "no CUDA device: " << why;
-    if (!gpu_) gpu_ = make_cuda_backend(0);
-    if (!cpu_) cpu_ = make_cpu_backend();
-    ctx_.threads = 2;
-  }
-  Backend* gpu() const { return gpu_.get(); }
-  Backend* cpu() const { return cpu_.get(); }
-  // Runs f(backend) on the CPU and on the GPU; f returns the op's outputs, concatenated.
-  template <class F>
-  void compare(F f, double tol, const std::string& what) {
-    const std::vector<float> c = f(cpu());
-    const std::vector<float> g = f(gpu());
-    ASSERT_EQ(c.size(), g.size()) << what;
-    EXPECT_LE(rel_error(g, c), tol) << what;
-  }
-
-  ExecContext ctx_;
-  static inline std::unique_ptr<Backend> gpu_, cpu_;
-};
+// Both backends, made once for the whole suite (tests/cuda_vs_cpu.h).
+class CudaBackend : public testing::CudaVsCpu<false> {};
 
 // ---------------------------------------------------------------------------------------------
 // Memory
@@ -212,73 +188,29 @@ TEST_F(CudaBackend, GemmOnUnalignedPointersAndRepeatsBitwise) {
   EXPECT_TRUE(bitwise_equal(run(gpu()), run(gpu()))) << "a cached plan gives the same bits";
 }
 
-struct Lin {
-  int64_t n, in, out;
-};
-const Lin kLinears[] = {{1, 1, 1}, {7, 33, 65}, {130, 257, 129}, {64, 512, 384}};
+using Lin = testing::LinearShape;
+const std::vector<Lin> kLinears = {{1, 1, 1}, {7, 33, 65}, {130, 257, 129}, {64, 512, 384}};
 
 TEST_F(CudaBackend, LinearForwardWithAndWithoutBias) {
-  uint64_t seed = 100;
-  for (const Lin& l : kLinears) {
-    for (bool with_bias : {false, true}) {
-      const auto x = random_vec(size_t(l.n * l.in), ++seed);
-      const auto W = random_vec(size_t(l.out * l.in), ++seed);
-      const auto bias = random_vec(size_t(l.out), ++seed);
-      auto run = [&](Backend* be) {
-        auto dx = put(be, x), dW = put(be, W), db = put(be, bias);
-        auto y = put(be, nan_vec(size_t(l.n * l.out)));
-        be->linear_forward(ctx_, dx.get(), dW.get(), with_bias ? db.get() : nullptr, y.get(), l.n,
-                           l.in, l.out);
-        return get(be, y);
-      };
-      compare(run, kTol,
-              "n=" + std::to_string(l.n) + " in=" + std::to_string(l.in) +
-                  " out=" + std::to_string(l.out) + " bias=" + std::to_string(with_bias));
-    }
-  }
+  testing::check_linear_forward(
+      ctx_, kLinears, kTol,
+      [&](auto run, double tol, const std::string& what) { compare(run, tol, what); });
 }
 
 TEST_F(CudaBackend, LinearBackwardEveryNullAndAccumulateCombination) {
-  uint64_t seed = 200;
-  for (const Lin& l : kLinears) {
-    const auto dy = random_vec(size_t(l.n * l.out), ++seed);
-    const auto x = random_vec(size_t(l.n * l.in), ++seed);
-    const auto W = random_vec(size_t(l.out * l.in), ++seed);
-    const auto dx0 = random_vec(size_t(l.n * l.in), ++seed);
-    const auto dW0 = random_vec(size_t(l.out * l.in), ++seed);
-    const auto db0 = random_vec(size_t(l.out), ++seed);
-    for (int mask = 0; mask < 8; ++mask) {
-      const bool want_dx = mask & 1, want_dW = mask & 2, want_db = mask & 4;
-      for (bool acc : {false, true}) {
-        if (!want_dx && acc) continue;
-        auto run = [&](Backend* be) {
-          auto ddy = put(be, dy), dxx = put(be, x), dWW = put(be, W);
-          auto dx = put(be, acc ? dx0 : nan_vec(dx0.size()));  // overwritten unless acc
-          auto dW = put(be, dW0), db = put(be, db0);           // always accumulated
-          be->linear_backward(ctx_, ddy.get(), dxx.get(), dWW.get(), want_dx ? dx.get() : nullptr,
-                              want_dW ? dW.get() : nullptr, want_db ? db.get() : nullptr, l.n, l.in,
-                              l.out, acc);
-          std::vector<float> out;
-          for (const auto& v :
-               {want_dx ? get(be, dx) : std::vector<float>{}, get(be, dW), get(be, db)})
-            out.insert(out.end(), v.begin(), v.end());
-          return out;
-        };
-        const std::string what = "n=" + std::to_string(l.n) + " in=" + std::to_string(l.in) +
-                                 " out=" + std::to_string(l.out) + " mask=" + std::to_string(mask) +
-                                 " acc=" + std::to_string(acc);
-        compare(run, kTol, what);
-        if (!want_dW && !want_db) {
-          // Null gradients are skipped: the untouched buffers come back bit for bit.
-          const auto out = run(gpu());
-          const std::vector<float> tail(out.end() - ptrdiff_t(dW0.size() + db0.size()), out.end());
-          std::vector<float> expect = dW0;
-          expect.insert(expect.end(), db0.begin(), db0.end());
-          EXPECT_TRUE(bitwise_equal(tail, expect)) << what;
-        }
-      }
-    }
-  }
+  testing::check_linear_backward(
+      ctx_, kLinears, kTol, testing::DwStart::kRandom,
+      [&](auto run, double tol, const std::string& what) { compare(run, tol, what); },
+      [&](auto run, const std::string& what, bool want_dW, bool want_db,
+          const std::vector<float>& dW0, const std::vector<float>& db0) {
+        if (want_dW || want_db) return;
+        // Null gradients are skipped: the untouched buffers come back bit for bit.
+        const auto out = run(gpu());
+        const std::vector<float> tail(out.end() - ptrdiff_t(dW0.size() + db0.size()), out.end());
+        std::vector<float> expect = dW0;
+        expect.insert(expect.end(), db0.begin(), db0.end());
+        EXPECT_TRUE(bitwise_equal(tail, expect)) << what;
+      });
 }
 
 TEST_F(CudaBackend, BiasGradientIsBitwiseDeterministic) {

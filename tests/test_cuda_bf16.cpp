@@ -18,6 +18,8 @@
 #include "engine/backend/backend.h"
 #include "engine/model/model.h"
 #include "engine/model/model_config.h"
+#include "tests/cuda_vs_cpu.h"
+#include "tests/linear_cases.h"
 #include "tests/test_util.h"
 #ifdef FTUNE_HAVE_CUDA
 #include "cuda/cuda_backend.h"
@@ -42,110 +44,24 @@ using testing::rel_error;
 constexpr double kBf16Tol = 1e-2;
 constexpr double kFp32Tol = 1e-5;
 
-class CudaBf16 : public ::testing::Test {
- protected:
-  static void TearDownTestSuite() {
-    gpu_.reset();
-    cpu_.reset();
-  }
-  void SetUp() override {
-    std::string why;
-    if (cuda::device_count(&why) == 0) GTEST_SKIP() << "no CUDA device: " << why;
-    if (!gpu_) {
-      gpu_ = make_cuda_backend(0);
-      if (!gpu_->set_bf16_compute(true)) {
-        gpu_.reset();
-        GTEST_SKIP() << "this GPU has no bf16 tensor cores (sm_80+)";
-      }
-    }
-    if (!cpu_) cpu_ = make_cpu_backend();
-    ctx_.threads = 2;
-  }
-  Backend* gpu() const { return gpu_.get(); }
-  Backend* cpu() const { return cpu_.get(); }
-  // f(backend) on the CPU (fp32) and the GPU (bf16); prints the error so a log shows the margin.
-  template <class F>
-  double compare(F f, double tol, const std::string& what) {
-    const std::vector<float> c = f(cpu());
-    const std::vector<float> g = f(gpu());
-    EXPECT_EQ(c.size(), g.size()) << what;
-    if (c.size() != g.size()) return 1.0;
-    for (float v : g)
-      if (!std::isfinite(v)) {
-        ADD_FAILURE() << "non-finite output (unwritten?), " << what;
-        return 1.0;
-      }
-    const double e = rel_error(g, c);
-    EXPECT_LE(e, tol) << what;
-    std::printf("  %-60s rel error %.2e\n", what.c_str(), e);
-    return e;
-  }
+// The GPU in bf16 against the CPU in fp32 (tests/cuda_vs_cpu.h).
+class CudaBf16 : public testing::CudaVsCpu<true> {};
 
-  ExecContext ctx_;
-  static inline std::unique_ptr<Backend> gpu_, cpu_;
-};
-
-struct Lin {
-  int64_t n, in, out;
-};
-const Lin kLinears[] = {{1, 1, 1}, {7, 33, 65}, {130, 257, 129}, {64, 512, 384}, {300, 96, 1001}};
+using Lin = testing::LinearShape;
+const std::vector<Lin> kLinears = {
+    {1, 1, 1}, {7, 33, 65}, {130, 257, 129}, {64, 512, 384}, {300, 96, 1001}};
 
 TEST_F(CudaBf16, LinearForwardWithAndWithoutBias) {
-  uint64_t seed = 100;
-  for (const Lin& l : kLinears) {
-    for (bool with_bias : {false, true}) {
-      const auto x = random_vec(size_t(l.n * l.in), ++seed);
-      const auto W = random_vec(size_t(l.out * l.in), ++seed);
-      const auto bias = random_vec(size_t(l.out), ++seed);
-      auto run = [&](Backend* be) {
-        auto dx = put(be, x), dW = put(be, W), db = put(be, bias);
-        auto y = put(be, nan_vec(size_t(l.n * l.out)));
-        be->linear_forward(ctx_, dx.get(), dW.get(), with_bias ? db.get() : nullptr, y.get(), l.n,
-                           l.in, l.out);
-        return get(be, y);
-      };
-      compare(run, kBf16Tol,
-              "linear_forward n=" + std::to_string(l.n) + " in=" + std::to_string(l.in) +
-                  " out=" + std::to_string(l.out) + " bias=" + std::to_string(with_bias));
-    }
-  }
+  testing::check_linear_forward(
+      ctx_, kLinears, kBf16Tol,
+      [&](auto run, double tol, const std::string& what) { compare(run, tol, what); });
 }
 
 TEST_F(CudaBf16, LinearBackwardEveryNullAndAccumulateCombination) {
-  uint64_t seed = 200;
-  for (const Lin& l : kLinears) {
-    const auto dy = random_vec(size_t(l.n * l.out), ++seed);
-    const auto x = random_vec(size_t(l.n * l.in), ++seed);
-    const auto W = random_vec(size_t(l.out * l.in), ++seed);
-    const auto dx0 = random_vec(size_t(l.n * l.in), ++seed);
-    const auto db0 = random_vec(size_t(l.out), ++seed);
-    for (int mask = 1; mask < 8; ++mask) {
-      const bool want_dx = mask & 1, want_dW = mask & 2, want_db = mask & 4;
-      for (bool acc : {false, true}) {
-        if (!want_dx && acc) continue;
-        // dW starts at zero so the comparison measures the product, not the old contents.
-        const std::vector<float> dW0(size_t(l.out * l.in), 0.f);
-        auto run = [&](Backend* be) {
-          auto ddy = put(be, dy), dxx = put(be, x), dWW = put(be, W);
-          auto dx = put(be, acc ? dx0 : nan_vec(dx0.size()));
-          auto dW = put(be, dW0), db = put(be, db0);
-          be->linear_backward(ctx_, ddy.get(), dxx.get(), dWW.get(), want_dx ? dx.get() : nullptr,
-                              want_dW ? dW.get() : nullptr, want_db ? db.get() : nullptr, l.n, l.in,
-                              l.out, acc);
-          std::vector<float> out;
-          for (const auto& v : {want_dx ? get(be, dx) : std::vector<float>{},
-                                want_dW ? get(be, dW) : std::vector<float>{},
-                                want_db ? get(be, db) : std::vector<float>{}})
-            out.insert(out.end(), v.begin(), v.end());
-          return out;
-        };
-        compare(run, kBf16Tol,
-                "linear_backward n=" + std::to_string(l.n) + " in=" + std::to_string(l.in) +
-                    " out=" + std::to_string(l.out) + " mask=" + std::to_string(mask) +
-                    " acc=" + std::to_string(acc));
-      }
-    }
-  }
+  testing::check_linear_backward(
+      ctx_, kLinears, kBf16Tol, testing::DwStart::kZero,
+      [&](auto run, double tol, const std::string& what) { compare(run, tol, what); },
+      [](auto&&...) {});
 }
 
 TEST_F(CudaBf16, LinearIsBitwiseReproducible) {
