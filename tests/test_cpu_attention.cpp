@@ -10,45 +10,19 @@
 #include "engine/backend/cpu/cpu_ops.h"
 #include "engine/backend/cpu/reference_attention.h"
 #include "engine/base/error.h"
+#include "tests/attention_cases.h"
 #include "tests/test_util.h"
 
 namespace ftune {
 namespace {
 
+using testing::Case;
+using testing::Inputs;
+using testing::Outputs;
 using testing::random_vec;
 using testing::rel_error;
+using testing::shape_of;
 using testing::to_double;
-
-struct Case {
-  std::vector<int32_t> offsets;
-  int hq, hkv, dim;
-};
-
-AttentionShape shape_of(const Case& c) {
-  AttentionShape s;
-  s.tokens = c.offsets.back();
-  s.q_heads = c.hq;
-  s.kv_heads = c.hkv;
-  s.head_dim = c.dim;
-  s.doc_offsets = c.offsets.data();
-  s.n_docs = int(c.offsets.size()) - 1;
-  s.scale = 1.f / std::sqrt(float(c.dim));
-  return s;
-}
-
-// Inputs of one attention call; q is spread wider than k so some softmax rows are peaked.
-struct Inputs {
-  std::vector<float> q, k, v, dout;
-  Inputs(const AttentionShape& s, uint64_t seed)
-      : q(random_vec(size_t(s.tokens * s.q_heads * s.head_dim), seed, -2.f, 2.f)),
-        k(random_vec(size_t(s.tokens * s.kv_heads * s.head_dim), seed + 1)),
-        v(random_vec(size_t(s.tokens * s.kv_heads * s.head_dim), seed + 2)),
-        dout(random_vec(size_t(s.tokens * s.q_heads * s.head_dim), seed + 3)) {}
-};
-
-struct Outputs {
-  std::vector<float> out, lse, dq, dk, dv;
-};
 
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
