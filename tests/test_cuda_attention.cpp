@@ -38,11 +38,13 @@ namespace {
 using testing::bitwise_equal;
 using testing::Case;
 using testing::describe;
+using testing::expect_documents_independent;
 using testing::Inputs;
 using testing::offsets_of;
 using testing::Outputs;
 using testing::random_vec;
 using testing::rel_error;
+using testing::RunAttention;
 using testing::shape_of;
 using testing::to_double;
 
@@ -272,53 +274,6 @@ TEST(CudaAttention, LargeScoresStayFinite) {
     for (float x : o.dq) ASSERT_TRUE(std::isfinite(x)) << dim;
     for (float x : o.dk) ASSERT_TRUE(std::isfinite(x)) << dim;
     for (float x : o.dv) ASSERT_TRUE(std::isfinite(x)) << dim;
-  }
-}
-
-// The bodies the fp32 and bf16 kernels share; `run` is the kernel under test.
-using RunAttention = Outputs (*)(const AttentionShape&, const Inputs&);
-
-// Replacing every input of one document changes that document's outputs and no other bit.
-void expect_documents_independent(RunAttention run, std::initializer_list<int> dims, uint64_t seed,
-                                  uint64_t noise_seed) {
-  for (int dim : dims) {
-    const Case c{{0, 70, 150, 171}, 4, 2, dim};
-    const AttentionShape s = shape_of(c);
-    const Inputs base(s, seed + uint64_t(dim));
-    Inputs changed = base;
-    // Replace every input of document 2 (tokens 70..149).
-    const int64_t b = 70, e = 150;
-    const size_t qrow = size_t(s.q_heads * s.head_dim), kvrow = size_t(s.kv_heads * s.head_dim);
-    const std::vector<float> noise = random_vec(size_t(e - b) * qrow + 7, noise_seed, -3.f, 3.f);
-    for (size_t i = 0; i < size_t(e - b) * qrow; ++i) {
-      changed.q[b * qrow + i] = noise[i];
-      changed.dout[b * qrow + i] = -noise[i];
-    }
-    for (size_t i = 0; i < size_t(e - b) * kvrow; ++i) {
-      changed.k[b * kvrow + i] = noise[i] * 0.5f;
-      changed.v[b * kvrow + i] = noise[i + 7];
-    }
-    const Outputs o1 = run(s, base), o2 = run(s, changed);
-    auto same_outside = [&](const std::vector<float>& x, const std::vector<float>& y, size_t row,
-                            const char* name) {
-      bool any_inside_differs = false;
-      for (int64_t t = 0; t < s.tokens; ++t) {
-        for (size_t j = 0; j < row; ++j) {
-          const size_t i = size_t(t) * row + j;
-          if (t >= b && t < e) {
-            any_inside_differs |= x[i] != y[i];
-          } else {
-            ASSERT_EQ(x[i], y[i]) << name << " token " << t << " D=" << dim;
-          }
-        }
-      }
-      EXPECT_TRUE(any_inside_differs) << name << " D=" << dim;
-    };
-    same_outside(o1.out, o2.out, qrow, "out");
-    same_outside(o1.lse, o2.lse, size_t(s.q_heads), "lse");
-    same_outside(o1.dq, o2.dq, qrow, "dq");
-    same_outside(o1.dk, o2.dk, kvrow, "dk");
-    same_outside(o1.dv, o2.dv, kvrow, "dv");
   }
 }
 
