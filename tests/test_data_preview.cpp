@@ -21,7 +21,7 @@ TEST(DataPreview, MarksTrainedSpansAndCountsTokens) {
   c.model_path = src + "/configs/models/quickstart-base";
   c.data_train = dir + "/i.jsonl";
   c.data_format = DataFormat::Instruction;
-  c.data_chat_template = "chatml";
+  c.data_chat_template = ChatTemplateChoice::Chatml;
   PreviewOptions p;
   p.count = 1;
   std::string out = preview_data(c, p);

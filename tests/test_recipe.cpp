@@ -839,6 +839,13 @@ TEST(RecipeSchema, ChoiceNamesMapToTheirEnums) {
   EXPECT_EQ(load1("data.format=instruction").data_format, DataFormat::Instruction);
   EXPECT_EQ(load1("data.format=messages").data_format, DataFormat::Messages);
   EXPECT_EQ(load1("data.format=preference").data_format, DataFormat::Preference);
+  EXPECT_EQ(load1("data.chat_template=chatml").data_chat_template, ChatTemplateChoice::Chatml);
+  EXPECT_EQ(load1("data.chat_template=plain").data_chat_template, ChatTemplateChoice::Plain);
+  EXPECT_EQ(load1("data.chat_template=llama2").data_chat_template, ChatTemplateChoice::Llama2);
+  // Each name reads back as itself (the table chat_template_name keeps).
+  for (const char* n : {"auto", "chatml", "llama3", "llama2", "mistral", "alpaca", "plain"})
+    EXPECT_STREQ(
+        chat_template_name(load1(std::string("data.chat_template=") + n).data_chat_template), n);
   // The resolved recipe writes the canonical name.
   EXPECT_TRUE(Contains(recipe_to_yaml(load1("data.packing=true")), "packing: pack"));
 }

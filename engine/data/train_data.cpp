@@ -377,7 +377,8 @@ std::optional<ChatTemplate> recipe_chat_template(const RecipeConfig& c, const st
   ChatSpecialTokens st;
   st.bos = tok.bos_id() >= 0 ? tok.id_to_token(tok.bos_id()) : std::string();
   st.eos = tok.eos_id() >= 0 ? tok.id_to_token(tok.eos_id()) : std::string();
-  if (c.data_chat_template != "auto") return ChatTemplate::builtin(c.data_chat_template, st);
+  if (c.data_chat_template != ChatTemplateChoice::Auto)
+    return ChatTemplate::builtin(chat_template_name(c.data_chat_template), st);
   const bool has_own = path_exists(tok_dir + "/chat_template.jinja") || [&] {
     const std::string cfg = tok_dir + "/tokenizer_config.json";
     return path_exists(cfg) && read_file(cfg).find("\"chat_template\"") != std::string::npos;

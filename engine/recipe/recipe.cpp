@@ -690,6 +690,12 @@ const char* data_format_name(DataFormat f) {
   return "?";
 }
 
+const char* chat_template_name(ChatTemplateChoice t) {
+  constexpr const char* kNames[] = {"auto",    "chatml", "llama3", "llama2",
+                                    "mistral", "alpaca", "plain"};
+  return kNames[int(t)];
+}
+
 const char* recompute_name(Recompute r) {
   switch (r) {
     case Recompute::None:

@@ -29,14 +29,17 @@ enum class PrecisionSetting { Auto, Fp32, Bf16 };
 enum class Sharding { None, Zero1, Zero2, Zero3 };
 enum class DeviceSetting { Auto, Cpu, Cuda };
 enum class DataFormat { Text, Instruction, Messages, Preference };
+// data.chat_template: the model's own (auto) or one of the builtin templates by name.
+enum class ChatTemplateChoice { Auto, Chatml, Llama3, Llama2, Mistral, Alpaca, Plain };
 constexpr Sharding kAllShardings[] = {Sharding::None, Sharding::Zero1, Sharding::Zero2,
                                       Sharding::Zero3};
 
 // The names recipes write (and outputs such as summary.json record).
-const char* method_name(Method m);           // full | lora
-const char* sharding_name(Sharding s);       // none | zero1 | zero2 | zero3
-const char* recompute_name(Recompute r);     // none | mlp | full
-const char* data_format_name(DataFormat f);  // text | instruction | messages | preference
+const char* method_name(Method m);                     // full | lora
+const char* sharding_name(Sharding s);                 // none | zero1 | zero2 | zero3
+const char* recompute_name(Recompute r);               // none | mlp | full
+const char* data_format_name(DataFormat f);            // text | instruction | messages | preference
+const char* chat_template_name(ChatTemplateChoice t);  // auto | chatml | llama3 | ...
 
 struct DataSource {
   std::string path;
@@ -71,13 +74,13 @@ struct RecipeConfig {
   double data_val_fraction = 0.05;       // data.val_fraction: used when data.validation is empty
   std::string data_text_field = "text";  // data.text_field
   bool data_shuffle = true;              // data.shuffle
-  DataFormat data_format = DataFormat::Text;    // data.format: text | instruction | messages | ...
-  Packing data_packing = Packing::Auto;         // data.packing: auto | stream | pack | pad
-  std::string data_chat_template = "auto";      // data.chat_template: auto | chatml | llama3 | ...
-  bool data_train_on_inputs = false;            // data.train_on_inputs
-  Overlong data_overlong = Overlong::Truncate;  // data.overlong: truncate | drop
-  bool data_skip_bad_lines = false;             // data.skip_bad_lines
-  bool data_bucket = true;                      // data.bucket
+  DataFormat data_format = DataFormat::Text;  // data.format: text | instruction | messages | ...
+  Packing data_packing = Packing::Auto;       // data.packing: auto | stream | pack | pad
+  ChatTemplateChoice data_chat_template = ChatTemplateChoice::Auto;  // data.chat_template
+  bool data_train_on_inputs = false;                                 // data.train_on_inputs
+  Overlong data_overlong = Overlong::Truncate;         // data.overlong: truncate | drop
+  bool data_skip_bad_lines = false;                    // data.skip_bad_lines
+  bool data_bucket = true;                             // data.bucket
   std::string data_instruction_field = "instruction";  // data.instruction_field
   std::string data_input_field = "input";              // data.input_field
   std::string data_output_field = "output";            // data.output_field

@@ -171,7 +171,7 @@ std::vector<KeySpec> build_schema() {
               "stream for text, pack otherwise",
        .allowed = {"auto", "stream", "pack", "pad", "true", "false"}},
       {.key = "data.chat_template",
-       .field = &C::data_chat_template,
+       .field = enum_field<&C::data_chat_template>(),
        .doc = "template for instruction/messages/preference data: auto uses the model's own "
               "(alpaca for instruction data when it has none) or a built-in name",
        .allowed = {"auto", "chatml", "llama3", "llama2", "mistral", "alpaca", "plain"}},
