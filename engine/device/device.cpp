@@ -31,10 +31,14 @@ int cuda_device_count(std::string* why) {
 }
 
 DeviceChoice resolve_device(DeviceSetting requested, int local_rank) {
-  return resolve_device(requested == DeviceSetting::Cpu    ? "cpu"
-                        : requested == DeviceSetting::Cuda ? "cuda"
-                                                           : "auto",
-                        local_rank);
+  if (requested == DeviceSetting::Cpu) return {"cpu", "CPU"};
+  std::string why;
+  const int n = cuda_device_count(&why);
+  if (requested == DeviceSetting::Cuda && n == 0)
+    throw Error("device: cuda was requested but no GPU is usable (" + why +
+                "); set `device: cpu` or `device: auto` to train on the CPU");
+  if (n > 0) return {"cuda", "CUDA", local_rank % n};
+  return {"cpu", "CPU"};  // auto without a usable GPU
 }
 
 DeviceChoice resolve_device(const std::string& requested) {
@@ -42,19 +46,9 @@ DeviceChoice resolve_device(const std::string& requested) {
 }
 
 DeviceChoice resolve_device(const std::string& requested, int local_rank) {
-  if (requested == "cpu") return {"cpu", "CPU"};
-  std::string why;
-  int n = cuda_device_count(&why);
-  if (requested == "cuda") {
-    if (n == 0)
-      throw Error("device: cuda was requested but no GPU is usable (" + why +
-                  "); set `device: cpu` or `device: auto` to train on the CPU");
-    return {"cuda", "CUDA", local_rank % n};
-  }
-  if (requested == "auto") {
-    if (n > 0) return {"cuda", "CUDA", local_rank % n};
-    return {"cpu", "CPU"};
-  }
+  if (requested == "cpu") return resolve_device(DeviceSetting::Cpu, local_rank);
+  if (requested == "cuda") return resolve_device(DeviceSetting::Cuda, local_rank);
+  if (requested == "auto") return resolve_device(DeviceSetting::Auto, local_rank);
   throw Error("device: unknown value '" + requested + "' (use auto, cpu or cuda)");
 }
 

@@ -13,26 +13,26 @@ namespace fs = std::filesystem;
 
 namespace ftune {
 
-DType resolve_export_dtype(const std::string& name, DType base) {
-  if (name == "auto") return base;
-  if (name == "f32") return DType::F32;
-  if (name == "bf16") return DType::BF16;
-  if (name == "f16") return DType::F16;
-  throw Error("export.dtype: unknown dtype '" + name + "' (use auto, f32, bf16 or f16)");
-}
-
 DType resolve_export_dtype(ExportDtype dtype, DType base) {
   switch (dtype) {
-    case ExportDtype::Auto:
-      return base;
     case ExportDtype::F32:
       return DType::F32;
     case ExportDtype::Bf16:
       return DType::BF16;
     case ExportDtype::F16:
       return DType::F16;
+    case ExportDtype::Auto:
+      break;
   }
   return base;
+}
+
+DType resolve_export_dtype(const std::string& name, DType base) {
+  if (name == "auto") return resolve_export_dtype(ExportDtype::Auto, base);
+  if (name == "f32") return resolve_export_dtype(ExportDtype::F32, base);
+  if (name == "bf16") return resolve_export_dtype(ExportDtype::Bf16, base);
+  if (name == "f16") return resolve_export_dtype(ExportDtype::F16, base);
+  throw Error("export.dtype: unknown dtype '" + name + "' (use auto, f32, bf16 or f16)");
 }
 
 void export_weights_dir(const ModelConfig& cfg, const ParamLayout& layout,

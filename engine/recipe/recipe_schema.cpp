@@ -161,7 +161,8 @@ std::vector<KeySpec> build_schema() {
       {.key = "data.format",
        .field = enum_field<&C::data_format>(),
        .doc = "record format: text (completion), instruction (instruction/input/output), "
-              "messages (chat), preference (prompt/chosen/rejected; trained on chosen for now)",
+              "messages (chat), preference (prompt/chosen/rejected; trained as SFT on chosen: "
+              "ftune has no preference objective)",
        .allowed = {"text", "instruction", "messages", "preference"},
        .per_source = &D::format},
       {.key = "data.packing",

@@ -140,7 +140,6 @@ void finish_run(const Job& job, Session& s, Communicator& comm, const TrainState
   const RecipeConfig& c = job.c();
   const bool lead = job.lead;
   Model& model = *s.model;
-  auto say = [&](const std::string& line) { log.say(line); };
   // Every rank's training peak, before export and generation add their own buffers, and while
   // every rank is still here (below ZeRO-3 rank 0 exports alone).
   std::vector<double> peaks(size_t(s.world), 0.0);
@@ -157,7 +156,7 @@ void finish_run(const Job& job, Session& s, Communicator& comm, const TrainState
   if (s.lora && lead) {
     result.adapter_dir = c.output_dir + "/adapter";
     export_adapter_dir(model, result.adapter_dir, c.model_path, out_dtype, job.okey());
-    say("adapter written to " + result.adapter_dir);
+    log.say("adapter written to " + result.adapter_dir);
   }
   // The most weight bytes rank 0 held in host memory at once while exporting.
   size_t export_host_bytes = 0;
@@ -178,12 +177,12 @@ void finish_run(const Job& job, Session& s, Communicator& comm, const TrainState
   }
   if (s.data->val_batches() > 0) {
     if (state.step > 0 && result.val_before.tokens > 0)
-      say("validation before: " +
-          fmt("loss %.4f  perplexity %.2f", result.val_before.loss, result.val_before.perplexity));
-    say("validation after:  " +
-        fmt("loss %.4f  perplexity %.2f", result.val_after.loss, result.val_after.perplexity));
+      log.say("validation before: " + fmt("loss %.4f  perplexity %.2f", result.val_before.loss,
+                                          result.val_before.perplexity));
+    log.say("validation after:  " +
+            fmt("loss %.4f  perplexity %.2f", result.val_after.loss, result.val_after.perplexity));
   }
-  if (!result.model_dir.empty()) say("model written to " + result.model_dir);
+  if (!result.model_dir.empty()) log.say("model written to " + result.model_dir);
 
   if (!c.generate_prompt.empty()) {
     GenerateOptions g;
@@ -208,7 +207,7 @@ void finish_run(const Job& job, Session& s, Communicator& comm, const TrainState
   write_manifests(job, state, result);
   // Last, so that it shows the manifests (and checks the hashes) of what was just written.
   if (const std::string report = write_report_or_warn(c.output_dir); !report.empty())
-    say("report written to " + report);
+    log.say("report written to " + report);
 }
 
 std::string write_report_or_warn(const std::string& output_dir) {
